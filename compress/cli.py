@@ -1,0 +1,72 @@
+"""`compress <verb>`: one subcommand per verb; verbs only compose library calls.
+
+Exit codes: 0 success, 1 a requested check failed, 2 bad input (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from compress.errors import CheckFailed, CompressError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _model_args(p):
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (token ids: 1,16)")
+    p.add_argument("--weights", help="weights for MODEL (.safetensors, or a torch state_dict loaded with weights_only)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from compress.importance import CRITERIA
+
+    ap = _Parser(prog="compress", description="Prune, sparsify and export models for a target device.")
+    sub = ap.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("prune", help="remove channels, heads and hidden units for real")
+    p.add_argument("model", metavar="MODEL", help="torchvision:NAME | hf:DIR | package.module:function | pruned DIR")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of channels removed per group, in (0, 1)")
+    p.add_argument("--criterion", default="l1", choices=CRITERIA)
+    p.add_argument("--global", dest="global_ranking", action="store_true",
+                   help="rank channels across groups instead of a uniform per-group ratio")
+    p.add_argument("--round-to", type=int, help="kept channels are a multiple of N (default: the target's channel step)")
+    p.add_argument("--target", default="cpu", help="device whose channel step is used (cpu, gpu, jetson)")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules whose output channels are kept")
+    p.add_argument("--calib", help="calibration data for data-driven criteria: random[:N] or a .npy file of inputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="fail on ops that block pruning instead of keeping their channels")
+    p.add_argument("--out", required=True, metavar="DIR")
+    _model_args(p)
+
+    p = sub.add_parser("inspect", help="print channel groups, parameters and MACs")
+    p.add_argument("model", metavar="MODEL_OR_DIR")
+    _model_args(p)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from compress import verbs
+        result = getattr(verbs, args.verb)(args)
+    except CompressError as e:
+        sys.stderr.write(f"compress {args.verb}: error: {e}\n")
+        return 2
+    except CheckFailed as e:
+        sys.stderr.write(f"compress {args.verb}: check failed: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    if args.json:
+        sys.stdout.write(json.dumps(result["json"], indent=1, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(result["text"].rstrip("\n") + "\n")
+    return result.get("code", 0)

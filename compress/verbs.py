@@ -1,0 +1,169 @@
+"""Verb implementations: each returns {"text", "json", "code"} for the CLI to print."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from compress import models
+from compress.errors import CompressError
+
+
+class Progress:
+    """A step-level progress bar on stderr (hidden when stderr is not a terminal)."""
+
+    def __init__(self, steps: list[str]) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(steps), disable=None, leave=False, bar_format="{desc} {bar} {n_fmt}/{total_fmt}")
+
+    def __call__(self, msg: str) -> None:
+        self.bar.set_description(msg)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _load(args) -> tuple[models.LoadedModel, tuple]:
+    lm = models.load(args.model, args.weights)
+    shape = models.parse_shape(args.input_shape) if args.input_shape else None
+    inputs = models.example_inputs(lm, shape)
+    try:
+        with torch.no_grad():
+            lm.model(*inputs)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompressError(f"the model does not run on an input of shape {tuple(inputs[0].shape)} "
+                            f"({msg[:200]}); pass the right --input-shape") from None
+    return lm, inputs
+
+
+def calib_batches(spec: str | None, lm: models.LoadedModel, inputs: tuple, batch: int = 8) -> list[tuple]:
+    if not spec:
+        return []
+    if spec.startswith("random"):
+        n = 32
+        if ":" in spec:
+            try:
+                n = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise CompressError(f"--calib {spec!r}: use random:N with an integer N") from None
+        shape = (n,) + tuple(inputs[0].shape[1:])
+        full = models.example_inputs(lm, shape, seed=1)[0]
+    elif spec.endswith(".npy"):
+        if not os.path.isfile(spec):
+            raise CompressError(f"--calib {spec}: file does not exist")
+        try:
+            full = torch.from_numpy(np.load(spec, allow_pickle=False))
+        except ValueError as e:
+            raise CompressError(f"--calib {spec}: not a numeric .npy array ({e})") from None
+        if tuple(full.shape[1:]) != tuple(inputs[0].shape[1:]):
+            raise CompressError(f"--calib {spec}: samples have shape {tuple(full.shape[1:])}, "
+                                f"the model takes {tuple(inputs[0].shape[1:])}")
+        full = full.to(inputs[0].dtype)
+    else:
+        raise CompressError(f"--calib {spec!r}: use random[:N] or a .npy file of inputs")
+    return [(full[i:i + batch],) for i in range(0, len(full), batch)]
+
+
+def prune(args) -> dict:
+    from compress.export.onnx import export_onnx, ort_parity
+    from compress.hardware_profiles import channel_step
+    from compress.io import atomic_dir, save_pruned, write_json
+    from compress.metrics import size_summary
+    from compress.plan import PruneConfig
+    from compress.pruner import prune as run_prune
+
+    config = PruneConfig(ratio=args.ratio, criterion=args.criterion, global_ranking=args.global_ranking,
+                         round_to=args.round_to, ignore=tuple(args.ignore), seed=args.seed)
+    config.validate()
+    round_to = args.round_to or channel_step(args.target)
+    t0 = time.perf_counter()
+    lm, inputs = _load(args)
+    if lm.plan is not None:
+        raise CompressError(f"{args.model} is already pruned; prune its source model with a larger --ratio")
+    calib = calib_batches(args.calib or ("random:32" if config.criterion in
+                                         ("taylor", "fisher", "activation", "apoz") else None), lm, inputs)
+    source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model),
+              "input_shape": list(inputs[0].shape), "input_dtype": lm.input_dtype}
+    progress = Progress(["tracing", "scoring", "removing", "verifying", "exporting ONNX"])
+    try:
+        res = run_prune(lm.model, inputs, config, round_to, source, calib=calib, strict=args.strict, log=progress)
+        t_prune = time.perf_counter() - t0
+        before, after = size_summary(lm.model, inputs), size_summary(res.model, inputs)
+        with atomic_dir(args.out) as tmp:
+            save_pruned(tmp, res.model, res.plan, lm.hf_config)
+            progress("exporting ONNX")
+            onnx_path = os.path.join(tmp, "model.onnx")
+            export_onnx(res.model, inputs, onnx_path)
+            parity = ort_parity(onnx_path, res.model, inputs)
+            summary = {
+                "model": lm.spec, "ratio": config.ratio, "criterion": config.criterion,
+                "global": config.global_ranking, "round_to": round_to,
+                "params_before": before["params"], "params_after": after["params"],
+                "macs_before": before["macs"], "macs_after": after["macs"],
+                "mac_reduction": before["macs"] / max(after["macs"], 1),
+                "groups": len(res.plan.groups), "groups_pruned": sum(
+                    g.channels_after < g.channels_before for g in res.plan.groups),
+                "max_rel_error_vs_masked": res.max_rel_error, "onnx_parity": parity,
+                "prune_seconds": round(t_prune, 3), "notes": res.plan.notes,
+            }
+            write_json(os.path.join(tmp, "summary.json"), summary)
+    finally:
+        progress.close()
+    text = (f"pruned {lm.spec}: params {before['params']:,} -> {after['params']:,} "
+            f"({after['params'] / before['params']:.1%}), MACs {before['macs']:,} -> {after['macs']:,} "
+            f"({summary['mac_reduction']:.2f}x fewer); {summary['groups_pruned']}/{summary['groups']} groups pruned; "
+            f"onnxruntime parity {'ok' if parity['ok'] else 'FAILED'} (max rel error {parity['max_rel_error']:.1e}); "
+            f"wrote {args.out}")
+    for note in res.plan.notes:
+        text += f"\nnote: {note}"
+    code = 0 if parity["ok"] else 1
+    if not parity["ok"]:
+        text += "\ncheck failed: onnxruntime output differs from torch"
+    return {"text": text, "json": summary | {"out": args.out}, "code": code}
+
+
+def inspect(args) -> dict:
+    from compress.graph import build_graph
+    from compress.metrics import size_summary
+    from compress.pruner import trace_inputs
+
+    lm, inputs = _load(args)
+    sizes = size_summary(lm.model, inputs)
+    info = {"model": lm.spec, "params": sizes["params"], "macs": sizes["macs"],
+            "input_shape": list(inputs[0].shape), "pruned": lm.plan is not None}
+    lines = [f"{lm.spec}{' (pruned: ' + args.model + ')' if lm.plan else ''}",
+             f"params {sizes['params']:,}  MACs {sizes['macs']:,}  input {tuple(inputs[0].shape)}"]
+    if lm.plan is not None:
+        gp = lm.plan.groups
+        info["plan"] = {"groups": len(gp), "channels_before": sum(g.channels_before for g in gp),
+                        "channels_after": sum(g.channels_after for g in gp), "config": lm.plan.config}
+        lines.append(f"plan: {len(gp)} groups, channels {info['plan']['channels_before']} -> "
+                     f"{info['plan']['channels_after']}, criterion {lm.plan.config['criterion']}, "
+                     f"ratio {lm.plan.config['ratio']}")
+    else:
+        graph = build_graph(lm.model, trace_inputs(inputs))
+        groups = []
+        lines.append(f"{'group':>5} {'channels':>8} {'width':>5}  producers")
+        for g in graph.groups:
+            prods = sorted({k[0].rsplit('.', 1)[0] for k in g.producers})
+            groups.append({"id": g.id, "classes": g.size, "channels": g.channels, "fixed": g.fixed,
+                           "width": int(g.width[0]) if len(set(g.width.tolist())) == 1 else None,
+                           "producers": prods, "modules": g.modules})
+            shown = ", ".join(prods[:3]) + (f" (+{len(prods) - 3})" if len(prods) > 3 else "")
+            lines.append(f"{g.id:>5} {g.channels:>8} {int(g.width[0]):>5}  {shown}")
+        info["groups"] = groups
+        info["blocked"] = [{"producers": p, "reason": r} for p, r in graph.blocked]
+        info["unsupported"] = [{"module": w, "op": op} for w, op in graph.unsupported]
+        for p, r in graph.blocked:
+            mods = p.split(", ")
+            shown = ", ".join(mods[:3]) + (f" (+{len(mods) - 3})" if len(mods) > 3 else "")
+            lines.append(f"  kept  {shown}: {r}")
+        for w, op in graph.unsupported:
+            lines.append(f"  note: unsupported op {op} in {w} keeps its channels")
+    return {"text": "\n".join(lines), "json": info}

@@ -1,0 +1,1 @@
+"""Exporters (ONNX now; TensorRT, TVM and per-target packaging later). Backends import lazily."""

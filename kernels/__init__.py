@@ -1,0 +1,1 @@
+"""Sparse kernels (Triton block-sparse matmul, CPU paths). Nothing here runs at import time."""
