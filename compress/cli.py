@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
     p = sub.add_parser("prune", help="remove channels, heads and hidden units for real")
-    p.add_argument("model", metavar="MODEL", help="torchvision:NAME | hf:DIR | package.module:function | pruned DIR")
+    p.add_argument("model", metavar="MODEL", help="torchvision:NAME | hf:DIR | compress:NAME | package.module:function | pruned DIR")
     p.add_argument("--ratio", type=float, required=True, help="fraction of channels removed per group, in (0, 1)")
     p.add_argument("--criterion", default="l1", choices=CRITERIA)
     p.add_argument("--global", dest="global_ranking", action="store_true",
@@ -39,10 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, help="kept channels are a multiple of N (default: the target's channel step)")
     p.add_argument("--target", default="cpu", help="device whose channel step is used (cpu, gpu, jetson)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules whose output channels are kept")
-    p.add_argument("--calib", help="calibration data for data-driven criteria: random[:N] or a .npy file of inputs")
+    p.add_argument("--calib", help="calibration data for data-driven criteria: random[:N], a .npy file of inputs, "
+                   "or data[:N] (a stratified subset of --data's training split; the default with --data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="fail on ops that block pruning instead of keeping their channels")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--data", help="fashion-mnist or a directory (IDX files or class subfolders): measure accuracy")
+    p.add_argument("--finetune", type=float, default=0, metavar="EPOCHS", help="fine-tune on --data's training split")
+    p.add_argument("--distill", action="store_true", help="fine-tune with knowledge distillation from the dense model")
+    p.add_argument("--lr", type=float, help="fixed fine-tuning learning rate (SGD; default 0.01)")
+    p.add_argument("--lr-rewind", action="store_true", help="replay the last EPOCHS of the original LR schedule")
+    _model_args(p)
+
+    p = sub.add_parser("eval", help="accuracy on a labelled test split (and agreement with the dense source)")
+    p.add_argument("model", metavar="MODEL_OR_DIR")
+    p.add_argument("--data", required=True, help="fashion-mnist or a directory (IDX files or class subfolders)")
+    p.add_argument("--source-weights", help="weights of a pruned directory's dense source model")
+    p.add_argument("--batch-size", type=int, default=256)
     _model_args(p)
 
     p = sub.add_parser("inspect", help="print channel groups, parameters and MACs")

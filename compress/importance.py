@@ -32,23 +32,22 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _per_index(t: torch.Tensor, dim: int, fn) -> np.ndarray:
-    """Reduce `fn(t)` over every dim but `dim`: one value per index."""
-    x = fn(t.detach().double())
-    dims = [d for d in range(x.dim()) if d != dim]
-    return (x.sum(dim=dims) if dims else x).cpu().numpy()
+    """Reduce `fn(t)` over every dim but `dim`: one value per index (summed in float64)."""
+    x = fn(t.detach().movedim(dim, 0).reshape(t.shape[dim], -1))
+    return x.sum(1).double().cpu().numpy()
 
 
 def _accumulate(graph: ChannelGraph, per_dim: dict[tuple[str, int], np.ndarray]) -> dict[int, float]:
     """Sum per-index values into their classes."""
-    score: dict[int, float] = {}
-    for key, vals in per_dim.items():
-        roots = graph.dims.get(key)
-        if roots is None:
-            continue
-        ok = roots >= 0
-        for r, v in zip(roots[ok].tolist(), vals[ok].tolist()):
-            score[r] = score.get(r, 0.0) + v
-    return score
+    keys = [k for k in per_dim if k in graph.dims]
+    if not keys:
+        return {}
+    roots = np.concatenate([graph.dims[k] for k in keys])
+    vals = np.concatenate([np.asarray(per_dim[k], dtype=np.float64) for k in keys])
+    ok = roots >= 0
+    uniq, inv = np.unique(roots[ok], return_inverse=True)
+    sums = np.bincount(inv, weights=vals[ok], minlength=len(uniq))
+    return dict(zip(uniq.tolist(), sums.tolist()))
 
 
 def _weight_dims(graph: ChannelGraph, tensors) -> list[tuple[str, int]]:
@@ -57,8 +56,15 @@ def _weight_dims(graph: ChannelGraph, tensors) -> list[tuple[str, int]]:
 
 def magnitude(model, graph, p: int) -> dict[int, float]:
     tensors = _tensors(model)
-    fn = (lambda t: t.abs()) if p == 1 else (lambda t: t * t)
-    per = {k: _per_index(tensors[k[0]], k[1], fn) for k in _weight_dims(graph, tensors)}
+    per = {}
+    cache: dict[str, torch.Tensor] = {}
+    for name, dim in _weight_dims(graph, tensors):
+        if name not in cache:
+            t = tensors[name].detach()
+            cache = {name: t.abs() if p == 1 else t * t}
+        x = cache[name]
+        dims = [d for d in range(x.dim()) if d != dim]
+        per[(name, dim)] = x.sum(dims).double().numpy()
     return _accumulate(graph, per)
 
 

@@ -74,7 +74,11 @@ def _hf_from_config(cfg: dict) -> nn.Module:
     return HFTensorOutput(tf.AutoModel.from_config(config)).eval()
 
 
-def _build_source(spec: str) -> LoadedModel:
+def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
+    if spec.startswith("compress:"):  # embedded model zoo (trained on first use, then cached)
+        from compress import zoo
+        model = zoo.build(spec.split(":", 1)[1], pretrained)
+        return LoadedModel(model.eval(), spec, "zoo", tuple(model.compress_input_shape))
     if spec.startswith("torchvision:"):
         import torchvision
         name = spec.split(":", 1)[1]
@@ -105,7 +109,7 @@ def _build_source(spec: str) -> LoadedModel:
         dtype = getattr(model, "compress_input_dtype", "float32")
         return LoadedModel(model.eval(), spec, "callable", shape, dtype, getattr(model, "compress_vocab_size", None))
     raise CompressError(
-        f"unknown model {spec!r}: use torchvision:NAME, hf:DIR, package.module:function or a directory written by compress prune")
+        f"unknown model {spec!r}: use torchvision:NAME, hf:DIR, compress:NAME, package.module:function or a directory written by compress prune")
 
 
 def load_weights(model: nn.Module, path: str) -> None:
@@ -138,7 +142,7 @@ def load(spec: str, weights: str | None = None) -> LoadedModel:
         if not os.path.isfile(os.path.join(spec, HF_CONFIG_FILE)):
             raise CompressError(f"{spec} is a directory without {PLAN_FILE} (a pruned model) or {HF_CONFIG_FILE} (a Hugging Face model)")
         spec = "hf:" + spec
-    lm = _build_source(spec)
+    lm = _build_source(spec, pretrained=not weights)
     if weights:
         load_weights(lm.model, weights)
     canonicalize(lm.model)
@@ -164,7 +168,7 @@ def load_pruned(d: str) -> LoadedModel:
         lm = LoadedModel(_hf_from_config(cfg), src, "hf", tuple(plan.source["input_shape"]), "int64",
                          cfg.get("vocab_size"), cfg)
     else:
-        lm = _build_source(src)
+        lm = _build_source(src, pretrained=False)
     canonicalize(lm.model)
     try:
         apply_keep(lm.model, plan.param_keep())

@@ -121,12 +121,49 @@ def select(graph: ChannelGraph, scores: dict[int, np.ndarray], config: PruneConf
         targets = {g.id: g.size - removed[g.id] for g in groups}
     else:
         targets = {g.id: g.size * (1.0 - config.ratio) for g in groups}
+    needs = _layer_needs(graph, groups)
     for g in groups:
         step = class_step(g.width, round_to)
         k = _round_keep(g.size, targets[g.id], step)
         order = np.lexsort((np.arange(g.size), -scores[g.id]))  # stable: by score desc, then position
-        keep[g.id] = np.sort(order[:k])
+        keep[g.id] = _cover(order, k, needs[g.id])
     return keep
+
+
+def _layer_needs(graph: ChannelGraph, groups) -> dict[int, list[frozenset[int]]]:
+    """Per group: the class positions of every parameter dimension that holds only this group's
+    classes but not all of them (a conv whose outputs are one part of a concat that a residual,
+    a squeeze-excite or a GroupNorm ties to other layers). Each must keep one class, or the
+    layer would be left with no channels."""
+    where = {int(c): (g.id, i) for g in groups for i, c in enumerate(g.classes)}
+    needs: dict[int, set[frozenset[int]]] = {g.id: set() for g in groups}
+    sizes = {g.id: g.size for g in groups}
+    for roots in graph.dims.values():
+        hit = {where.get(int(r)) for r in np.unique(roots).tolist()}
+        gids = {h[0] for h in hit if h is not None}
+        if None in hit or len(gids) != 1:
+            continue
+        (gid,) = gids
+        members = frozenset(h[1] for h in hit)
+        if len(members) < sizes[gid]:
+            needs[gid].add(members)
+    return {gid: sorted(n, key=sorted) for gid, n in needs.items()}
+
+
+def _cover(order: np.ndarray, k: int, needs: list[frozenset[int]]) -> np.ndarray:
+    """The best `k` classes of `order`, swapping in the best class of any layer that would lose
+    all of them for the worst kept class no other layer depends on (k grows only if none can go)."""
+    kept = set(order[:k].tolist())
+    rank = {int(c): r for r, c in enumerate(order.tolist())}
+    for need in needs:
+        if need & kept:
+            continue
+        kept.add(min(need, key=rank.__getitem__))
+        for c in sorted(kept, key=rank.__getitem__, reverse=True):
+            if all((n & kept) - {c} for n in needs if n & kept):
+                kept.remove(c)
+                break
+    return np.array(sorted(kept), dtype=np.int64)
 
 
 def build_plan(graph: ChannelGraph, keep: dict[int, np.ndarray], config: PruneConfig, round_to: int,

@@ -71,6 +71,7 @@ def calib_batches(spec: str | None, lm: models.LoadedModel, inputs: tuple, batch
 
 
 def prune(args) -> dict:
+    from compress.evaluate import PruneAccuracy
     from compress.export.onnx import export_onnx, ort_parity
     from compress.hardware_profiles import channel_step
     from compress.io import atomic_dir, save_pruned, write_json
@@ -86,14 +87,17 @@ def prune(args) -> dict:
     lm, inputs = _load(args)
     if lm.plan is not None:
         raise CompressError(f"{args.model} is already pruned; prune its source model with a larger --ratio")
-    calib = calib_batches(args.calib or ("random:32" if config.criterion in
-                                         ("taylor", "fisher", "activation", "apoz") else None), lm, inputs)
+    data_criterion = config.criterion in ("taylor", "fisher", "activation", "apoz")
+    acc = PruneAccuracy.setup(args, lm, data_criterion)  # None without --data
+    calib = acc.calib if acc and acc.calib is not None else calib_batches(
+        args.calib or ("random:32" if data_criterion else None), lm, inputs)
     source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model),
               "input_shape": list(inputs[0].shape), "input_dtype": lm.input_dtype}
     progress = Progress(["tracing", "scoring", "removing", "verifying", "exporting ONNX"])
     try:
         res = run_prune(lm.model, inputs, config, round_to, source, calib=calib, strict=args.strict, log=progress)
         t_prune = time.perf_counter() - t0
+        measured = acc.measure(lm.model, res.model) if acc else None  # fine-tunes res.model
         before, after = size_summary(lm.model, inputs), size_summary(res.model, inputs)
         with atomic_dir(args.out) as tmp:
             save_pruned(tmp, res.model, res.plan, lm.hf_config)
@@ -111,7 +115,7 @@ def prune(args) -> dict:
                     g.channels_after < g.channels_before for g in res.plan.groups),
                 "max_rel_error_vs_masked": res.max_rel_error, "onnx_parity": parity,
                 "prune_seconds": round(t_prune, 3), "notes": res.plan.notes,
-            }
+            } | (measured["json"] if measured else {})
             write_json(os.path.join(tmp, "summary.json"), summary)
     finally:
         progress.close()
@@ -120,6 +124,8 @@ def prune(args) -> dict:
             f"({summary['mac_reduction']:.2f}x fewer); {summary['groups_pruned']}/{summary['groups']} groups pruned; "
             f"onnxruntime parity {'ok' if parity['ok'] else 'FAILED'} (max rel error {parity['max_rel_error']:.1e}); "
             f"wrote {args.out}")
+    if measured:
+        text += "\n" + measured["text"]
     for note in res.plan.notes:
         text += f"\nnote: {note}"
     code = 0 if parity["ok"] else 1
@@ -167,3 +173,9 @@ def inspect(args) -> dict:
         for w, op in graph.unsupported:
             lines.append(f"  note: unsupported op {op} in {w} keeps its channels")
     return {"text": "\n".join(lines), "json": info}
+
+
+def eval(args) -> dict:  # noqa: A001 (the verb's name)
+    from compress.evaluate import eval_verb
+
+    return eval_verb(args)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -17,6 +19,63 @@ from compress.errors import CompressError
 OPSET = 18
 
 
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence file descriptors 1 and 2 too: the TorchScript exporter logs from C++ (std::cerr),
+    e.g. the whole IR graph when a conversion fails, which Python-level redirects do not catch."""
+    saved = []
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    with tempfile.TemporaryFile() as sink:
+        try:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(sink.fileno(), fd)
+                except OSError:
+                    pass
+            yield
+        finally:
+            for fd, dup in saved:
+                os.dup2(dup, fd)
+                os.close(dup)
+
+
+def _sdpa_gqa_symbolic():
+    """`scaled_dot_product_attention(..., enable_gqa=True)` (Hugging Face's sdpa path for
+    grouped-query attention without a mask): repeat each kv head for its query heads, as torch
+    does (query head j reads kv head j // (hq // hk)), then convert as plain attention."""
+    from torch.onnx._internal.torchscript_exporter import symbolic_helper, symbolic_opset14
+
+    def repeat_kv(g, x, hq):
+        shape = g.op("Shape", x)
+        lead = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])),
+                    g.op("Constant", value_t=torch.tensor([-3])))
+        hk = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([-3])),
+                  g.op("Constant", value_t=torch.tensor([-2])))
+        tail = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([-2])),
+                    g.op("Constant", value_t=torch.tensor([2 ** 62])))
+        rep = g.op("Div", hq, hk)
+        x5 = g.op("Unsqueeze", x, g.op("Constant", value_t=torch.tensor([-3])))
+        x5 = g.op("Expand", x5, g.op("Concat", lead, hk, rep, tail, axis_i=0))
+        return g.op("Reshape", x5, g.op("Concat", lead, hq, tail, axis_i=0))
+
+    @symbolic_helper.parse_args("v", "v", "v", "v", "f", "b", "v", "b")
+    def sdpa(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if enable_gqa:
+            qshape = g.op("Shape", query)
+            hq = g.op("Slice", qshape, g.op("Constant", value_t=torch.tensor([-3])),
+                      g.op("Constant", value_t=torch.tensor([-2])))
+            key, value = repeat_kv(g, key, hq), repeat_kv(g, value, hq)
+        return symbolic_opset14.scaled_dot_product_attention(
+            g, query, key, value, attn_mask, dropout_p, is_causal, scale, False)
+
+    return sdpa
+
+
 def export_onnx(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool = True, opset: int = OPSET) -> None:
     names = [f"input{i}" if i else "input" for i in range(len(inputs))]
     axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
@@ -24,8 +83,9 @@ def export_onnx(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool 
         axes["output"] = {0: "batch"}
     model = model.eval()
     try:
+        torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", _sdpa_gqa_symbolic(), opset)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
+                contextlib.redirect_stderr(io.StringIO()), _quiet_fds(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, tuple(inputs), path, dynamo=False, opset_version=opset,
                               input_names=names, output_names=["output"], dynamic_axes=axes,

@@ -15,3 +15,6 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -c "import compress, torch, onnxruntime, transformers" 
   rm -f .venv/.installed-* && touch "$stamp"
 fi
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  echo "note: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); tests that need it are skipped" >&2
+fi

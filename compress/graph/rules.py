@@ -325,11 +325,13 @@ def r_pool(ctx, node, spatial: int):
 
 
 # ---------------------------------------------------------------- shapes
-def reshape_labels(ctx, node, X: Labels, in_shape, out_shape) -> Labels:
+def reshape_labels(ctx, node, X: Labels, in_shape, out_shape, inferred: frozenset = frozenset()) -> Labels:
+    """`inferred`: output dims given as -1. One of extent 1 is still a split: view(b, t, -1, hd) with
+    a single head must merge the head's channels, since hd is a constant the pruned model keeps."""
     why = f"reshape in {_where(node)}"
     out: list = [None] * len(out_shape)
     ins = [d for d in range(len(in_shape)) if in_shape[d] != 1]
-    outs = [d for d in range(len(out_shape)) if out_shape[d] != 1]
+    outs = [d for d in range(len(out_shape)) if out_shape[d] != 1 or d in inferred]
     for d in range(len(in_shape)):
         if in_shape[d] == 1 and (X[d] >= 0).any():
             ctx.ls.block(X[d], why)
@@ -373,7 +375,15 @@ def reshape_labels(ctx, node, X: Labels, in_shape, out_shape) -> Labels:
 
 def r_reshape(ctx, node):
     x = node.args[0]
-    return reshape_labels(ctx, node, ctx.L(x), tuple(ctx.val(x).shape), _out_shape(node))
+    in_shape, out_shape = tuple(ctx.val(x).shape), _out_shape(node)
+    inferred: set[int] = set()
+    name = op_name(node)
+    if name in ("view", "reshape", "_unsafe_view") and len(node.args) > 1:
+        inferred = {d for d, s in enumerate(node.args[1]) if isinstance(s, int) and s == -1}
+    elif name == "unflatten" and len(node.args) > 2:  # unflatten(x, dim, sizes)
+        dim = node.args[1] % len(in_shape)
+        inferred = {dim + j for j, s in enumerate(node.args[2]) if isinstance(s, int) and s == -1}
+    return reshape_labels(ctx, node, ctx.L(x), in_shape, out_shape, frozenset(inferred))
 
 
 def r_permute(ctx, node):
@@ -389,6 +399,22 @@ def r_transpose(ctx, node):
     d0, d1 = node.args[1] % len(X), node.args[2] % len(X)
     X[d0], X[d1] = X[d1], X[d0]
     return X
+
+
+def r_movedim(ctx, node):
+    X = list(ctx.L(node.args[0]))
+    n = len(X)
+    src, dst = node.args[1], node.args[2]
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    src, dst = [d % n for d in src], [d % n for d in dst]
+    rest = [d for d in range(n) if d not in src]
+    order: list = [None] * n
+    for s_, d_ in zip(src, dst):
+        order[d_] = s_
+    it = iter(rest)
+    order = [o if o is not None else next(it) for o in order]
+    return [X[d] for d in order]
 
 
 def r_expand(ctx, node):
@@ -593,6 +619,7 @@ RULES.update({
     "unflatten": r_reshape, "squeeze": r_reshape, "unsqueeze": r_reshape, "view_as": r_reshape,
     "reshape_as": r_reshape,
     "permute": r_permute, "transpose": r_transpose, "t": r_transpose, "numpy_T": r_transpose,
+    "swapaxes": r_transpose, "swapdims": r_transpose, "movedim": r_movedim, "moveaxis": r_movedim,
     "expand": r_expand, "expand_as": r_expand, "cat": r_cat, "concat": r_cat, "stack": r_stack,
     "slice": r_slice, "select": r_select, "split": r_split, "split_with_sizes": r_split,
     "chunk": r_split, "unbind": r_split, "tensor_split": r_split,

@@ -1,0 +1,221 @@
+"""Shared helpers for the benchmarks: model building, the pruning variants, machine info and
+the alternating subprocess timing protocol. Not a benchmark itself."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+TMP = BENCH / "tmp"
+RESULTS = BENCH / "results" / "cpu"
+TIMER = BENCH / "_ort_time.py"
+
+ZOO = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+       "densenet121", "regnet_x_400mf", "convnext_tiny"]
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- models
+
+def build(name: str):
+    """A fresh torchvision model with random weights (seeded), canonicalised like `compress prune` does."""
+    import torch
+    import torchvision
+
+    from compress.graph.canonical import canonicalize
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    canonicalize(model)
+    return model
+
+
+def example(batch: int = 1):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(batch, 3, 224, 224, generator=g),)
+
+
+def prune_ours(model, ratio: float, round_to: int, graph=None):
+    """compress.pruner.prune with l1, uniform ratio. Returns (PruneResult, seconds).
+    Pass `graph` (a previous result's) to skip tracing."""
+    from compress.plan import PruneConfig
+    from compress.pruner import prune
+
+    cfg = PruneConfig(ratio=ratio, criterion="l1", global_ranking=False, round_to=round_to)
+    t0 = time.perf_counter()
+    res = prune(model, example(1), cfg, round_to, {"model": "bench"}, graph=graph)
+    return res, time.perf_counter() - t0
+
+
+def classifier(model):
+    """The final classifier nn.Linear (the last Linear in module order)."""
+    from torch import nn
+
+    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return lins[-1]
+
+
+def prune_tp(model, ratio: float, round_to: int | None):
+    """Torch-Pruning's uniform magnitude (L1) pruner, the final classifier ignored.
+    Prunes `model` in place. Returns (model, seconds)."""
+    import torch_pruning as tp
+
+    t0 = time.perf_counter()
+    pruner = tp.pruner.MagnitudePruner(
+        model, example(1), importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio, ignored_layers=[classifier(model)], round_to=round_to)
+    pruner.step()
+    return model.eval(), time.perf_counter() - t0
+
+
+def macs(model) -> int:
+    from compress.metrics import count_macs
+
+    return count_macs(model, example(1))
+
+
+def export(model, path: Path) -> None:
+    from compress.export.onnx import export_onnx
+
+    export_onnx(model, example(1), str(path))
+
+
+def output_shape(model) -> tuple:
+    import torch
+
+    with torch.no_grad():
+        return tuple(model(*example(1)).shape)
+
+
+def check_runs(model, ref_shape) -> None:
+    import torch
+
+    with torch.no_grad():
+        out = model(*example(2))
+    if tuple(out.shape[1:]) != tuple(ref_shape[1:]):
+        raise RuntimeError(f"pruned output shape {tuple(out.shape)} != dense {tuple(ref_shape)}")
+
+
+# --------------------------------------------------------------------------- metadata
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "platform": platform.platform()}
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "onnxruntime", "torch-pruning", "onnx"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        out["compress"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                         capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        out["compress"] = None
+    return out
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def command_line() -> str:
+    rel = os.path.relpath(sys.argv[0], ROOT)
+    return " ".join(["python", rel] + sys.argv[1:])
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- timing
+
+def time_once(path: Path, batch: int, proto: dict) -> dict:
+    """One measurement in a fresh subprocess: median ms over the timed iterations (see _ort_time.py)."""
+    cmd = [sys.executable, str(TIMER), str(path), "--batch", str(batch), "--warmup", str(proto["warmup"]),
+           "--runs", str(proto["runs"]), "--max-seconds", str(proto.get("max_seconds", 0)),
+           "--min-runs", str(proto.get("min_runs", 3)), "--threads", str(proto.get("threads", 0))]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"timing {path.name} batch {batch} failed: {p.stderr.strip()[-500:]}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["load1"] = loadavg()[:1]
+    return out
+
+
+def alternate(jobs: list[tuple], proto: dict) -> dict:
+    """Time every job (key, path, batch) once per round, round-robin (A, B, C, ... then again),
+    rotating the starting job each round. Returns key -> list of per-round measurements."""
+    samples: dict = {j[0]: [] for j in jobs}
+    n = len(jobs)
+    for r in range(proto["rounds"]):
+        order = [jobs[(i + r) % n] for i in range(n)]
+        for key, path, batch in order:
+            samples[key].append(time_once(path, batch, proto))
+    return samples
+
+
+def summarize(meas: list[dict]) -> dict:
+    """Median over rounds of the per-measurement medians, min/max over rounds as the spread;
+    `best_ms` is the median over rounds of the per-measurement fastest iteration (less noise-sensitive)."""
+    med = [m["median_ms"] for m in meas]
+    return {"median_ms": round(statistics.median(med), 3), "min_ms": round(min(med), 3),
+            "max_ms": round(max(med), 3), "best_ms": round(statistics.median(m["min_ms"] for m in meas), 3),
+            "rounds_ms": [round(x, 3) for x in med], "runs": [m["runs"] for m in meas],
+            "load1": [m["load1"][0] if m["load1"] else None for m in meas]}
+
+
+def derived(dense: dict, lat: dict, dense_macs: int, macs: int) -> dict:
+    red = dense_macs / macs
+    speedup = dense["median_ms"] / lat["median_ms"]
+    speedup_best = dense["best_ms"] / lat["best_ms"]
+    return {"mac_reduction": round(red, 4), "speedup": round(speedup, 4), "efficiency": round(speedup / red, 4),
+            "efficiency_best": round(speedup_best / red, 4)}
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []

@@ -1,0 +1,53 @@
+"""Time one ONNX file in onnxruntime (CPUExecutionProvider) and print JSON on stdout.
+
+Run in a fresh process per measurement: python bench/_ort_time.py MODEL.onnx --batch 8 --warmup 3 --runs 20
+Imports only onnxruntime and numpy so that start-up stays cheap.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("path")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--max-seconds", type=float, default=0.0,
+                    help="stop timing early once this much time is spent (at least --min-runs runs; 0: no cap)")
+    ap.add_argument("--min-runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
+    a = ap.parse_args()
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if a.threads:
+        so.intra_op_num_threads = a.threads
+    sess = ort.InferenceSession(a.path, so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [a.batch] + [int(d) for d in inp.shape[1:]]
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    feeds = {inp.name: x}
+    for _ in range(a.warmup):
+        sess.run(None, feeds)
+    times = []
+    start = time.perf_counter()
+    for i in range(a.runs):
+        if a.max_seconds and i >= a.min_runs and time.perf_counter() - start > a.max_seconds:
+            break
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    print(json.dumps({"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+                      "runs": len(times), "warmup": a.warmup, "batch": a.batch}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Rewrite the README's benchmark section from bench/results/cpu/*.json.
+
+Only the text between the lines `<!-- bench:start -->` and `<!-- bench:end -->` in README.md is
+replaced (a `## Benchmarks` section with those markers is appended if absent), so the rest of
+the README may be edited freely.
+
+    python bench/make_tables.py            # rewrite README.md
+    python bench/make_tables.py --print    # print the section instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "cpu"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+NAMES = {"ours": "ours", "tp": "TP", "tp16": "TP+r16"}
+
+
+def _ms(lat: dict | None) -> str:
+    if not lat:
+        return "-"
+    m = lat["median_ms"]
+    fmt = "{:.1f}" if m >= 10 else "{:.2f}"
+    return f"{fmt.format(m)} ({fmt.format(lat['min_ms'])}–{fmt.format(lat['max_ms'])})"
+
+
+def _f(x, nd=2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _machine(d: dict) -> str:
+    m, v = d["machine"], d["versions"]
+    return (f"{m['cpu']}, {m['cores']} cores ({', '.join(m.get('isa', [])) or 'no AVX2'}), "
+            f"onnxruntime {v.get('onnxruntime')}, torch {v.get('torch')}, torch-pruning {v.get('torch-pruning')}, "
+            f"{d['date'][:10]}")
+
+
+def prune_latency_section(d: dict) -> list[str]:
+    p = d["protocol"]
+    rows: dict = {}
+    for e in d["entries"]:
+        key = (e["model"], e["ratio"], e["batch"])
+        rows.setdefault(key, {"dense": e.get("dense_latency")})[e["variant"]] = e
+    order = {m: i for i, m in enumerate(dict.fromkeys(e["model"] for e in d["entries"]))}
+    out = [
+        "### Pruned-model latency vs MACs (onnxruntime CPU)",
+        "",
+        "Efficiency = (dense latency / pruned latency) / (dense MACs / pruned MACs): 1.0 means latency falls "
+        "exactly as MACs do. *ours*: `compress.pruner.prune` (l1, uniform ratio, round_to = cpu channel step "
+        f"{_round_to(d)}); *TP*: Torch-Pruning {d['versions'].get('torch-pruning')} uniform magnitude pruner "
+        "(L1, classifier ignored), no rounding; *TP+r16*: the same with round_to=16. Random weights, "
+        "input 3×224×224, fp32. Latency: median over rounds (min–max over rounds) in ms.",
+        "",
+        "| model | ratio | batch | MAC red. ours | TP | TP+r16 | eff. ours | TP | TP+r16 | dense ms | ours ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model, ratio, batch) in sorted(rows, key=lambda k: (order[k[0]], k[1], k[2])):
+        r = rows[(model, ratio, batch)]
+        red = [_f(r.get(v, {}).get("mac_reduction")) for v in NAMES]
+        eff = [_f(r.get(v, {}).get("efficiency")) for v in NAMES]
+        eff = [f"**{x}**" if i == 0 and x != "-" and float(x) < 0.9 else x for i, x in enumerate(eff)]
+        out.append(f"| {model} | {ratio} | {batch} | " + " | ".join(red + eff)
+                   + f" | {_ms(r['dense'])} | {_ms(r.get('ours', {}).get('latency'))} |")
+    out.append("")
+    if d.get("failures"):
+        out.append("Failed variants: " + "; ".join(d["failures"]) + ".")
+        out.append("")
+    pt = d.get("prune_time")
+    if pt:
+        out.append(f"Pruning time (ResNet-50, ratio {pt['ratio']}, `compress.pruner.prune`: trace + score + "
+                   f"removal + verification): {pt['cold_s']:.1f} s in a fresh process, "
+                   f"{pt['warm_median_s']:.1f} s warm (target < {pt['target_s']:.0f} s)." if pt.get("warm_median_s")
+                   else f"Pruning time (ResNet-50): {pt['cold_s']:.1f} s in a fresh process.")
+        out.append("")
+    out.append(f"Produced by `{d['command']}` ({p['rounds']} alternating rounds, {p['warmup']} warm-up + up to "
+               f"{p['runs']} timed runs per measurement, each in a fresh process; {d['wall_seconds'] / 60:.0f} min) "
+               f"on {_machine(d)}. The machine is shared, so other load adds noise.")
+    return out
+
+
+def _round_to(d: dict) -> str:
+    for e in d["entries"]:
+        if e.get("variant") == "ours" and e.get("round_to"):
+            return str(e["round_to"])
+    return "?"
+
+
+def channel_step_section(d: dict) -> list[str]:
+    p = d["protocol"]
+    out = [
+        "### Channel step (round_to) on CPU",
+        "",
+        f"`compress.pruner.prune` at ratio {d['entries'][0]['ratio']} on "
+        f"{', '.join(dict.fromkeys(e['model'] for e in d['entries']))}, batch "
+        f"{', '.join(str(b) for b in p['batches'])}; geometric means over the models.",
+        "",
+        "| round_to | efficiency | min efficiency | speedup | MAC reduction |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for step, s in d["summary"].items():
+        mark = " (chosen)" if int(step) == d["best_step"] else ""
+        out.append(f"| {step}{mark} | {_f(s['geomean_efficiency'])} | {_f(s['min_efficiency'])} | "
+                   f"{_f(s['geomean_speedup'])} | {_f(s['geomean_mac_reduction'])} |")
+    out.append("")
+    out.append(f"Produced by `{d['command']}` ({p['rounds']} alternating rounds) on {_machine(d)}.")
+    return out
+
+
+def section(results: Path = RESULTS) -> str:
+    parts = ["", "Generated by `python bench/make_tables.py` from `bench/results/cpu/*.json`; "
+             "see `bench/README.md`. Do not edit by hand.", ""]
+    for fname, fn in (("prune_latency.json", prune_latency_section), ("channel_step.json", channel_step_section)):
+        f = results / fname
+        if f.is_file():
+            parts += fn(json.loads(f.read_text())) + [""]
+    return "\n".join(parts)
+
+
+def rewrite(readme: Path, body: str) -> None:
+    """Read-modify-write of the text between the markers only; atomic replace."""
+    text = readme.read_text() if readme.exists() else ""
+    if START in text and END in text and text.index(START) < text.index(END):
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        new = head + START + "\n" + body.strip("\n") + "\n" + END + tail
+    else:
+        sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+        new = text + sep + "## Benchmarks\n\n" + START + "\n" + body.strip("\n") + "\n" + END + "\n"
+    if new != text:
+        tmp = readme.with_name(readme.name + ".bench.tmp")
+        tmp.write_text(new)
+        os.replace(tmp, readme)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--results", default=str(RESULTS), help="folder with prune_latency.json / channel_step.json")
+    ap.add_argument("--print", action="store_true", help="print the section, do not touch the README")
+    a = ap.parse_args()
+    body = section(Path(a.results))
+    if a.print:
+        print(body)
+    else:
+        rewrite(Path(a.readme), body)
+        print(f"rewrote the benchmark section of {a.readme}")
+
+
+if __name__ == "__main__":
+    main()

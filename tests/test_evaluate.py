@@ -1,0 +1,228 @@
+"""compress.evaluate: metrics on constructed cases, model/data checks, `compress eval` end to end."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compress import data, evaluate
+from compress.errors import CompressError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest and immune to OpenMP stalls on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TinyCNN(nn.Module):
+    """A classifier for (1, 8, 8) inputs, importable as tests.test_evaluate:tiny_cnn."""
+    compress_input_shape = (1, 1, 8, 8)
+
+    def __init__(self, classes: int = 4, width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyCNN()
+
+
+def tiny_cnn_3() -> nn.Module:
+    return TinyCNN(classes=3)
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    head = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    path.write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes(), mtime=0))
+
+
+def make_learnable_idx(d: Path, n_train: int = 400, n_test: int = 200, classes: int = 4) -> Path:
+    """8x8 images whose class is which quadrant is bright, plus noise."""
+    rng = np.random.default_rng(0)
+    d.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, classes, n)
+        x = rng.integers(0, 90, (n, 8, 8))
+        for i, c in enumerate(y):
+            r, q = divmod(int(c), 2)
+            x[i, r * 4:(r + 1) * 4, q * 4:(q + 1) * 4] += 160
+        _write_idx(d / f"{prefix}-images-idx3-ubyte.gz", np.clip(x, 0, 255))
+        _write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return d
+
+
+# ---------------------------------------------------------------- metrics on constructed cases
+
+def test_accuracy_and_agreement():
+    labels = torch.tensor([0, 1, 2, 1])
+    a = torch.tensor([[5., 0, 0], [0, 5, 0], [0, 0, 5], [5, 0, 0]])    # 3/4 right
+    b = torch.tensor([[5., 0, 0], [0, 0, 5], [0, 0, 5], [5, 0, 0]])    # 2/4 right
+    assert evaluate.accuracy(a, labels) == 0.75
+    assert evaluate.accuracy(b, labels) == 0.5
+    assert evaluate.agreement(a, b) == 0.75
+    assert evaluate.agreement(a, a) == 1.0
+
+
+def test_functional_distance_and_kl():
+    x = torch.randn(32, 10)
+    assert evaluate.functional_distance(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert evaluate.kl_divergence(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert evaluate.functional_distance(x, x + 3.0) == pytest.approx(0.0, abs=1e-6)   # softmax is shift-invariant
+    # one-hot-like outputs on different classes: distance sqrt(2)
+    big = torch.full((4, 3), -50.0)
+    p, d = big.clone(), big.clone()
+    p[:, 0] = 50
+    d[:, 1] = 50
+    assert evaluate.functional_distance(p, d) == pytest.approx(math.sqrt(2), rel=1e-6)
+    # hand-computed two-class case
+    p, d = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])     # (0.5, 0.5) vs (0.75, 0.25)
+    assert evaluate.functional_distance(p, d) == pytest.approx(math.sqrt(2) * 0.25)
+    assert evaluate.kl_divergence(p, d) == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    r = evaluate.compare(p, d, torch.tensor([0]))
+    assert r["accuracy"] == 1.0 and r["accuracy_dense"] == 1.0 and r["agreement"] == 1.0
+
+
+def test_predict_batches_and_mode():
+    m = TinyCNN().train()
+    ds = data.Dataset(torch.rand(10, 1, 8, 8), torch.zeros(10, dtype=torch.long), ("a", "b", "c", "d"), "x")
+    out = evaluate.predict(m, ds, batch_size=3)
+    assert out.shape == (10, 4) and m.training      # restored
+    with torch.no_grad():
+        ref = m.eval()(ds.images)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_check_fits():
+    ds = data.Dataset(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), tuple("abcd"), "four")
+    assert evaluate.check_fits(TinyCNN(classes=4), ds) == 4
+    with pytest.raises(CompressError, match="outputs 3 classes but four has 4"):
+        evaluate.check_fits(TinyCNN(classes=3), ds)
+    with pytest.raises(CompressError, match="outputs 5 classes"):
+        evaluate.check_fits(TinyCNN(classes=5), ds)
+    inexact = data.Dataset(ds.images, ds.labels, tuple("abcd"), "inferred", exact_classes=False)
+    assert evaluate.check_fits(TinyCNN(classes=5), inexact) == 5
+    with pytest.raises(CompressError, match="not a classifier"):
+        evaluate.check_fits(nn.Conv2d(1, 2, 3), ds)
+    with pytest.raises(CompressError, match="does not run"):
+        evaluate.check_fits(nn.Linear(5, 4), ds)
+
+
+# ---------------------------------------------------------------- CLI end to end
+
+def _cli(*args, cwd=ROOT, env=None):
+    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "compress", *args], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    return make_learnable_idx(tmp_path_factory.mktemp("idx") / "quadrants")
+
+
+@pytest.fixture(scope="module")
+def trained_weights(idx_dir, tmp_path_factory):
+    """TinyCNN trained on the quadrant data, saved as safetensors."""
+    from safetensors.torch import save_model
+
+    from compress.train import Schedule, fit
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    m = tiny_cnn()
+    fit(m, data.load(str(idx_dir), "train"), Schedule(lr=0.05, epochs=3, batch_size=32))
+    torch.set_num_threads(n)
+    p = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_model(m, str(p))
+    return p
+
+
+def _main(capsys, *args):
+    from compress.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_cli_dense_and_pruned(idx_dir, trained_weights, tmp_path, capsys):
+    # end to end in a subprocess: the console entry point, --json on stdout
+    r = _cli("eval", "tests.test_evaluate:tiny_cnn", "--weights", str(trained_weights), "--data", str(idx_dir), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert 0.9 <= res["accuracy"] <= 1.0 and res["samples"] == 200 and res["classes"] == 4
+    assert not res["pruned"]
+
+    out = tmp_path / "pruned"
+    code, stdout, err = _main(capsys, "prune", "tests.test_evaluate:tiny_cnn", "--weights", str(trained_weights),
+                              "--ratio", "0.5", "--round-to", "1", "--data", str(idx_dir), "--finetune", "1",
+                              "--distill", "--out", str(out), "--json")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    for k in ("accuracy_dense", "accuracy_pruned_before_finetune", "accuracy", "agreement", "functional_distance"):
+        assert k in summary and 0.0 <= summary[k] <= 1.5, k
+    assert summary["accuracy_dense"] == pytest.approx(res["accuracy"])
+    assert summary["finetune"]["distill"] and summary["onnx_parity"]["ok"]
+    assert json.loads(stdout)["accuracy"] == summary["accuracy"]
+
+    # the callable's weights came from --weights: not recoverable without --source-weights
+    code, stdout, err = _main(capsys, "eval", str(out), "--data", str(idx_dir), "--json")
+    assert code == 0, err
+    res2 = json.loads(stdout)
+    assert res2["pruned"] and res2["accuracy"] == pytest.approx(summary["accuracy"])
+    assert "not recoverable" in res2["dense_source"] and "agreement" not in res2
+
+    r = _cli("eval", str(out), "--data", str(idx_dir), "--source-weights", str(trained_weights), "--json")
+    assert r.returncode == 0, r.stderr
+    res3 = json.loads(r.stdout)
+    assert res3["dense_source"] == "recovered"
+    for k in ("accuracy_dense", "agreement", "functional_distance"):
+        assert res3[k] == pytest.approx(summary[k]), k
+
+    code, stdout, err = _main(capsys, "eval", str(out), "--data", str(idx_dir))      # text output
+    assert code == 0 and "accuracy" in stdout and "not recoverable" in stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "tests.test_evaluate:tiny_cnn_3", "--data", "{idx}"], "outputs 3 classes"),
+    (["eval", "tests.test_evaluate:tiny_cnn", "--data", "{tmp}/missing"], "does not exist"),
+    (["eval", "tests.test_evaluate:tiny_cnn", "--data", "{idx}", "--input-shape", "1,1,28,28"], "(1, 28, 28)"),
+    (["prune", "tests.test_evaluate:tiny_cnn", "--ratio", "0.5", "--finetune", "1", "--out", "{tmp}/o"],
+     "--finetune needs --data"),
+    (["prune", "tests.test_evaluate:tiny_cnn", "--ratio", "0.5", "--data", "{idx}", "--distill", "--out", "{tmp}/o"],
+     "--distill needs --finetune"),
+    (["prune", "tests.test_evaluate:tiny_cnn", "--ratio", "0.5", "--data", "{idx}", "--finetune", "1",
+      "--lr-rewind", "--out", "{tmp}/o"], "original training schedule"),
+])
+def test_cli_errors(idx_dir, tmp_path, capsys, argv, message):
+    argv = [a.format(idx=idx_dir, tmp=tmp_path) for a in argv]
+    code, out, err = _main(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
