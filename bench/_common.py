@@ -202,6 +202,7 @@ def summarize(meas: list[dict]) -> dict:
     med = [m["median_ms"] for m in meas]
     return {"median_ms": round(statistics.median(med), 3), "min_ms": round(min(med), 3),
             "max_ms": round(max(med), 3), "best_ms": round(statistics.median(m["min_ms"] for m in meas), 3),
+            "cpu_ms": round(statistics.median(m["cpu_ms"] for m in meas), 3),
             "rounds_ms": [round(x, 3) for x in med], "runs": [m["runs"] for m in meas],
             "load1": [m["load1"][0] if m["load1"] else None for m in meas]}
 
@@ -219,3 +220,25 @@ def loadavg() -> list[float]:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     except OSError:
         return []
+
+
+def nchwc_stats(path: Path) -> dict:
+    """How onnxruntime's CPU graph optimiser lays out the convolutions of one ONNX file.
+
+    With ORT_ENABLE_ALL, MLAS moves convolutions into the blocked NCHWc layout (block 8 on AVX2,
+    16 on AVX-512) only when their channel counts are multiples of the block; the others run as
+    plain NCHW convs with Reorder nodes at each layout change. Returns counts from the optimised graph."""
+    import onnx
+    import onnxruntime as ort
+
+    opt = path.with_name(path.stem + "_opt.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(opt)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(opt)).graph.node
+    opt.unlink(missing_ok=True)
+    convs = [n for n in nodes if n.op_type in ("Conv", "FusedConv")]
+    return {"convs": len(convs), "nchwc_convs": sum(n.domain == "com.microsoft.nchwc" for n in convs),
+            "reorders": sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes)}

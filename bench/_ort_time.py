@@ -37,15 +37,17 @@ def main() -> None:
     feeds = {inp.name: x}
     for _ in range(a.warmup):
         sess.run(None, feeds)
-    times = []
+    times, cpu = [], []
     start = time.perf_counter()
     for i in range(a.runs):
         if a.max_seconds and i >= a.min_runs and time.perf_counter() - start > a.max_seconds:
             break
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         sess.run(None, feeds)
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
     print(json.dumps({"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+                      "cpu_ms": statistics.median(cpu),
                       "runs": len(times), "warmup": a.warmup, "batch": a.batch}))
 
 

@@ -4,8 +4,13 @@ For resnet50, mobilenet_v2 and efficientnet_b0 at ratio 0.3, batch 8: prune with
 compress.pruner.prune (l1, uniform ratio) at round_to in {1, 8, 16, 32}, export ONNX, and time
 dense and every step alternated round-robin in fresh subprocesses (same protocol as
 prune_latency.py). efficiency = (dense latency / pruned latency) / (dense MACs / pruned MACs).
-The step with the best geometric-mean efficiency over the models is the `cpu` channel_step in
-hardware_profiles/defaults.json (this script prints it; it does not edit that file).
+It also records how many convolutions onnxruntime runs in MLAS's blocked NCHWc layout at each step
+(block 8 on AVX2, 16 on AVX-512: channel counts off the block fall back to plain convs + reorders).
+
+Choice of the `cpu` channel_step in hardware_profiles/defaults.json (printed, not written): the
+steps whose geometric-mean efficiency is within --tie of the best are tied (the machine is shared
+and noisy); of those, the smallest multiple of --portable-block (16, the AVX-512 NCHWc block, so
+the default also runs at full speed on AVX-512 CPUs) is chosen, else the best.
 
     python bench/channel_step.py                        # full run (~10 min on 2 cores)
     python bench/channel_step.py --models resnet50 --rounds 1 --runs 3 --out /tmp/smoke.json
@@ -41,6 +46,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(c.RESULTS / "channel_step.json"))
     ap.add_argument("--keep-onnx", action="store_true")
+    ap.add_argument("--tie", type=float, default=0.03, help="geomean efficiency gap that counts as a tie")
+    ap.add_argument("--portable-block", type=int, default=16)
     a = ap.parse_args()
 
     proto = {"warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "min_runs": 3,
@@ -63,8 +70,9 @@ def main() -> None:
                 graph = res.graph
                 files[step] = tmpdir / f"{name}_step{step}.onnx"
                 c.export(res.model, files[step])
+                layout = c.nchwc_stats(files[step])
                 gp = [g for g in res.plan.groups if g.channels_after < g.channels_before]
-                info[step] = {"macs": c.macs(res.model), "prune_seconds": round(secs, 3),
+                info[step] = {"macs": c.macs(res.model), "prune_seconds": round(secs, 3), "onnxruntime_layout": layout,
                               "groups_pruned": len(gp),
                               "channels_after": sorted({g.channels_after for g in res.plan.groups})}
             jobs = [((k, b), p, b) for k, p in files.items() for b in a.batches]
@@ -99,6 +107,10 @@ def main() -> None:
             "min_efficiency": round(min(r["efficiency"] for r in rows), 4),
         }
     best = max(a.steps, key=lambda s: summary[str(s)]["geomean_efficiency"])
+    top = summary[str(best)]["geomean_efficiency"]
+    tied = [s for s in a.steps if summary[str(s)]["geomean_efficiency"] >= top - a.tie]
+    portable = [s for s in tied if s % a.portable_block == 0]
+    chosen = min(portable) if portable else best
     result = {
         "benchmark": "channel_step",
         "question": "which round_to makes compress-pruned models run closest to their MAC reduction in onnxruntime CPU?",
@@ -116,14 +128,18 @@ def main() -> None:
             "noise": "shared 2-core VM; other processes may run concurrently. Load average at start/end: "
                      f"{load_start} / {c.loadavg()}",
             "pruner": f"compress.pruner.prune, criterion l1, uniform ratio {a.ratio}, random weights",
-            "selection": "best = highest geometric-mean efficiency over models x batches",
+            "selection": f"best_step = highest geometric-mean efficiency over models x batches; tied_steps = within "
+                         f"{a.tie} of it; chosen_step = smallest tied step that is a multiple of {a.portable_block} "
+                         "(MLAS NCHWc block on AVX-512; 8 on AVX2), else best_step",
         },
         "summary": summary,
         "best_step": best,
+        "tied_steps": tied,
+        "chosen_step": chosen,
         "entries": entries,
     }
     c.write_json(c.Path(a.out), result)
-    c.log(f"best step by geomean efficiency: {best}; " + ", ".join(
+    c.log(f"best step by geomean efficiency: {best}; tied: {tied}; chosen: {chosen}; " + ", ".join(
         f"{s}: {summary[str(s)]['geomean_efficiency']:.3f}" for s in a.steps))
     c.log(f"wrote {a.out} in {time.time() - t_start:.0f}s")
 

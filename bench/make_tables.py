@@ -90,6 +90,13 @@ def _round_to(d: dict) -> str:
     return "?"
 
 
+def _layout(d: dict, step: str) -> str:
+    rows = [e["onnxruntime_layout"] for e in d["entries"] if str(e["round_to"]) == step and "onnxruntime_layout" in e]
+    if not rows:
+        return "-"
+    return f"{sum(r['nchwc_convs'] for r in rows)}/{sum(r['convs'] for r in rows)}"
+
+
 def channel_step_section(d: dict) -> list[str]:
     p = d["protocol"]
     out = [
@@ -99,14 +106,17 @@ def channel_step_section(d: dict) -> list[str]:
         f"{', '.join(dict.fromkeys(e['model'] for e in d['entries']))}, batch "
         f"{', '.join(str(b) for b in p['batches'])}; geometric means over the models.",
         "",
-        "| round_to | efficiency | min efficiency | speedup | MAC reduction |",
-        "|---:|---:|---:|---:|---:|",
+        "| round_to | efficiency | min efficiency | speedup | MAC reduction | convs in NCHWc |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for step, s in d["summary"].items():
-        mark = " (chosen)" if int(step) == d["best_step"] else ""
+        mark = " (default)" if int(step) == d.get("chosen_step", d["best_step"]) else ""
         out.append(f"| {step}{mark} | {_f(s['geomean_efficiency'])} | {_f(s['min_efficiency'])} | "
-                   f"{_f(s['geomean_speedup'])} | {_f(s['geomean_mac_reduction'])} |")
+                   f"{_f(s['geomean_speedup'])} | {_f(s['geomean_mac_reduction'])} | {_layout(d, step)} |")
     out.append("")
+    if "tied_steps" in d:
+        out.append(f"Steps {', '.join(map(str, d['tied_steps']))} tie within noise ({p['selection']}).")
+        out.append("")
     out.append(f"Produced by `{d['command']}` ({p['rounds']} alternating rounds) on {_machine(d)}.")
     return out
 

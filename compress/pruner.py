@@ -56,7 +56,10 @@ def compare(a: nn.Module, b: nn.Module, inputs: tuple) -> float:
         if x.shape != y.shape:
             return float("inf")
         scale = max(float(x.abs().max()), 1e-6)
-        worst = max(worst, float((x.float() - y.float()).abs().max()) / scale)
+        diff = float((x.float() - y.float()).abs().max())
+        if diff != diff or diff == float("inf"):  # NaN or Inf never passes
+            return float("inf")
+        worst = max(worst, diff / scale)
     return worst
 
 
@@ -110,6 +113,8 @@ def trace_inputs(inputs: tuple) -> tuple:
 def prune(model: nn.Module, example_inputs: tuple, config: PruneConfig, round_to: int, source: dict,
           calib=None, strict: bool = False, graph: ChannelGraph | None = None, log=None) -> PruneResult:
     config.validate()
+    from compress.graph.canonical import canonicalize
+    canonicalize(model)  # in place and function-preserving: nn.MultiheadAttention -> split q/k/v/o
     log = log or (lambda msg: None)
     inputs = trace_inputs(example_inputs)
     if graph is None:
