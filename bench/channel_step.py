@@ -8,7 +8,7 @@ It also records how many convolutions onnxruntime runs in MLAS's blocked NCHWc l
 (block 8 on AVX2, 16 on AVX-512: channel counts off the block fall back to plain convs + reorders).
 
 Choice of the `cpu` channel_step in hardware_profiles/defaults.json (printed, not written): the
-steps whose geometric-mean efficiency is within --tie of the best are tied (the machine is shared
+steps whose geometric-mean efficiency (fastest round) is within --tie of the best are tied (the machine is shared
 and noisy); of those, the smallest multiple of --portable-block (16, the AVX-512 NCHWc block, so
 the default also runs at full speed on AVX-512 CPUs) is chosen, else the best.
 
@@ -33,6 +33,54 @@ def geomean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
+SELECT_STAT = "efficiency_min"
+
+
+def choose(entries: list[dict], steps: list[int], tie: float, block: int):
+    """Summaries per step, the best step, the steps tied with it and the chosen default.
+    Selection uses the fastest-round efficiency (SELECT_STAT): the shared machine switches between
+    quiet and loaded phases that slow a whole measurement 2-3x, which the median over a few
+    rounds does not remove."""
+    for r in entries:  # results written before efficiency_min existed
+        r.setdefault("efficiency_min", round(r["dense_latency"]["min_ms"] / r["latency"]["min_ms"]
+                                             / r["mac_reduction"], 4))
+    summary = {}
+    for step in steps:
+        rows = [r for r in entries if r["round_to"] == step]
+        summary[str(step)] = {
+            "geomean_efficiency": round(geomean([r["efficiency"] for r in rows]), 4),
+            "geomean_efficiency_min": round(geomean([r["efficiency_min"] for r in rows]), 4),
+            "geomean_efficiency_best": round(geomean([r["efficiency_best"] for r in rows]), 4),
+            "geomean_speedup": round(geomean([r["speedup"] for r in rows]), 4),
+            "geomean_mac_reduction": round(geomean([r["mac_reduction"] for r in rows]), 4),
+            "min_efficiency": round(min(r["efficiency"] for r in rows), 4),
+            "min_efficiency_min": round(min(r["efficiency_min"] for r in rows), 4),
+        }
+    key = "geomean_" + SELECT_STAT
+    best = max(steps, key=lambda s: summary[str(s)][key])
+    top = summary[str(best)][key]
+    tied = [s for s in steps if summary[str(s)][key] >= top - tie]
+    portable = [s for s in tied if s % block == 0]
+    chosen = min(portable) if portable else best
+    return summary, best, tied, chosen
+
+
+def resummarize(path: str, tie: float, block: int) -> None:
+    d = c.json.loads(c.Path(path).read_text())
+    steps = sorted({r["round_to"] for r in d["entries"]})
+    d["summary"], d["best_step"], d["tied_steps"], d["chosen_step"] = choose(d["entries"], steps, tie, block)
+    d["protocol"]["selection"] = selection_text(tie, block)
+    d["resummarized"] = f"summary and choice recomputed from the stored entries by `{c.command_line()}` on {c.now()}"
+    c.write_json(c.Path(path), d)
+    c.log(f"{path}: best {d['best_step']}, tied {d['tied_steps']}, chosen {d['chosen_step']}")
+
+
+def selection_text(tie: float, block: int) -> str:
+    return (f"by geometric-mean {SELECT_STAT} (fastest round of dense and variant) over models x batches: "
+            f"best_step = highest; tied_steps = within {tie} of it; chosen_step = smallest tied step that is a "
+            f"multiple of {block} (MLAS NCHWc block on AVX-512; 8 on AVX2), else best_step")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=MODELS, metavar="NAME")
@@ -48,7 +96,10 @@ def main() -> None:
     ap.add_argument("--keep-onnx", action="store_true")
     ap.add_argument("--tie", type=float, default=0.03, help="geomean efficiency gap that counts as a tie")
     ap.add_argument("--portable-block", type=int, default=16)
+    ap.add_argument("--resummarize", action="store_true", help="recompute summary and choice in --out, no timing")
     a = ap.parse_args()
+    if a.resummarize:
+        return resummarize(a.out, a.tie, a.portable_block)
 
     proto = {"warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "min_runs": 3,
              "rounds": a.rounds, "threads": a.threads}
@@ -96,21 +147,7 @@ def main() -> None:
         if not a.keep_onnx:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
-    summary = {}
-    for step in a.steps:
-        rows = [r for r in entries if r["round_to"] == step]
-        summary[str(step)] = {
-            "geomean_efficiency": round(geomean([r["efficiency"] for r in rows]), 4),
-            "geomean_efficiency_best": round(geomean([r["efficiency_best"] for r in rows]), 4),
-            "geomean_speedup": round(geomean([r["speedup"] for r in rows]), 4),
-            "geomean_mac_reduction": round(geomean([r["mac_reduction"] for r in rows]), 4),
-            "min_efficiency": round(min(r["efficiency"] for r in rows), 4),
-        }
-    best = max(a.steps, key=lambda s: summary[str(s)]["geomean_efficiency"])
-    top = summary[str(best)]["geomean_efficiency"]
-    tied = [s for s in a.steps if summary[str(s)]["geomean_efficiency"] >= top - a.tie]
-    portable = [s for s in tied if s % a.portable_block == 0]
-    chosen = min(portable) if portable else best
+    summary, best, tied, chosen = choose(entries, a.steps, a.tie, a.portable_block)
     result = {
         "benchmark": "channel_step",
         "question": "which round_to makes compress-pruned models run closest to their MAC reduction in onnxruntime CPU?",
@@ -128,9 +165,7 @@ def main() -> None:
             "noise": "shared 2-core VM; other processes may run concurrently. Load average at start/end: "
                      f"{load_start} / {c.loadavg()}",
             "pruner": f"compress.pruner.prune, criterion l1, uniform ratio {a.ratio}, random weights",
-            "selection": f"best_step = highest geometric-mean efficiency over models x batches; tied_steps = within "
-                         f"{a.tie} of it; chosen_step = smallest tied step that is a multiple of {a.portable_block} "
-                         "(MLAS NCHWc block on AVX-512; 8 on AVX2), else best_step",
+            "selection": selection_text(a.tie, a.portable_block),
         },
         "summary": summary,
         "best_step": best,
@@ -139,8 +174,8 @@ def main() -> None:
         "entries": entries,
     }
     c.write_json(c.Path(a.out), result)
-    c.log(f"best step by geomean efficiency: {best}; tied: {tied}; chosen: {chosen}; " + ", ".join(
-        f"{s}: {summary[str(s)]['geomean_efficiency']:.3f}" for s in a.steps))
+    c.log(f"best step by geomean {SELECT_STAT}: {best}; tied: {tied}; chosen: {chosen}; " + ", ".join(
+        f"{s}: {summary[str(s)]['geomean_' + SELECT_STAT]:.3f}" for s in a.steps))
     c.log(f"wrote {a.out} in {time.time() - t_start:.0f}s")
 
 

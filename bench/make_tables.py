@@ -106,16 +106,18 @@ def channel_step_section(d: dict) -> list[str]:
         f"{', '.join(dict.fromkeys(e['model'] for e in d['entries']))}, batch "
         f"{', '.join(str(b) for b in p['batches'])}; geometric means over the models.",
         "",
-        "| round_to | efficiency | min efficiency | speedup | MAC reduction | convs in NCHWc |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| round_to | efficiency (median) | efficiency (fastest round) | worst model (fastest round) | speedup (median) "
+        "| MAC reduction | convs in NCHWc layout |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for step, s in d["summary"].items():
         mark = " (default)" if int(step) == d.get("chosen_step", d["best_step"]) else ""
-        out.append(f"| {step}{mark} | {_f(s['geomean_efficiency'])} | {_f(s['min_efficiency'])} | "
+        out.append(f"| {step}{mark} | {_f(s['geomean_efficiency'])} | {_f(s.get('geomean_efficiency_min'))} | "
+                   f"{_f(s.get('min_efficiency_min'))} | "
                    f"{_f(s['geomean_speedup'])} | {_f(s['geomean_mac_reduction'])} | {_layout(d, step)} |")
     out.append("")
     if "tied_steps" in d:
-        out.append(f"Steps {', '.join(map(str, d['tied_steps']))} tie within noise ({p['selection']}).")
+        out.append(f"Steps {', '.join(map(str, d['tied_steps']))} tie within noise. Selection {p['selection']}.")
         out.append("")
     out.append(f"Produced by `{d['command']}` ({p['rounds']} alternating rounds) on {_machine(d)}.")
     return out
