@@ -80,6 +80,9 @@ def prune_latency_section(d: dict) -> list[str]:
     out.append(f"Produced by `{d['command']}` ({p['rounds']} alternating rounds, {p['warmup']} warm-up + up to "
                f"{p['runs']} timed runs per measurement, each in a fresh process; {d['wall_seconds'] / 60:.0f} min) "
                f"on {_machine(d)}. The machine is shared, so other load adds noise.")
+    for r in d.get("remeasured", []):
+        out[-1] += (f" {', '.join(r['models'])} re-measured by `{r['command']}` on {r['date'][:16].replace('T', ' ')} "
+                    "UTC (its first measurement overlapped other jobs).")
     return out
 
 

@@ -110,6 +110,9 @@ def main() -> None:
     ap.add_argument("--prune-repeats", type=int, default=3, help="ResNet-50 pruning-time repeats (0: skip)")
     ap.add_argument("--out", default=str(c.RESULTS / "prune_latency.json"))
     ap.add_argument("--keep-onnx", action="store_true", help="leave the ONNX files in bench/tmp/")
+    ap.add_argument("--merge", action="store_true",
+                    help="re-measure only --models and replace their entries in the existing --out file "
+                         "(e.g. a model measured while the machine was busy); the rest of the file is kept")
     a = ap.parse_args()
 
     from compress.hardware_profiles import channel_step
@@ -200,8 +203,25 @@ def main() -> None:
         "failures": failures,
         "entries": entries_out,
     }
+    if a.merge and c.Path(a.out).is_file():
+        result = merge(c.json.loads(c.Path(a.out).read_text()), result, a.models)
     c.write_json(c.Path(a.out), result)
     c.log(f"wrote {a.out} in {time.time() - t_start:.0f}s")
+
+
+def merge(old: dict, new: dict, models: list[str]) -> dict:
+    """`old` with the entries of `models` replaced by `new`'s; the merge is recorded in `remeasured`."""
+    out = dict(old)
+    out["entries"] = [e for e in old["entries"] if e["model"] not in models] + new["entries"]
+    order = {m: i for i, m in enumerate(c.ZOO)}
+    out["entries"].sort(key=lambda e: (order.get(e["model"], 99), e["batch"], e["ratio"]))
+    out["failures"] = [f for f in old.get("failures", []) if f.split(" ")[0] not in models] + new["failures"]
+    if new.get("prune_time"):
+        out["prune_time"] = new["prune_time"]
+    out["remeasured"] = old.get("remeasured", []) + [
+        {"models": models, "command": new["command"], "date": new["date"], "wall_seconds": new["wall_seconds"],
+         "protocol_noise": new["protocol"]["noise"], "versions": new["versions"]}]
+    return out
 
 
 if __name__ == "__main__":
