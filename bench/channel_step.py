@@ -12,7 +12,7 @@ steps whose geometric-mean efficiency (fastest round) is within --tie of the bes
 and noisy); of those, the smallest multiple of --portable-block (16, the AVX-512 NCHWc block, so
 the default also runs at full speed on AVX-512 CPUs) is chosen, else the best.
 
-    python bench/channel_step.py                        # full run (~10 min on 2 cores)
+    python bench/channel_step.py                        # full run (~6 min on a quiet 2-core VM)
     python bench/channel_step.py --models resnet50 --rounds 1 --runs 3 --out /tmp/smoke.json
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import statistics
 import time
 
 import _common as c

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
-import os
 import shutil
 import statistics
 import time
@@ -155,8 +153,6 @@ def main() -> None:
         agg = {k: aggregate(fs) for k, fs in profiles.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for f in glob.glob("onnxruntime_profile*.json"):
-            os.unlink(f)
 
     (d_ops, d_ms, d_nodes), (p_ops, p_ms, p_nodes) = agg["dense"], agg[a.variant]
     red = total_macs["dense"] / total_macs[a.variant]

@@ -12,7 +12,7 @@ rounds; we report the median over rounds and the min/max spread.
 
 Also times compress.pruner.prune itself on ResNet-50 (trace + score + select + remove + verify).
 
-    python bench/prune_latency.py                                   # full run (~40 min on 2 cores)
+    python bench/prune_latency.py                                   # full run (~15 min on a quiet 2-core VM)
     python bench/prune_latency.py --models resnet18 --rounds 1 --runs 3 --out /tmp/smoke.json
 """
 
@@ -183,7 +183,9 @@ def main() -> None:
                            "only ever adds time, so it is the less noise-sensitive estimate",
             "noise": "shared 2-core VM: other processes (tests by other workers) may run concurrently; alternation "
                      "and medians over rounds are how we cope, so compare variants within one model/batch, and "
-                     "read efficiency differences below ~0.05 as noise. Load average at start/end: "
+                     "read efficiency differences below ~0.1 as noise. Heavy outside load (load average above ~3 on "
+                     "2 cores) slows the 2-thread sessions 2-3x in bursts and biases pruned-model efficiencies low; "
+                     "models measured during such bursts were re-measured with --merge. Load average at start/end: "
                      f"{load_start} / {c.loadavg()}",
             "weights": "random (torchvision get_model(weights=None), torch.manual_seed(0)); l1 magnitudes of random "
                        "weights pick arbitrary channels, which does not matter for latency",
