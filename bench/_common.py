@@ -246,3 +246,9 @@ def nchwc_stats(path: Path) -> dict:
     convs = [n for n in nodes if n.op_type in ("Conv", "FusedConv")]
     return {"convs": len(convs), "nchwc_convs": sum(n.domain == "com.microsoft.nchwc" for n in convs),
             "reorders": sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes)}
+
+
+def result_header(benchmark: str, question: str, t_start: float) -> dict:
+    """The fields every results JSON starts with: what, when, on which machine and versions."""
+    return {"benchmark": benchmark, "question": question, "command": command_line(), "date": now(),
+            "wall_seconds": round(time.time() - t_start, 1), "machine": machine_info(), "versions": versions()}

@@ -148,13 +148,7 @@ def main() -> None:
 
     summary, best, tied, chosen = choose(entries, a.steps, a.tie, a.portable_block)
     result = {
-        "benchmark": "channel_step",
-        "question": "which round_to makes compress-pruned models run closest to their MAC reduction in onnxruntime CPU?",
-        "command": c.command_line(),
-        "date": c.now(),
-        "wall_seconds": round(time.time() - t_start, 1),
-        "machine": c.machine_info(),
-        "versions": c.versions(),
+        **c.result_header("channel_step", "which round_to makes compress-pruned models run closest to their MAC reduction in onnxruntime CPU?", t_start),
         "protocol": {
             "runtime": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, intra-op threads "
                        + (str(a.threads) if a.threads else "default (= cores)"),

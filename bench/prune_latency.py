@@ -161,13 +161,7 @@ def main() -> None:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
     result = {
-        "benchmark": "prune_latency",
-        "question": "does channel pruning turn MAC reductions into onnxruntime CPU latency (efficiency = speedup / MAC reduction)?",
-        "command": c.command_line(),
-        "date": c.now(),
-        "wall_seconds": round(time.time() - t_start, 1),
-        "machine": c.machine_info(),
-        "versions": c.versions(),
+        **c.result_header("prune_latency", "does channel pruning turn MAC reductions into onnxruntime CPU latency (efficiency = speedup / MAC reduction)?", t_start),
         "protocol": {
             "runtime": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, intra-op threads "
                        + (str(a.threads) if a.threads else "default (= cores)"),

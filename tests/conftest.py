@@ -30,3 +30,12 @@ def randomize_norms(model: nn.Module, gen: torch.Generator | None = None) -> nn.
 @pytest.fixture
 def randomize():
     return randomize_norms
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is fastest and immune to OpenMP stalls on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
