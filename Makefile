@@ -5,12 +5,12 @@ setup:
 	./scripts/setup.sh
 
 demo: setup
-	./scripts/install-data.sh
+	./scripts/install-system.sh
 	.venv/bin/compress prune compress:fmnist-cnn --ratio 0.5 --data fashion-mnist --finetune 1 --distill --out out/fmnist-cnn-pruned
 	.venv/bin/compress eval out/fmnist-cnn-pruned --data fashion-mnist
 
 test: setup
-	./scripts/install-data.sh
+	./scripts/install-system.sh
 	.venv/bin/python -m pytest -q
 
 bench: setup
