@@ -24,6 +24,17 @@ def _model_args(p):
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
+# Verbs added by their own modules: `compress/commands/<name>.py` defines HELP, add_arguments(p) and
+# run(args) -> {"text", "json", "code"?}. Module import must be cheap (heavy imports inside run).
+COMMANDS = []
+
+
+def _command(name: str):
+    import importlib
+
+    return importlib.import_module(f"compress.commands.{name}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from compress.importance import CRITERIA
 
@@ -61,14 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print channel groups, parameters and MACs")
     p.add_argument("model", metavar="MODEL_OR_DIR")
     _model_args(p)
+
+    for name in COMMANDS:
+        mod = _command(name)
+        p = sub.add_parser(name, help=mod.HELP)
+        mod.add_arguments(p)
+        if not any(a.dest == "json" for a in p._actions):
+            p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from compress import verbs
-        result = getattr(verbs, args.verb)(args)
+        if args.verb in COMMANDS:
+            result = _command(args.verb).run(args)
+        else:
+            from compress import verbs
+            result = getattr(verbs, args.verb)(args)
     except CompressError as e:
         sys.stderr.write(f"compress {args.verb}: error: {e}\n")
         return 2

@@ -1,0 +1,1 @@
+"""One module per CLI verb beyond prune/eval/inspect (see compress.cli.COMMANDS)."""

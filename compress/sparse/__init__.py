@@ -1,0 +1,1 @@
+"""Unstructured masks: criteria and schedules."""
