@@ -179,7 +179,12 @@ def _conv(ctx, node, x, w, b, transposed: bool, groups: int):
         elif groups == cin and i == 1:  # depthwise (channel multiplier o // cin)
             ctx.unify(np.repeat(X[1], o // cin), W[0], why)
             ctx.mark(w, 0, "reader")
-        else:  # grouped: the same local position is removed from every group
+        elif groups >= 4:  # grouped: whole groups go (the per-group shape the kernel runs stays)
+            og, ig = o // groups, cin // groups
+            for j in range(groups):
+                ctx.ls.merge_all(np.concatenate([X[1][j * ig:(j + 1) * ig], W[0][j * og:(j + 1) * og]]), why)
+            ctx.mark(w, 0, "producer")
+        else:  # 2-3 groups: the same local position is removed from every group
             og = o // groups
             ctx.unify(np.tile(W[1], groups), X[1], why)
             ctx.unify(np.tile(W[0][:og], groups), W[0], why)

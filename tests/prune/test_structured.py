@@ -88,6 +88,19 @@ def test_depthwise_with_channel_multiplier():
     _check_runs_like_reference(m, res, (3, 3, 9, 9))
 
 
+def test_grouped_conv_with_many_groups_loses_whole_groups(randomize):
+    # ResNeXt/RegNet style: 1x1 -> grouped 3x3 (8 groups of 4) -> 1x1; the group width stays 4
+    m = randomize(nn.Sequential(nn.Conv2d(3, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                                nn.Conv2d(32, 32, 3, padding=1, groups=8), nn.BatchNorm2d(32), nn.ReLU(),
+                                nn.Conv2d(32, 5, 1))).eval()
+    res = prune(m, (torch.randn(2, 3, 6, 6),), PruneConfig(ratio=0.5), 1, {})
+    gc = res.model[3]
+    assert (gc.in_channels, gc.out_channels, gc.groups) == (16, 16, 4)
+    assert res.model[0].out_channels == 16 and res.model[6].in_channels == 16
+    _conv_consistent(gc)
+    _check_runs_like_reference(m, res, (3, 3, 6, 6))
+
+
 def test_transposed_conv():
     m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 6, 2, stride=2),
                       nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
