@@ -134,3 +134,43 @@ def prune(model: nn.Module, example_inputs: tuple, config: PruneConfig, round_to
     log("verifying")
     err = verify(model, pruned, graph, plan, inputs)
     return PruneResult(pruned, plan, graph, err)
+
+
+def apply_plan(model: nn.Module, example_inputs: tuple, plan: PrunePlan, log=None) -> PruneResult:
+    """Apply a saved plan (e.g. from `compress plan`): slice by its kept indices, then verify the
+    result against the original with the plan's removed channels zeroed. No scoring, no selection."""
+    from compress.graph.canonical import canonicalize
+    from compress.prune.structured import zero_removed
+
+    canonicalize(model)
+    log = log or (lambda msg: None)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    params.update(dict(model.named_buffers(remove_duplicate=False)))
+    keep = plan.param_keep()
+    removed: dict[tuple[str, int], np.ndarray] = {}
+    for name, dims in keep.items():
+        t = params.get(name)
+        if t is None:
+            raise CompressError(f"the plan names parameter {name!r}, which this model does not have: "
+                                f"it was made for {plan.source.get('model')}")
+        for d, idx in dims.items():
+            if d >= t.dim() or (idx and max(idx) >= t.shape[d]):
+                raise CompressError(f"the plan does not fit parameter {name!r} (shape {tuple(t.shape)}): "
+                                    f"it was made for {plan.source.get('model')}")
+            mask = np.ones(t.shape[d], dtype=bool)
+            mask[idx] = False
+            removed[(name, d)] = np.nonzero(mask)[0]
+    log("removing")
+    pruned = apply_keep(copy.deepcopy(model), keep).eval()
+    log("verifying")
+    inputs = trace_inputs(example_inputs)
+    with torch.no_grad():
+        ref = zero_removed(copy.deepcopy(model), removed)
+    try:
+        err = compare(ref, pruned, inputs)
+    except RuntimeError as e:
+        raise CompressError(f"the planned model does not run ({str(e).splitlines()[0][:200]})") from None
+    if err > TOLERANCE:
+        raise CompressError(f"the plan changes the model's function beyond removing channels (relative error "
+                            f"{err:.2e}): it was made for a different model or weights")
+    return PruneResult(pruned, plan, None, err)

@@ -71,6 +71,11 @@ def _module_of(param: str) -> str:
 
 
 def build_graph(model: torch.nn.Module, example_inputs: tuple) -> ChannelGraph:
+    return build_graph_traced(model, example_inputs)[0]
+
+
+def build_graph_traced(model: torch.nn.Module, example_inputs: tuple):
+    """The ChannelGraph, the ExportedProgram it came from, and the label context (labels per node)."""
     ep = export_model(model, example_inputs)
     ctx, param_labels = propagate(ep)
     dims = resolve(ctx, param_labels)
@@ -134,8 +139,9 @@ def build_graph(model: torch.nn.Module, example_inputs: tuple) -> ChannelGraph:
             id=len(groups), classes=np.array(prunable, dtype=np.int64), width=width, fixed=fixed,
             producers=keys, modules=mods,
         ))
-    return ChannelGraph(groups=groups, dims=dims, roles=roles, unsupported=list(ctx.unsupported),
-                        blocked=blocked_list)
+    graph = ChannelGraph(groups=groups, dims=dims, roles=roles, unsupported=list(ctx.unsupported),
+                         blocked=blocked_list)
+    return graph, ep, ctx
 
 
 def param_labels_order(param_labels):

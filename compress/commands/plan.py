@@ -1,0 +1,119 @@
+"""`compress plan`: a structured-pruning plan that meets a latency budget on a device profile."""
+
+from __future__ import annotations
+
+HELP = "plan channel counts per group that meet a latency budget on a device profile"
+
+
+def add_arguments(p) -> None:
+    from compress.importance import CRITERIA
+
+    p.add_argument("model", metavar="MODEL", help="torchvision:NAME | hf:DIR | compress:NAME | package.module:function")
+    p.add_argument("--target", default="cpu", help="device: cpu, gpu or jetson (picks the shipped profile)")
+    p.add_argument("--profile", help="a profile file or shipped name (default: the target's shipped profile)")
+    p.add_argument("--batch", type=int, help="batch size to plan for (default: the profile's)")
+    b = p.add_mutually_exclusive_group(required=True)
+    b.add_argument("--latency-budget", type=float, metavar="F", help="target latency as a fraction of dense, e.g. 0.6")
+    b.add_argument("--latency-ms", type=float, metavar="MS", help="target latency in milliseconds")
+    p.add_argument("--criterion", default="l1", choices=CRITERIA)
+    p.add_argument("--calib", help="calibration data for data-driven criteria (as for compress prune)")
+    p.add_argument("--formats", default="structured",
+                   help="comma list of structured,2:4,block: formats the report compares (the plan is structured)")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules whose output channels are kept")
+    p.add_argument("--min-keep", type=float, default=0.1, help="never keep fewer than this fraction of a group")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (its batch is replaced by --batch)")
+    p.add_argument("--weights", help="weights for MODEL (.safetensors, or a state_dict loaded with weights_only)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+_TARGET_PROFILE = {"cpu": "cpu-x86-2core-ort", "jetson": "jetson-orin-nano", "gpu": "h100-torch"}
+
+
+def _profile(args):
+    from compress.errors import CompressError
+    from compress.hardware_profiles import load_profile
+
+    if args.target not in _TARGET_PROFILE:
+        raise CompressError(f"unknown --target {args.target!r}; choose cpu, gpu or jetson")
+    name = args.profile or _TARGET_PROFILE[args.target]
+    try:
+        return load_profile(name, batch=args.batch)
+    except CompressError as e:
+        if args.profile is None and args.target == "gpu":
+            raise CompressError("no measured GPU profile ships yet; run `compress profile --target gpu --out FILE` "
+                                "on the GPU machine and pass --profile FILE") from None
+        raise e
+
+
+def run(args) -> dict:
+    import os
+
+    import numpy as np
+
+    from compress import models
+    from compress.errors import CompressError
+    from compress.io import atomic_dir, write_json
+    from compress.plan import weights_source
+    from compress.planner import BudgetUnreachable, PlanConfig, plan_model
+    from compress.verbs import Progress, _load, calib_batches
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("structured", "2:4", "block")]
+    if bad:
+        raise CompressError(f"--formats: unknown format {bad[0]!r}; use a comma list of structured,2:4,block")
+    prof = _profile(args)
+    config = PlanConfig(latency_budget=args.latency_budget, latency_ms=args.latency_ms, criterion=args.criterion,
+                        ignore=tuple(args.ignore), min_keep=args.min_keep, seed=args.seed)
+    config.validate()
+    shape = None
+    if args.input_shape:
+        shape = list(models.parse_shape(args.input_shape))
+        shape[0] = prof.batch
+        args.input_shape = ",".join(map(str, shape))
+    lm, inputs = _load(args)
+    if lm.plan is not None:
+        raise CompressError(f"{args.model} is already pruned; plan from its source model")
+    if shape is None:
+        inputs = models.example_inputs(lm, (prof.batch,) + tuple(inputs[0].shape[1:]))
+    calib = calib_batches(args.calib or ("random:32" if args.criterion in ("taylor", "fisher", "activation", "apoz")
+                                         else None), lm, inputs)
+    source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model), "input_shape": list(inputs[0].shape),
+              "weights": weights_source(args.weights)}
+    bar = Progress(["tracing", "scoring", "solving"])
+    try:
+        plan, res, graph = plan_model(lm.model, inputs, prof, config, source, calib=calib, target=args.target,
+                                      log=lambda m: bar(m) if not m.startswith("iteration") else None)
+    except BudgetUnreachable as e:
+        bar.close()
+        from compress.errors import CheckFailed
+        raise CheckFailed(f"{e}; raise the budget or lower --min-keep") from None
+    bar.close()
+    report = {"profile": prof.name, "profile_source": prof.data["source"], "batch": prof.batch,
+              "dense_ms": round(res.dense_ms, 4), "target_ms": round(res.target_ms, 4),
+              "predicted_ms": round(res.predicted_ms, 4), "predicted_speedup": round(res.dense_ms / res.predicted_ms, 4),
+              "smallest_ms": round(res.min_ms, 4), "iterations": res.iterations,
+              "roofline_fallback_layers": res.fallback_layers, "formats": list(formats)}
+    if plan is None:
+        text = (f"nothing to do: the budget {res.target_ms:.3f} ms is at or above the dense model's predicted "
+                f"{res.dense_ms:.3f} ms on {prof.name}")
+        return {"text": text, "json": {**report, "plan": None}, "code": 0}
+    groups = [{"producers": g.producers[:2], "channels_before": g.channels_before, "channels_after": g.channels_after}
+              for g in plan.groups]
+    report["groups"] = groups
+    with atomic_dir(args.out) as d:
+        with open(os.path.join(d, "plan.json"), "w") as f:
+            f.write(plan.to_json())
+        write_json(os.path.join(d, "report.json"), report)
+    kept = np.mean([g["channels_after"] / max(g["channels_before"], 1) for g in groups]) if groups else 1.0
+    lines = [f"profile {prof.name} ({prof.data['source']}, batch {prof.batch})",
+             f"dense {res.dense_ms:.3f} ms -> predicted {res.predicted_ms:.3f} ms "
+             f"(target {res.target_ms:.3f} ms, speedup {res.dense_ms / res.predicted_ms:.2f}x)",
+             f"{len(groups)} groups, mean kept fraction {kept:.2f}",
+             f"plan: {os.path.join(args.out, 'plan.json')}  (apply: compress prune {args.model} "
+             f"--plan {os.path.join(args.out, 'plan.json')} --out DIR)"]
+    if res.fallback_layers:
+        lines.insert(1, f"warning: no measured table for {len(res.fallback_layers)} layer kinds, roofline used: "
+                        + ", ".join(res.fallback_layers[:6]))
+    return {"text": "\n".join(lines), "json": {**report, "out": args.out}}
