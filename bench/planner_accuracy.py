@@ -1,0 +1,141 @@
+"""Accuracy at equal measured latency: our latency-budget plan vs Torch-Pruning's uniform pruner
+with round_to=16, both fine-tuned with the same budget, side by side in one run.
+
+For each model and budget: our plan (`compress.planner`, the shipped CPU onnxruntime profile at
+--batch) is applied; Torch-Pruning (MetaPruner, L1 magnitude, uniform ratio, round_to=16, the
+classifier kept) is run over a grid of ratios. Dense, ours and every Torch-Pruning candidate are
+timed in onnxruntime (fresh subprocess per measurement, alternated over rounds); the Torch-Pruning
+ratio whose measured latency is closest to ours is the baseline (|difference| <= 5% is the bar's
+"equal latency"). Both are then fine-tuned with the same recipe (compress.train.finetune: same
+epochs, samples, LR curve, distillation from the dense model, seed) and evaluated on the
+Fashion-MNIST test split.
+
+    nice -n 19 python bench/planner_accuracy.py                                  # fmnist-cnn, 0.5 and 0.7
+    nice -n 19 python bench/planner_accuracy.py --models efficientnet-lite0-fmnist --ft-samples 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import _common as c
+
+
+def tp_prune(model, example, ratio: float, round_to: int | None = 16):
+    import torch_pruning as tp
+
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=ratio, ignored_layers=[c.classifier(model)], round_to=round_to)
+    pruner.step()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["fmnist-cnn"])
+    ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.7])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--criterion", default="l1")
+    ap.add_argument("--objective", default="log", choices=["log", "linear"])
+    ap.add_argument("--tp-ratios", nargs="+", type=float,
+                    default=[round(0.1 + 0.05 * i, 2) for i in range(14)])
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--ft-samples", type=int, default=0, help="fine-tune on a stratified subset (0: all 60,000)")
+    ap.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--max-seconds", type=float, default=2.0)
+    ap.add_argument("--out", default=str(c.RESULTS / "planner_accuracy.json"))
+    a = ap.parse_args()
+
+    import torch
+
+    from compress import data, models
+    from compress.evaluate import accuracy, predict
+    from compress.export.onnx import export_onnx
+    from compress.hardware_profiles import load_profile
+    from compress.metrics import count_macs
+    from compress.planner import PlanConfig, plan_model
+    from compress.pruner import apply_plan
+    from compress.train import finetune
+
+    t_start = time.time()
+    proto = {"warmup": 3, "runs": a.runs, "max_seconds": a.max_seconds, "rounds": a.rounds}
+    out = c.result_header("planner_accuracy", "at equal measured onnxruntime latency on this CPU, is our "
+                          "latency-budget plan more accurate than Torch-Pruning's uniform round_to=16 pruner "
+                          "after the same fine-tuning?", t_start)
+    out |= {"protocol": proto, "batch": a.batch, "epochs": a.epochs, "ft_samples": a.ft_samples or 60000,
+            "distill": a.distill, "criterion": a.criterion, "objective": a.objective, "entries": []}
+    outdir = c.TMP / "planner_accuracy"
+    outdir.mkdir(parents=True, exist_ok=True)
+    prof = load_profile("cpu-x86-2core-ort", batch=a.batch)
+    for name in a.models:
+        lm = models.load(f"compress:{name}")
+        dense = lm.model.eval()
+        x1 = models.example_inputs(lm)
+        shape = tuple(x1[0].shape[1:])
+        xb = models.example_inputs(lm, (a.batch,) + shape)
+        test = data.load("fashion-mnist", "test", shape)
+        train = data.load("fashion-mnist", "train", shape)
+        if a.ft_samples:
+            train = data.calibration_subset(train, a.ft_samples, seed=0)
+        dense_acc = accuracy(predict(dense, test), test.labels)
+        dpath = outdir / f"{name}_dense.onnx"
+        export_onnx(dense, x1, str(dpath))
+        jobs = [(("dense",), dpath, a.batch)]
+        tp_models = {}
+        for r in a.tp_ratios:
+            try:
+                pm = tp_prune(copy.deepcopy(dense), x1, r)
+                path = outdir / f"{name}_tp{r}.onnx"
+                export_onnx(pm, x1, str(path))
+                tp_models[r] = pm
+                jobs.append((("tp", r), path, a.batch))
+            except Exception as e:  # noqa: BLE001 - a ratio Torch-Pruning cannot do is skipped
+                c.log(f"{name} tp ratio {r}: {type(e).__name__}: {str(e)[:200]}")
+        ours = {}
+        for b in a.budgets:
+            plan, res, _ = plan_model(copy.deepcopy(dense), xb, prof,
+                                      PlanConfig(latency_budget=b, criterion=a.criterion, objective=a.objective),
+                                      {"model": name})
+            pm = apply_plan(copy.deepcopy(dense), x1, plan).model
+            path = outdir / f"{name}_ours{b}.onnx"
+            export_onnx(pm, x1, str(path))
+            ours[b] = (pm, res, plan)
+            jobs.append((("ours", b), path, a.batch))
+        c.log(f"{name}: timing {len(jobs)} files")
+        samples = c.alternate(jobs, proto)
+        lat = {k: c.summarize(v) for k, v in samples.items()}
+        d_ms = lat[("dense",)]["median_ms"]
+        for b, (pm, res, plan) in ours.items():
+            o_ms = lat[("ours", b)]["median_ms"]
+            r_best = min(tp_models, key=lambda r: abs(lat[("tp", r)]["median_ms"] - o_ms))
+            t_ms = lat[("tp", r_best)]["median_ms"]
+            e = {"model": name, "budget": b, "dense_accuracy": dense_acc, "dense_ms": d_ms,
+                 "ours": {"ms": o_ms, "predicted_ratio": round(res.predicted_ms / res.dense_ms, 4),
+                          "measured_ratio": round(o_ms / d_ms, 4), "macs": count_macs(pm, x1),
+                          "channels": [[g.channels_before, g.channels_after] for g in plan.groups]},
+                 "tp16": {"ratio": r_best, "ms": t_ms, "measured_ratio": round(t_ms / d_ms, 4),
+                          "macs": count_macs(tp_models[r_best], x1)},
+                 "latency_gap": round(t_ms / o_ms - 1, 4), "equal_latency_within_5pct": abs(t_ms / o_ms - 1) <= 0.05,
+                 "tp_grid_ms": {str(r): lat[("tp", r)]["median_ms"] for r in tp_models}}
+            for key, model in (("ours", copy.deepcopy(pm)), ("tp16", copy.deepcopy(tp_models[r_best]))):
+                e[key]["accuracy_before_finetune"] = accuracy(predict(model, test), test.labels)
+                t0 = time.time()
+                finetune(model, train, a.epochs, teacher=dense if a.distill else None, seed=0)
+                e[key]["accuracy"] = accuracy(predict(model.eval(), test), test.labels)
+                e[key]["finetune_seconds"] = round(time.time() - t0, 1)
+                c.log(f"{name} budget {b} {key}: {e[key]['accuracy_before_finetune']:.4f} -> {e[key]['accuracy']:.4f}")
+            e["ours_minus_tp16_points"] = round(100 * (e["ours"]["accuracy"] - e["tp16"]["accuracy"]), 2)
+            out["entries"].append(e)
+            out["wall_seconds"] = round(time.time() - t_start, 1)
+            c.write_json(c.Path(a.out), out)
+    c.log(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

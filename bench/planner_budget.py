@@ -1,0 +1,130 @@
+"""Does a latency-budget plan run at its budget when measured?
+
+For each model, batch size and budget: `compress.planner.plan_model` against the shipped CPU
+onnxruntime profile at that batch, the plan applied (physical removal), dense and planned ONNX timed
+in onnxruntime, each measurement in a fresh subprocess, alternated round-robin over rounds.
+
+    measured_ratio = planned latency / dense latency (medians over rounds)
+    rel_error      = measured_ratio / budget - 1          (the bar: |rel_error| <= 0.10)
+
+Also records the planner's own predicted ratio and the time planning took.
+
+    python bench/planner_budget.py                       # resnet50, mobilenet_v2, efficientnet_b0, fmnist-cnn
+    python bench/planner_budget.py --models fmnist-cnn --batches 1 --rounds 2 --out /tmp/smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import shutil
+import time
+
+import _common as c
+
+MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "fmnist-cnn"]
+
+
+def build_any(name: str):
+    """(model, example input at batch 1): torchvision zoo with random weights, or the project's CNN."""
+    import torch
+
+    if name == "fmnist-cnn":
+        from compress.zoo import construct
+
+        torch.manual_seed(0)
+        return construct("fmnist-cnn").eval(), (torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)),)
+    return c.build(name), c.example(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--budgets", nargs="+", type=float, default=[0.7, 0.5])
+    ap.add_argument("--profile", default="cpu-x86-2core-ort", help="shipped profile name (per batch) or file")
+    ap.add_argument("--criterion", default="l1")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--max-seconds", type=float, default=2.5)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=str(c.RESULTS / "planner_budget.json"))
+    a = ap.parse_args()
+
+    import torch
+
+    from compress.export.onnx import export_onnx
+    from compress.hardware_profiles import load_profile
+    from compress.planner import PlanConfig, plan_model
+    from compress.pruner import apply_plan
+
+    t_start = time.time()
+    proto = {"warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "rounds": a.rounds}
+    outdir = c.TMP / "planner_budget"
+    shutil.rmtree(outdir, ignore_errors=True)
+    outdir.mkdir(parents=True)
+    entries, jobs = [], []
+    for name in a.models:
+        dense, x1 = build_any(name)
+        dpath = outdir / f"{name}_dense.onnx"
+        export_onnx(dense, x1, str(dpath))
+        for batch in a.batches:
+            prof = load_profile(a.profile, batch=batch)
+            xb = (x1[0].repeat(batch, *[1] * (x1[0].dim() - 1)),)
+            jobs.append(((name, batch, None), dpath, batch))
+            for budget in a.budgets:
+                e = {"model": name, "batch": batch, "budget": budget, "profile": prof.name,
+                     "profile_source": prof.data["source"], "criterion": a.criterion}
+                try:
+                    t0 = time.perf_counter()
+                    plan, res, _ = plan_model(copy.deepcopy(dense), xb, prof,
+                                              PlanConfig(latency_budget=budget, criterion=a.criterion),
+                                              {"model": name})
+                    e["plan_seconds"] = round(time.perf_counter() - t0, 2)
+                    e |= {"predicted_dense_ms": round(res.dense_ms, 4), "predicted_ms": round(res.predicted_ms, 4),
+                          "predicted_ratio": round(res.predicted_ms / res.dense_ms, 4),
+                          "roofline_fallback_layers": res.fallback_layers}
+                    pm = apply_plan(copy.deepcopy(dense), x1, plan).model
+                    e["channels"] = [[g.channels_before, g.channels_after] for g in plan.groups]
+                    e["mac_reduction"] = round(c_macs(dense, x1) / c_macs(pm, x1), 4)
+                    path = outdir / f"{name}_b{batch}_{budget}.onnx"
+                    export_onnx(pm, x1, str(path))
+                    jobs.append(((name, batch, budget), path, batch))
+                    c.log(f"{name} b{batch} budget {budget}: predicted {e['predicted_ratio']:.3f} of dense "
+                          f"({e['plan_seconds']}s to plan), MACs x{e['mac_reduction']} fewer")
+                except Exception as ex:  # recorded, not fatal
+                    e["error"] = f"{type(ex).__name__}: {str(ex).strip().splitlines()[0][:300] if str(ex).strip() else ''}"
+                    c.log(f"{name} b{batch} budget {budget}: FAILED {e['error']}")
+                entries.append(e)
+                gc.collect()
+    c.log(f"timing {len(jobs)} files x {a.rounds} rounds")
+    samples = c.alternate(jobs, proto)
+    for e in entries:
+        if "error" in e:
+            continue
+        d = c.summarize(samples[(e["model"], e["batch"], None)])
+        p = c.summarize(samples[(e["model"], e["batch"], e["budget"])])
+        ratio = p["median_ms"] / d["median_ms"]
+        e |= {"dense": d, "planned": p, "measured_ratio": round(ratio, 4),
+              "measured_ratio_min": round(p["min_ms"] / d["min_ms"], 4),
+              "rel_error": round(ratio / e["budget"] - 1, 4), "within_10pct": abs(ratio / e["budget"] - 1) <= 0.10}
+    ok = [e for e in entries if "within_10pct" in e]
+    out = c.result_header("planner_budget", "does a latency-budget plan run at its budget on this CPU "
+                          "(onnxruntime), batch 1 and 8?", t_start)
+    out |= {"protocol": proto, "entries": entries,
+            "summary": {"within_10pct": sum(e["within_10pct"] for e in ok), "measured": len(ok),
+                        "median_abs_error": round(sorted(abs(e["rel_error"]) for e in ok)[len(ok) // 2], 4) if ok else None}}
+    c.write_json(c.Path(a.out), out)
+    c.log(f"wrote {a.out}: {out['summary']}")
+    shutil.rmtree(outdir, ignore_errors=True)
+
+
+def c_macs(model, x) -> int:
+    from compress.metrics import count_macs
+
+    return count_macs(model, x)
+
+
+if __name__ == "__main__":
+    main()
