@@ -171,6 +171,7 @@ class CostModel:
             for g in cl.groups:
                 self.by_group.setdefault(g, []).append(i)
         self._cache: dict[tuple, float] = {}
+        self.factors: dict[int, float] = {}     # layer index -> latency factor of its sparse format
         self.overhead = profile.data["overhead"]["per_inference_ms"] + profile.per_op_ms() * len(costed)
 
     def sig_at(self, i: int, k: dict[int, int]):
@@ -199,7 +200,7 @@ class CostModel:
             sig = self.sig_at(i, k)
             ms = 0.0 if min(sig.cin, sig.cout, sig.groups) <= 0 else self.profile.layer_ms(sig)
             self._cache[key] = ms
-        return ms
+        return ms * self.factors.get(i, 1.0) if self.factors else ms
 
     def total(self, k: dict[int, int]) -> float:
         return self.overhead + sum(self.layer_ms(i, k) for i in range(len(self.costed)))
@@ -334,11 +335,30 @@ def plan_model(model, example_inputs: tuple, profile, config: PlanConfig, source
 
     Returns (PrunePlan | None, PlanResult | None, graph); None when the budget is at or above the
     dense prediction (nothing to do). Raises BudgetUnreachable when even the smallest network is slower."""
+    prep = prepare(model, example_inputs, profile, config, calib=calib, target=target, log=log)
+    return finish(prep, config, source, log=log)
+
+
+@dataclass
+class Prepared:
+    graph: object
+    cost: CostModel
+    cands: dict
+    values: dict
+    order: dict
+    active: set
+    block: int
+    dense: dict
+
+
+def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=None, target: str | None = None,
+            log=None) -> Prepared:
+    """Trace, score and build the cost model: everything a solve needs."""
     from compress.graph.canonical import canonicalize
     from compress.graph.groups import build_graph_traced
     from compress.hardware_profiles.layers import extract_layers
     from compress.importance import score
-    from compress.plan import _cover, _layer_needs, build_plan, class_step
+    from compress.plan import class_step
     from compress.pruner import ignored_groups, trace_inputs
 
     config.validate()
@@ -369,12 +389,25 @@ def plan_model(model, example_inputs: tuple, profile, config: PlanConfig, source
     costed = costed_layers(layers, ep, ctx, graph, order, active)
     cost = CostModel(costed, profile)
     dense = {g.id: g.size for g in graph.groups}
-    dense_ms = cost.total(dense)
+    return Prepared(graph, cost, cands, values, order, active, block, dense)
+
+
+def finish(prep: Prepared, config: PlanConfig, source: dict, log=None, dense_ms: float | None = None):
+    """Solve for the budget and turn the kept counts into a PrunePlan (see plan_model). `dense_ms`:
+    the reference the budget fraction applies to (default: the cost model's dense prediction)."""
+    from compress.plan import _cover, _layer_needs, build_plan
+
+    log = log or (lambda msg: None)
+    graph, cost, cands, values, order, active, block, dense = (
+        prep.graph, prep.cost, prep.cands, prep.values, prep.order, prep.active, prep.block, prep.dense)
+    profile = cost.profile
+    dense_ms = dense_ms if dense_ms is not None else cost.total(dense)
     target_ms = config.latency_ms if config.latency_ms is not None else config.latency_budget * dense_ms
     if target_ms >= dense_ms:
         return None, PlanResult(dense, dense_ms, target_ms, dense_ms, dense_ms, 0.0, [], []), graph
     log("solving")
     res = solve(cost, cands, values, target_ms, config, dense, log=log)
+    res.dense_ms = dense_ms
     needs = _layer_needs(graph, [g for g in graph.groups if g.id in active])
     keep = {}
     for g in graph.groups:

@@ -56,7 +56,7 @@ def run(args) -> dict:
     from compress.errors import CompressError
     from compress.io import atomic_dir, write_json
     from compress.plan import weights_source
-    from compress.planner import BudgetUnreachable, PlanConfig, plan_model
+    from compress.planner import BudgetUnreachable, PlanConfig
     from compress.verbs import Progress, _load, calib_batches
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
@@ -81,10 +81,22 @@ def run(args) -> dict:
                                          else None), lm, inputs)
     source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model), "input_shape": list(inputs[0].shape),
               "weights": weights_source(args.weights)}
+    from compress import planner_formats
+    from compress.planner import finish, prepare
+
     bar = Progress(["tracing", "scoring", "solving"])
+    log = lambda m: bar(m) if not m.startswith("iteration") else None  # noqa: E731
+    fmt_report = None
     try:
-        plan, res, graph = plan_model(lm.model, inputs, prof, config, source, calib=calib, target=args.target,
-                                      log=lambda m: bar(m) if not m.startswith("iteration") else None)
+        prep = prepare(lm.model, inputs, prof, config, calib=calib, target=args.target, log=log)
+        plan, res, graph = finish(prep, config, source, log=log)
+        sparse = tuple(f for f in formats if f != "structured")
+        if plan is not None and sparse:
+            fmt_report, mixed = planner_formats.report(prep, config, source, res, sparse)
+            if fmt_report["winner"] == "mixed" and mixed is not None:
+                plan, res = mixed
+                plan.formats = dict(fmt_report["mixed"]["sparse_layers"])
+                plan.notes.append("mixed plan: the layers in `formats` run sparse; apply them with compress sparsify")
     except BudgetUnreachable as e:
         bar.close()
         from compress.errors import CheckFailed
@@ -102,6 +114,8 @@ def run(args) -> dict:
     groups = [{"producers": g.producers[:2], "channels_before": g.channels_before, "channels_after": g.channels_after}
               for g in plan.groups]
     report["groups"] = groups
+    if fmt_report is not None:
+        report["formats_report"] = fmt_report
     with atomic_dir(args.out) as d:
         with open(os.path.join(d, "plan.json"), "w") as f:
             f.write(plan.to_json())
@@ -113,6 +127,13 @@ def run(args) -> dict:
              f"{len(groups)} groups, mean kept fraction {kept:.2f}",
              f"plan: {os.path.join(args.out, 'plan.json')}  (apply: compress prune {args.model} "
              f"--plan {os.path.join(args.out, 'plan.json')} --out DIR)"]
+    if fmt_report is not None:
+        fr = fmt_report
+        lines.append(f"formats ({', '.join(fr['formats'])}): structured {fr['structured']['speedup']:.2f}x, "
+                     f"unstructured-only {fr['unstructured']['speedup']:.2f}x"
+                     f"{'' if fr['unstructured']['meets_budget'] else ' (misses the budget)'}"
+                     + (f", mixed {fr['mixed']['speedup']:.2f}x" if "speedup" in fr.get("mixed", {}) else "")
+                     + f"; per-layer winners {fr['summary']}; chosen: {fr['winner']}")
     if res.fallback_layers:
         lines.insert(1, f"warning: no measured table for {len(res.fallback_layers)} layer kinds, roofline used: "
                         + ", ".join(res.fallback_layers[:6]))
