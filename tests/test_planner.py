@@ -128,3 +128,32 @@ def test_plan_and_prune_cli(tmp_path, one_thread):
     bad.write_text(prof.read_text()[:50])
     assert main(["plan", "tests.models:tiny_cnn", "--profile", str(bad), "--latency-budget", "0.5",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_formats_report_prices_2_4_on_a_gpu_profile_and_never_on_cpu(one_thread):
+    from compress import planner_formats
+    from compress.planner import finish, prepare
+
+    mlp = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = (torch.randn(4, 64),)
+    for kind, expect_24 in (("gpu", True), ("cpu", False)):
+        d = copy.deepcopy(PROFILE)
+        d["device"]["kind"] = kind
+        d["peak"]["gbps"] = 1e4          # compute-bound, so halving the math pays
+        d["peak"]["gflops"] = 0.1
+        d["overhead"] = {"per_inference_ms": 0.0, "per_op_ms": 0.0}
+        prof = DeviceProfile(d)
+        cfg = PlanConfig(latency_budget=0.8)
+        prep = prepare(copy.deepcopy(mlp), x, prof, cfg)
+        plan, res, _ = finish(prep, cfg, {"model": "mlp"})
+        rep, mixed = planner_formats.report(prep, cfg, {"model": "mlp"}, res, ("2:4", "block"))
+        formats = {o["format"] for layer in rep["layers"] for o in layer["options"]}
+        assert ("2:4" in formats) == expect_24
+        if expect_24:
+            assert rep["summary"].get("2:4", 0) >= 1
+            assert rep["unstructured"]["speedup"] > 1.0
+            assert rep["mixed"]["meets_budget"] and mixed is not None
+            # the mixed plan keeps at least as much importance as structured-only at the same budget
+            assert rep["mixed"]["importance_kept"] >= rep["mixed"]["structured_importance_kept"] - 1e-9
+        else:
+            assert rep["layers"] == [] and rep["winner"] == "structured"
