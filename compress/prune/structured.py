@@ -76,8 +76,9 @@ def fix_modules(model: nn.Module, snap: dict[int, dict]) -> None:
                 m.in_channels = w.shape[0]
                 m.out_channels = w.shape[1] * m.groups
             else:
-                if old["groups"] == old["in"] or old["groups"] >= 4:   # depthwise, or whole groups removed
-                    m.groups = w.shape[0] // (old["out"] // old["groups"])   # (rules.py: _conv)
+                if old["groups"] > 1 and (old["groups"] == old["in"] or old["groups"] >= 4):
+                    # depthwise, or grouped with whole groups removed (rules.py: _conv)
+                    m.groups = w.shape[0] // (old["out"] // old["groups"])
                 m.out_channels = w.shape[0]
                 m.in_channels = w.shape[1] * m.groups
         elif isinstance(m, nn.Linear):
