@@ -1,0 +1,83 @@
+"""`compress export MODEL_OR_DIR --target cpu|gpu|jetson --out DIR`: a deployable artifact directory."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+HELP = "write a deployable artifact (ONNX, TVM/TensorRT builds, scripts, manifest) for a target device"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", metavar="MODEL_OR_DIR",
+                   help="torchvision:NAME | hf:DIR | compress:NAME | package.module:function | pruned or sparsified DIR")
+    p.add_argument("--target", required=True, help="cpu, gpu or jetson")
+    p.add_argument("--device", help="jetson: orin-nano or agx-orin; gpu: a name recorded in the manifest")
+    p.add_argument("--dtype", help="fp32 or fp16 (TensorRT precision; default fp16 for gpu/jetson, fp32 for cpu)")
+    p.add_argument("--batch", default="dynamic", help="N (static batch) or dynamic (default)")
+    p.add_argument("--opt-batch", type=int, default=1, help="the batch TensorRT optimises for when the batch is dynamic")
+    p.add_argument("--sparse-plan", metavar="FILE",
+                   help="sparse_plan.json with per-layer formats (default: MODEL_OR_DIR/sparse_plan.json when present)")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (token ids: 1,16)")
+    p.add_argument("--weights", help="weights for MODEL (.safetensors, or a torch state_dict loaded with weights_only)")
+    p.add_argument("--out", required=True, metavar="DIR")
+
+
+def _summary(man: dict, out: str) -> str:
+    t = man["target"]
+    lines = [f"exported {man['source']['model']} for {t['name']}" + (f" ({t['device']})" if t.get("device") else "")
+             + f", {t['dtype']}, batch {t['batch']} -> {out}"]
+    for name, f in man["files"].items():
+        lines.append(f"  {name:28s} {f['bytes']:>12,d} bytes  sha256 {f['sha256'][:12]}")
+    for c in man["parity"]:
+        if c.get("max_rel_error") is None:
+            lines.append(f"parity {c['runtime']} on {c['inputs']}: FAILED ({c.get('error')})")
+        else:
+            lines.append(f"parity {c['runtime']} on {c['inputs']}: {'ok' if c['ok'] else 'FAILED'} "
+                         f"(max abs {c['max_abs_error']:.2e}, max rel {c['max_rel_error']:.2e})")
+    if not any("real" in c["inputs"] for c in man["parity"]):
+        lines.append(f"real inputs: none ({man['real_inputs']})")
+    s = man.get("sparsity_2_4")
+    if s and s["checked"]:
+        bad = [n for n, r in s["layers"].items() if not r["ok"]]
+        lines.append(f"2:4 pattern in the ONNX weights: {s['checked'] - len(bad)}/{s['checked']} layers ok"
+                     + (f"; NOT 2:4: {', '.join(bad[:8])}" if bad else ""))
+    if "tvm" in man:
+        lines.append(f"TVM: {man['tvm']['file']} for {man['tvm'].get('tag') or 'llvm (this host)'}"
+                     + (f", ELF e_machine {man['tvm']['elf_machine']} (aarch64)" if man['tvm'].get('elf_machine') else ""))
+    if "aoti" in man:
+        a = man["aoti"]
+        lines.append("AOTInductor: " + (f"model.pt2 (cpu) parity {'ok' if a['parity']['ok'] else 'FAILED'}"
+                                        if a.get("built") else a["reason"]))
+    e = man["expected_latency"]
+    lines.append(f"expected latency: {e['ms']:.3f} ms" if e.get("ms") is not None else f"expected latency: unknown ({e['reason']})")
+    acc = man["accuracy_at_pruning"]
+    lines.append(f"accuracy at pruning time: {acc['accuracy']:.4f}" if "accuracy" in acc else f"accuracy at pruning time: {acc['reason']}")
+    for nv in man["not_verified_here"]:
+        lines.append(f"NOT VERIFIED: {nv}")
+    for c in man["commands"][1:]:
+        lines.append(f"on the device, {c['what']}: {c['command']}")
+    if not man["ok"]:
+        lines.append("check failed: " + ("a runtime's output differs from torch" if not all(c["ok"] for c in man["parity"])
+                                         else "layers planned as 2:4 are not 2:4 in the ONNX weights"))
+    return "\n".join(lines)
+
+
+def run(args) -> dict:
+    from compress.export.package import export
+    from compress.export.targets import ExportConfig, default_dtype, parse_batch
+    from compress.models import parse_shape
+
+    cfg = ExportConfig(target=args.target, device=args.device, dtype=args.dtype or default_dtype(args.target),
+                       batch=parse_batch(args.batch), opt_batch=args.opt_batch).validate()
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    command = "compress export " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 and \
+        sys.argv[1] == "export" else f"compress export {args.model} --target {args.target} --out {args.out}"
+
+    def log(msg):
+        if not args.json:
+            sys.stderr.write(f"[export] {msg}\n")
+
+    man = export(args.model, cfg, args.out, weights=args.weights, input_shape=shape,
+                 sparse_plan=args.sparse_plan, command=command, log=log)
+    return {"text": _summary(man, args.out), "json": man | {"out": args.out}, "code": 0 if man["ok"] else 1}

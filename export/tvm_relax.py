@@ -1,0 +1,160 @@
+"""Apache TVM (Relax) builds of an exported ONNX model: a host library (llvm) run here for parity,
+and a Jetson library (aarch64 host + CUDA) cross-compiled here.
+
+TVM's Relax ONNX frontend imports the same ONNX file that onnxruntime runs, so both runtimes see
+one graph. CUDA kernels are compiled to a cubin for the target's compute capability by NVRTC
+(`cuda-bindings`) or by nvcc (`TVM_CUDA_COMPILE_MODE=nvcc`); neither needs a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+
+import numpy as np
+
+from compress.errors import CompressError
+
+EM_AARCH64, EM_X86_64 = 183, 62
+
+
+def _tvm():
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401
+    except ImportError as e:
+        raise CompressError(f"TVM builds need apache-tvm 0.27 (pip install apache-tvm): {e}") from None
+    return tvm
+
+
+def version() -> str | None:
+    try:
+        from importlib import metadata
+        return metadata.version("apache-tvm")
+    except Exception:
+        return None
+
+
+def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
+    """(op_type, node name) of every node TVM's Relax ONNX frontend has no converter for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = set(_get_convert_map()) | {"If", "Constant"}
+    return [(n.op_type, n.name) for n in onnx_model.graph.node if n.op_type not in known]
+
+
+def layer_of(node_name: str) -> str:
+    """TorchScript-exported node names are '/module/path/Op_N': the module path as a dotted name."""
+    parts = [p for p in node_name.split("/") if p]
+    if len(parts) <= 1:
+        return node_name or "(top level)"
+    return parts[-2] if "." in parts[-2] else ".".join(parts[:-1])
+
+
+def import_onnx(onnx_path: str):
+    """The Relax IRModule of an ONNX file (weights bound as constants). Unsupported ops: CompressError
+    naming the op and the layer."""
+    import onnx
+
+    _tvm()
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = onnx.load(onnx_path)
+    bad = unsupported_ops(model)
+    if bad:
+        op, node = bad[0]
+        more = f" (and {len(bad) - 1} more node(s): {', '.join(sorted({o for o, _ in bad}))})" if len(bad) > 1 else ""
+        raise CompressError(f"TVM's Relax ONNX frontend does not support op {op} in layer {layer_of(node)} "
+                            f"(ONNX node {node}){more}; replace that layer or export for another target")
+    try:
+        return from_onnx(model, keep_params_in_input=False)
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        raise CompressError(f"TVM's Relax ONNX frontend cannot import the model: {type(e).__name__}: {msg[:300]}") from None
+
+
+def host_target() -> dict:
+    return {"kind": "llvm"}
+
+
+def jetson_target(tag: str, host: dict):
+    tvm = _tvm()
+    return tvm.target.Target(tvm.target.Target(tag), host=host)
+
+
+def cuda_compiler() -> str:
+    """How TVM turns generated CUDA C into a cubin without a GPU here: NVRTC when cuda-bindings is
+    importable (TVM's default), else nvcc when it is on PATH."""
+    try:
+        from cuda.bindings import nvrtc  # noqa: F401
+        return "nvrtc"
+    except ImportError:
+        pass
+    if shutil.which("nvcc"):
+        return "nvcc"
+    raise CompressError("compiling TVM's CUDA kernels needs NVRTC (pip install cuda-bindings cuda-toolkit[nvrtc]) "
+                        "or nvcc on PATH; neither is available")
+
+
+def build(onnx_path: str, target, out_path: str, cc: str | None = None) -> dict:
+    """Build the ONNX model with Relax for `target` and export a shared library to `out_path`."""
+    tvm = _tvm()
+    from tvm import relax
+
+    mod = import_onnx(onnx_path)
+    tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    info = {"target": str(tgt), "file": os.path.basename(out_path)}
+    env_before = os.environ.get("TVM_CUDA_COMPILE_MODE")
+    try:
+        if tgt.kind.name == "cuda":
+            info["cuda_compiler"] = cuda_compiler()
+            os.environ["TVM_CUDA_COMPILE_MODE"] = info["cuda_compiler"]
+            info["cuda_arch"] = str(tgt.attrs.get("arch", ""))
+        with tgt:
+            ex = relax.build(mod, target=tgt)
+        if cc:
+            ex.export_library(out_path, cc=cc)
+        else:
+            ex.export_library(out_path)
+    except CompressError:
+        raise
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        raise CompressError(f"TVM build for {tgt.kind.name} failed: {type(e).__name__}: {msg[:300]}") from None
+    finally:
+        if tgt.kind.name == "cuda":
+            if env_before is None:
+                os.environ.pop("TVM_CUDA_COMPILE_MODE", None)
+            else:
+                os.environ["TVM_CUDA_COMPILE_MODE"] = env_before
+    info["device_modules"] = sorted({m.kind for m in _walk(ex.mod)} - {"relax.VMExecutable"})
+    return info
+
+
+def _walk(m):
+    yield m
+    for s in m.imports:
+        yield from _walk(s)
+
+
+def run(lib_path: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """Load an exported host library and run `main` on CPU; the first output as numpy."""
+    tvm = _tvm()
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(lib_path), tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in arrays])
+    while not hasattr(out, "numpy"):
+        out = out[0]
+    return out.numpy()
+
+
+def elf_machine(path: str) -> int | None:
+    """e_machine of an ELF file (183: AArch64, 62: x86-64), None if it is not ELF."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    endian = "<" if head[5] == 1 else ">"
+    return struct.unpack(endian + "H", head[18:20])[0]

@@ -1,0 +1,35 @@
+"""`compress bench DIR`: times each runtime of an artifact in its own process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from compress.cli import main  # noqa: E402
+
+
+def test_bench_cpu_artifact(tmp_path, capsys):
+    out = tmp_path / "art"
+    assert main(["export", "tests.export.export_models:tiny_mlp", "--target", "cpu", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(out), "--runs", "5", "--warmup", "1", "--threads", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    by = {r["runtime"]: r for r in res["results"]}
+    assert set(by) == {"onnxruntime", "tvm"}
+    for r in by.values():
+        assert r["runs"] == 5 and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"], r
+    assert res["shape"] == [1, 16] and len(res["loadavg"]) == 3
+    assert res["expected_ms"] is not None or res["expected_reason"]
+    assert main(["bench", str(out), "--runs", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime" in text and "tvm" in text and "median" in text
+
+
+def test_bench_not_an_artifact_exit_2(tmp_path, capsys):
+    assert main(["bench", str(tmp_path)]) == 2
+    assert "has no manifest.json" in capsys.readouterr().err

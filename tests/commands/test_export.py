@@ -1,0 +1,72 @@
+"""`compress export`: exit codes, text and JSON output, no partial directory on bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from compress.cli import main  # noqa: E402
+from tests.export.export_models import mask_24, tiny_cnn, write_plan  # noqa: E402
+
+M = "tests.export.export_models:"
+
+
+def test_export_cpu_json(tmp_path, capsys):
+    out = tmp_path / "art"
+    assert main(["export", M + "tiny_mlp", "--target", "cpu", "--out", str(out), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["ok"] and man["out"] == str(out)
+    assert json.loads((out / "manifest.json").read_text())["files"] == man["files"]
+    assert {c["runtime"] for c in man["parity"]} >= {"tvm (model_llvm.so)", "onnxruntime (model.ort.onnx)"}
+
+
+def test_export_gpu_text_marks_what_is_not_verified(tmp_path, capsys):
+    plan = tmp_path / "sparse_plan.json"
+    write_plan(plan, mask_24(tiny_cnn()))
+    out = tmp_path / "gpu"
+    code = main(["export", M + "tiny_cnn_24", "--target", "gpu", "--sparse-plan", str(plan), "--batch", "4",
+                 "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "2:4 pattern in the ONNX weights: 5/5 layers ok" in text
+    assert "NOT VERIFIED: TensorRT engine: not verified on this machine" in text
+    script = (out / "build_engine.sh").read_text()
+    assert "--fp16 --sparsity=enable" in script and "Shapes" not in script  # static batch 4: no profile flags
+    assert "--min-batch 4 --opt-batch 4 --max-batch 4" in script
+
+
+def test_export_gpu_dense_model_with_24_plan_fails_the_check(tmp_path, capsys):
+    plan = tmp_path / "sparse_plan.json"
+    write_plan(plan, mask_24(tiny_cnn()))
+    code = main(["export", "tests.models:tiny_cnn", "--target", "gpu", "--sparse-plan", str(plan),
+                 "--out", str(tmp_path / "o")])
+    text = capsys.readouterr().out
+    assert code == 1 and "NOT 2:4: " in text and "check failed" in text
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--target", "tpu"], "unknown target 'tpu'"),
+    (["--target", "jetson", "--device", "nano-x"], "unknown Jetson device 'nano-x'"),
+    (["--target", "jetson"], "needs --device"),
+    (["--target", "cpu", "--batch", "zero"], "--batch 'zero'"),
+])
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, argv, msg):
+    out = tmp_path / "o"
+    assert main(["export", M + "tiny_mlp", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0] and "Traceback" not in err[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_unsupported_op_exit_2_names_op_and_layer(tmp_path, capsys):
+    assert main(["export", M + "not_in_tvm", "--target", "cpu", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "op Celu in layer act" in err[-1]
+    assert not list(tmp_path.iterdir())
