@@ -6,7 +6,7 @@ setup:
 
 demo: setup
 	./scripts/install-system.sh
-	.venv/bin/compress prune compress:fmnist-cnn --ratio 0.5 --data fashion-mnist --finetune 1 --distill --out out/fmnist-cnn-pruned
+	.venv/bin/compress prune compress:fmnist-cnn --ratio 0.5 --data fashion-mnist --finetune 1 --distill --lr 0.02 --lr-schedule cosine --out out/fmnist-cnn-pruned
 	.venv/bin/compress eval out/fmnist-cnn-pruned --data fashion-mnist
 
 test: setup

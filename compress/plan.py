@@ -45,13 +45,15 @@ class GroupPlan:
 
 @dataclass
 class PrunePlan:
-    source: dict                         # {"model": spec, "sha256": weights hash, "input_shape": [...]}
+    source: dict                         # {"model": spec, "sha256": weights hash, "input_shape": [...],
+                                         #  "weights": {"path", "sha256"} of --weights, absent without it}
     config: dict
     round_to: int
     groups: list[GroupPlan]
     keep: dict[str, dict[str, list[int]]]   # parameter -> dim -> kept indices
     schema_version: int = SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
+    formats: dict[str, dict] = field(default_factory=dict)  # module -> {"format": "2:4"|"block:N", "density"}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
@@ -71,6 +73,22 @@ class PrunePlan:
 
     def param_keep(self) -> dict[str, dict[int, list[int]]]:
         return {p: {int(d): idx for d, idx in dims.items()} for p, dims in self.keep.items()}
+
+
+def weights_source(path: str | None) -> dict | None:
+    """What `source["weights"]` records for `--weights FILE`: its absolute path and the sha256 of the
+    file's bytes (the source's `sha256` is of the loaded tensors). None without --weights. Plans
+    written before this field existed simply lack the key; readers use `source.get("weights")`."""
+    if not path:
+        return None
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": os.path.abspath(path), "sha256": h.hexdigest()}
 
 
 def _round_keep(n: int, target: float, step: int) -> int:

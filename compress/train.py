@@ -138,29 +138,46 @@ def _logits(out):
 
 def fit(model: nn.Module, train, schedule: Schedule, epochs: float | None = None, lr_fn=None,
         teacher: nn.Module | None = None, seed: int = 0, augment=None, desc: str = "train",
-        distill_T: float = DISTILL_T, distill_alpha: float = DISTILL_ALPHA) -> list[dict]:
+        distill_T: float = DISTILL_T, distill_alpha: float = DISTILL_ALPHA, after_step=None) -> list[dict]:
     """Train `model` in place on `train` (a compress.data.Dataset) for `epochs` (default: the
-    schedule's), LR from `lr_fn(t)` (default: the schedule's own). Returns per-epoch
-    {"epoch", "loss", "train_accuracy", "seconds"}. The model is left in eval mode."""
+    schedule's), LR from `lr_fn(t)` (default: the schedule's own). `after_step(model)` runs after
+    every optimizer step (gradual pruning re-applies its masks there). Returns per-epoch
+    {"epoch", "loss", "train_accuracy", "seconds"}. The model is left in eval mode.
+
+    Under torchrun (`compress.distributed.active()`), the model is wrapped in DistributedDataParallel,
+    each rank trains on its DistributedSampler shard with batch_size / world_size samples per step
+    (the same global batch and number of steps as one process), and the ranks' BatchNorm statistics
+    are averaged at the end, so every rank ends with identical weights. The logged loss and accuracy
+    are rank 0's shard's."""
     from tqdm import tqdm
+
+    from compress import distributed
 
     epochs = schedule.epochs if epochs is None else epochs
     if epochs <= 0:
         raise CompressError(f"fine-tuning epochs must be positive, got {epochs}")
     lr_fn = lr_fn or schedule.lr_at
+    ctx = distributed.active()
+    world = ctx.world_size if ctx else 1
+    batch = max(1, schedule.batch_size // world)
     n_full = math.ceil(epochs)
-    steps_per_epoch = math.ceil(len(train) / schedule.batch_size)
+    steps_per_epoch = math.ceil(len(train) / (batch * world))
     total_steps = max(1, round(epochs * steps_per_epoch))
+    net = distributed.wrap(model, ctx) if ctx else model
     opt = make_optimizer(model, schedule)
     if teacher is not None:
         teacher.eval()
+        if ctx:
+            teacher.to(ctx.device)
     history, step = [], 0
     for ep in range(n_full):
         model.train()
         t0, tot_loss, correct, seen = time.perf_counter(), 0.0, 0, 0
-        bar = tqdm(total=min(steps_per_epoch, total_steps - step), disable=None, leave=False,
-                   desc=f"{desc} epoch {ep + 1}/{n_full}")
-        for x, y in train.batches(schedule.batch_size, shuffle=True, seed=seed * 1009 + ep):
+        bar = tqdm(total=min(steps_per_epoch, total_steps - step), disable=True if ctx and ctx.rank else None,
+                   leave=False, desc=f"{desc} epoch {ep + 1}/{n_full}")
+        batches = (distributed.shard_batches(train, batch, seed * 1009 + ep, ctx) if ctx
+                   else train.batches(batch, shuffle=True, seed=seed * 1009 + ep))
+        for x, y in batches:
             if step >= total_steps:
                 break
             lr = lr_fn(epochs * step / total_steps)
@@ -168,7 +185,9 @@ def fit(model: nn.Module, train, schedule: Schedule, epochs: float | None = None
                 g["lr"] = lr
             if augment is not None:
                 x = augment(x, step)
-            out = _logits(model(x))
+            if ctx:
+                x, y = x.to(ctx.device), y.to(ctx.device)
+            out = _logits(net(x))
             if teacher is not None:
                 with torch.no_grad():
                     t_out = _logits(teacher(x))
@@ -178,6 +197,8 @@ def fit(model: nn.Module, train, schedule: Schedule, epochs: float | None = None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step(model)
             step += 1
             tot_loss += loss.item() * len(y)
             correct += int((out.argmax(1) == y).sum())
@@ -189,31 +210,105 @@ def fit(model: nn.Module, train, schedule: Schedule, epochs: float | None = None
             raise CompressError(f"{desc}: the loss diverged (NaN/Inf) in epoch {ep + 1}; use a smaller --lr")
         history.append({"epoch": ep + 1, "loss": tot_loss / max(seen, 1),
                         "train_accuracy": correct / max(seen, 1), "seconds": round(time.perf_counter() - t0, 3)})
+    if ctx:
+        distributed.sync_buffers(model, ctx)
+        model.to("cpu")                            # the rest of the pipeline (eval, export) runs on the CPU
+        if teacher is not None:
+            teacher.to("cpu")
     model.eval()
     return history
 
 
-def finetune(model: nn.Module, train, epochs: float, teacher: nn.Module | None = None, lr: float | None = None,
-             rewind: Schedule | None = None, batch_size: int = 128, seed: int = 0) -> list[dict]:
-    """Recovery fine-tuning of a pruned model (in place). `rewind`: the original schedule, replayed
-    from epoch T-epochs (LR rewinding); otherwise SGD at the fixed `lr` (default FINETUNE_LR)."""
+def recovery_schedule(epochs: float, lr: float | None = None, rewind: Schedule | None = None,
+                      batch_size: int = 128, lr_schedule: str = "constant") -> tuple[Schedule, "object"]:
+    """The fine-tuning recipe: (Schedule, lr_fn(t) for t in [0, epochs]). `rewind`: the original
+    schedule's last `epochs` epochs; otherwise SGD from `lr` (default FINETUNE_LR) held constant,
+    or decayed to zero over the run (`cosine`), or warmed up and decayed (`onecycle`)."""
     if rewind is not None:
         sched = Schedule(**{**rewind.to_dict(), "batch_size": batch_size})
-        lr_fn = sched.rewound(epochs)
-    else:
-        sched = Schedule(optimizer="sgd", lr=lr or FINETUNE_LR, schedule="constant", epochs=epochs,
-                         batch_size=batch_size)
-        lr_fn = None
-    teacher = copy.deepcopy(teacher).eval() if teacher is not None else None
-    if teacher is not None:
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        return sched, sched.rewound(epochs)
+    sched = Schedule(optimizer="sgd", lr=lr or FINETUNE_LR, schedule=lr_schedule, epochs=epochs,
+                     batch_size=batch_size)
+    return sched, sched.lr_at
+
+
+def frozen_teacher(teacher: nn.Module | None) -> nn.Module | None:
+    """A private eval-mode copy of the dense model with gradients off (the model itself is untouched)."""
+    if teacher is None:
+        return None
+    teacher = copy.deepcopy(teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def finetune(model: nn.Module, train, epochs: float, teacher: nn.Module | None = None, lr: float | None = None,
+             rewind: Schedule | None = None, batch_size: int = 128, seed: int = 0,
+             lr_schedule: str = "constant", distill_T: float = DISTILL_T,
+             distill_alpha: float = DISTILL_ALPHA) -> list[dict]:
+    """Recovery fine-tuning of a pruned model (in place). `rewind`: the original schedule, replayed
+    from epoch T-epochs (LR rewinding); otherwise SGD from `lr` (default FINETUNE_LR) shaped by
+    `lr_schedule` (constant, cosine or onecycle)."""
+    sched, lr_fn = recovery_schedule(epochs, lr, rewind, batch_size, lr_schedule)
+    teacher = frozen_teacher(teacher)
     with deterministic(seed):
-        return fit(model, train, sched, epochs, lr_fn, teacher=teacher, seed=seed,
-                   desc="fine-tune" + (" (distill)" if teacher is not None else ""))
+        return fit(model, train, sched, epochs, lr_fn, teacher=teacher, seed=seed, distill_T=distill_T,
+                   distill_alpha=distill_alpha, desc="fine-tune" + (" (distill)" if teacher is not None else ""))
 
 
 def model_schedule(model: nn.Module) -> Schedule | None:
     """The original training schedule a model declares (`compress_train_schedule`), if any."""
     d = getattr(model, "compress_train_schedule", None)
     return Schedule.from_dict(dict(d)) if d else None
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, train, batches: int = 20, batch_size: int = 128, seed: int = 0) -> int:
+    """Re-estimate BatchNorm running statistics on `batches` training batches (forward passes in train
+    mode, no gradient step; cumulative average instead of momentum). Pruning changes what reaches each
+    BatchNorm (a residual sum loses the removed channels' contributions), so the dense statistics no
+    longer fit; this cheap pass restores most of the accuracy lost before any fine-tuning. Returns the
+    number of BatchNorm layers reset (0: the model has none, nothing is run)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                               # cumulative moving average over the batches
+    model.train()
+    try:
+        for i, (x, _) in enumerate(train.batches(batch_size, shuffle=True, seed=seed + 7)):
+            if i >= batches:
+                break
+            model(x)
+    finally:
+        for m, (mom, _t) in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
+    return len(bns)
+
+
+class CachedTeacher(nn.Module):
+    """The dense teacher's logits computed once for every sample of a dataset and looked up by the
+    sample's bytes, so that several fine-tuning runs on the same data (a benchmark comparing pruners,
+    a gradual schedule's steps) share one teacher pass. Identical inputs give identical logits, so the
+    loss is the same as with the live teacher (in eval mode); an input not in the dataset (augmented)
+    falls back to running the teacher."""
+
+    def __init__(self, teacher: nn.Module, ds, batch_size: int = 512) -> None:
+        super().__init__()
+        self.teacher = frozen_teacher(teacher)
+        with torch.no_grad():
+            self.logits = torch.cat([_logits(self.teacher(x)).float() for x, _ in ds.batches(batch_size)])
+        flat = ds.images.reshape(len(ds), -1).contiguous()
+        self.index = {flat[i].numpy().tobytes(): i for i in range(len(ds))}
+
+    @torch.no_grad()
+    def forward(self, x):
+        flat = x.reshape(x.shape[0], -1).contiguous()
+        idx = [self.index.get(flat[i].numpy().tobytes()) for i in range(x.shape[0])]
+        if any(i is None for i in idx):
+            return self.teacher(x)
+        return self.logits[torch.as_tensor(idx)]

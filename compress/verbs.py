@@ -70,55 +70,205 @@ def calib_batches(spec: str | None, lm: models.LoadedModel, inputs: tuple, batch
     return [(full[i:i + batch],) for i in range(0, len(full), batch)]
 
 
-def prune(args) -> dict:
-    from compress.evaluate import PruneAccuracy
-    from compress.export.onnx import export_onnx, ort_parity
-    from compress.hardware_profiles import channel_step
-    from compress.io import atomic_dir, save_pruned, write_json
-    from compress.metrics import size_summary
-    from compress.plan import PruneConfig
-    from compress.pruner import prune as run_prune
+def _schedule_args(args, data_criterion: bool):
+    """Validate --schedule/--steps/--lr-schedule against the other flags; the PruneSchedule."""
+    from compress.schedules import PruneSchedule
 
-    config = PruneConfig(ratio=args.ratio, criterion=args.criterion, global_ranking=args.global_ranking,
+    sched = PruneSchedule(getattr(args, "schedule", "oneshot") or "oneshot", getattr(args, "steps", 4))
+    sched.validate()
+    lr_schedule = getattr(args, "lr_schedule", "constant") or "constant"
+    if lr_schedule != "constant":
+        if not getattr(args, "finetune", 0):
+            raise CompressError(f"--lr-schedule {lr_schedule} needs --finetune EPOCHS (and --data)")
+        if getattr(args, "lr_rewind", False):
+            raise CompressError("--lr-schedule and --lr-rewind exclude each other (rewinding replays the original schedule)")
+    if sched.kind != "oneshot":
+        if not getattr(args, "data", None) or not getattr(args, "finetune", 0):
+            raise CompressError(f"--schedule {sched.kind} fine-tunes between its steps: give --data and --finetune EPOCHS")
+        if args.global_ranking:
+            raise CompressError(f"--global is not supported with --schedule {sched.kind}; use a uniform --ratio")
+    return sched, lr_schedule
+
+
+def _finetune_record(args, epochs, train, distill, lr_schedule, rewind, history, seconds) -> dict:
+    from compress.train import DISTILL_ALPHA, DISTILL_T, FINETUNE_LR
+
+    return {"epochs": epochs, "train_samples": len(train), "distill": distill,
+            "distill_temperature": DISTILL_T if distill else None, "distill_alpha": DISTILL_ALPHA if distill else None,
+            "lr": None if rewind else (getattr(args, "lr", None) or FINETUNE_LR),
+            "lr_schedule": None if rewind else lr_schedule,
+            "lr_rewind": rewind.to_dict() if rewind else None, "history": history, "seconds": round(seconds, 3)}
+
+
+def prune(args) -> dict:
+    from compress import distributed
+    from compress.hardware_profiles import channel_step
+    from compress.plan import PruneConfig
+
+    schedule_kind = getattr(args, "schedule", "oneshot") or "oneshot"
+    criterion = args.criterion or ("taylor" if schedule_kind == "iterative" else "l1")
+    plan = _plan_arg(args, schedule_kind)
+    if plan is not None:
+        criterion = plan.config.get("criterion", criterion)
+        args.ratio = _plan_ratio(plan)
+        args.round_to = args.round_to or plan.round_to
+    config = PruneConfig(ratio=args.ratio, criterion=criterion, global_ranking=args.global_ranking,
                          round_to=args.round_to, ignore=tuple(args.ignore), seed=args.seed)
     config.validate()
+    data_criterion = config.criterion in ("taylor", "fisher", "activation", "apoz")
+    sched, lr_schedule = _schedule_args(args, data_criterion)
     round_to = args.round_to or channel_step(args.target)
+    distributed.init()                    # under torchrun: join the process group (fine-tuning uses DDP)
+    try:
+        return _prune(args, config, sched, lr_schedule, round_to, data_criterion)
+    finally:
+        distributed.finish()
+
+
+def _plan_arg(args, schedule_kind: str):
+    """The plan of `--plan FILE` (None without it); --ratio is required otherwise."""
+    from compress.plan import PrunePlan
+
+    path = getattr(args, "plan", None)
+    if not path:
+        if args.ratio is None:
+            raise CompressError("give --ratio R (the fraction of channels removed per group), "
+                                "or --plan FILE written by `compress plan`")
+        return None
+    if args.ratio is not None:
+        raise CompressError("--plan and --ratio exclude each other: the plan fixes the channel counts")
+    if schedule_kind != "oneshot":
+        raise CompressError(f"--plan applies a fixed plan at once; drop --schedule {schedule_kind}")
+    if not os.path.isfile(path):
+        raise CompressError(f"--plan {path}: file does not exist (write one with `compress plan`)")
+    with open(path) as f:
+        plan = PrunePlan.from_json(f.read(), path)
+    args.plan_obj = plan
+    return plan
+
+
+def _plan_ratio(plan) -> float:
+    """The fraction of prunable channels a plan removes (reported as the ratio)."""
+    before = sum(g.channels_before for g in plan.groups)
+    after = sum(g.channels_after for g in plan.groups)
+    return min(max(1.0 - after / max(before, 1), 1e-6), 1 - 1e-6)
+
+
+def _plan_runner(plan, default):
+    """With --plan, pruning applies the plan (and verifies it); otherwise `default` (compress.pruner.prune)."""
+    if plan is None:
+        return default
+    from compress.pruner import apply_plan
+
+    def run(model, inputs, config, round_to, source, calib=None, strict=False, log=None):
+        res = apply_plan(model, inputs, plan, log=log)
+        if plan.source.get("sha256") not in (None, source.get("sha256")):
+            res.plan.notes.append("the plan was made for other weights than these (source sha256 differs)")
+        return res
+    return run
+
+
+def _prune(args, config, sched, lr_schedule, round_to, data_criterion) -> dict:
+    import argparse
+
+    from compress import distributed
+    from compress.evaluate import PruneAccuracy
+    from compress.export.onnx import export_onnx, ort_parity
+    from compress.io import atomic_dir, save_pruned, write_json
+    from compress.metrics import size_summary
+    from compress.plan import weights_source
+    from compress.pruner import prune as run_prune
+
+    run_prune = _plan_runner(getattr(args, "plan_obj", None), run_prune)
     t0 = time.perf_counter()
     lm, inputs = _load(args)
     if lm.plan is not None:
         raise CompressError(f"{args.model} is already pruned; prune its source model with a larger --ratio")
-    data_criterion = config.criterion in ("taylor", "fisher", "activation", "apoz")
     acc = PruneAccuracy.setup(args, lm, data_criterion)  # None without --data
     calib = acc.calib if acc and acc.calib is not None else calib_batches(
         args.calib or ("random:32" if data_criterion else None), lm, inputs)
     source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model),
               "input_shape": list(inputs[0].shape), "input_dtype": lm.input_dtype}
-    progress = Progress(["tracing", "scoring", "removing", "verifying", "exporting ONNX"])
+    if args.weights:
+        source["weights"] = weights_source(args.weights)
+    own_finetune = acc is not None and bool(args.finetune) and (sched.kind != "oneshot" or lr_schedule != "constant")
+    steps = ["tracing", "scoring", "removing", "verifying", "exporting ONNX"]
+    progress = Progress(steps) if distributed.is_main() else (lambda msg: None)
+    schedule_json = None
     try:
-        res = run_prune(lm.model, inputs, config, round_to, source, calib=calib, strict=args.strict, log=progress)
-        t_prune = time.perf_counter() - t0
-        measured = acc.measure(lm.model, res.model) if acc else None  # fine-tunes res.model
+        if own_finetune:
+            # fine-tuning driven here (scheduled pruning, or an LR shape PruneAccuracy does not know);
+            # PruneAccuracy only measures
+            from compress.train import finetune, model_schedule
+            rewind = model_schedule(lm.model) if args.lr_rewind else None
+            teacher = lm.model if args.distill else None
+            measure_only = argparse.Namespace(**{**vars(args), "finetune": 0, "distill": False, "lr": None,
+                                                 "lr_rewind": False})
+            acc.args = measure_only
+            t1 = time.perf_counter()
+            if sched.kind == "oneshot":
+                res = run_prune(lm.model, inputs, config, round_to, source, calib=calib, strict=args.strict,
+                                log=progress)
+                before = acc.measure(lm.model, res.model)["json"]
+                t1 = time.perf_counter()
+                history = finetune(res.model, acc.train, args.finetune, teacher=teacher, lr=args.lr, rewind=rewind,
+                                   seed=args.seed, lr_schedule=lr_schedule)
+            else:
+                from compress.schedules import run as run_schedule
+                before = None
+                sr = run_schedule(lm.model, inputs, config, round_to, source, sched, acc.train, args.finetune,
+                                  calib=calib, teacher=teacher, lr=args.lr, rewind=rewind, lr_schedule=lr_schedule,
+                                  strict=args.strict, log=progress)
+                res, history = sr.result, [h for s in sr.steps for h in s.history]
+                schedule_json = {"kind": sched.kind, "steps": sched.steps, "records": sr.to_json()}
+            t_prune = time.perf_counter() - t0
+            ft_seconds = time.perf_counter() - t1
+            measured = acc.measure(lm.model, res.model)
+            measured["json"]["finetune"] = _finetune_record(args, args.finetune, acc.train, teacher is not None,
+                                                            lr_schedule, rewind, history, ft_seconds)
+            if before is not None:
+                measured["json"] |= {"accuracy_pruned_before_finetune": before["accuracy"],
+                                     "agreement_before_finetune": before["agreement"],
+                                     "functional_distance_before_finetune": before["functional_distance"]}
+                measured["text"] = measured["text"].replace(
+                    "pruned ", f"pruned {before['accuracy']:.4f} before and ", 1).replace(
+                    "; agreement", f" after {args.finetune:g} epoch(s) of fine-tuning"
+                    f"{' with distillation' if teacher is not None else ''} ({lr_schedule} LR); agreement", 1)
+            else:
+                measured["text"] = measured["text"].replace(
+                    "; agreement", f" after {sched.kind} pruning in {sched.steps} steps over {args.finetune:g} "
+                    f"epoch(s) of fine-tuning{' with distillation' if teacher is not None else ''}; agreement", 1)
+        else:
+            res = run_prune(lm.model, inputs, config, round_to, source, calib=calib, strict=args.strict, log=progress)
+            t_prune = time.perf_counter() - t0
+            measured = acc.measure(lm.model, res.model) if acc else None  # fine-tunes res.model
         before, after = size_summary(lm.model, inputs), size_summary(res.model, inputs)
+        summary = {
+            "model": lm.spec, "ratio": config.ratio, "criterion": config.criterion,
+            "global": config.global_ranking, "round_to": round_to, "schedule": sched.kind,
+            "params_before": before["params"], "params_after": after["params"],
+            "macs_before": before["macs"], "macs_after": after["macs"],
+            "mac_reduction": before["macs"] / max(after["macs"], 1),
+            "groups": len(res.plan.groups), "groups_pruned": sum(
+                g.channels_after < g.channels_before for g in res.plan.groups),
+            "max_rel_error_vs_masked": res.max_rel_error,
+            "prune_seconds": round(t_prune, 3), "notes": res.plan.notes,
+        } | ({"schedule_steps": schedule_json} if schedule_json else {}) | (measured["json"] if measured else {})
+        if not distributed.is_main():         # under torchrun only rank 0 writes
+            distributed.barrier()
+            return {"text": "", "json": {"rank": distributed.active().rank, "out": args.out}, "code": 0}
         with atomic_dir(args.out) as tmp:
             save_pruned(tmp, res.model, res.plan, lm.hf_config)
             progress("exporting ONNX")
             onnx_path = os.path.join(tmp, "model.onnx")
             export_onnx(res.model, inputs, onnx_path)
             parity = ort_parity(onnx_path, res.model, inputs)
-            summary = {
-                "model": lm.spec, "ratio": config.ratio, "criterion": config.criterion,
-                "global": config.global_ranking, "round_to": round_to,
-                "params_before": before["params"], "params_after": after["params"],
-                "macs_before": before["macs"], "macs_after": after["macs"],
-                "mac_reduction": before["macs"] / max(after["macs"], 1),
-                "groups": len(res.plan.groups), "groups_pruned": sum(
-                    g.channels_after < g.channels_before for g in res.plan.groups),
-                "max_rel_error_vs_masked": res.max_rel_error, "onnx_parity": parity,
-                "prune_seconds": round(t_prune, 3), "notes": res.plan.notes,
-            } | (measured["json"] if measured else {})
+            summary["onnx_parity"] = parity
             write_json(os.path.join(tmp, "summary.json"), summary)
+        distributed.barrier()
     finally:
-        progress.close()
+        if hasattr(progress, "close"):
+            progress.close()
     text = (f"pruned {lm.spec}: params {before['params']:,} -> {after['params']:,} "
             f"({after['params'] / before['params']:.1%}), MACs {before['macs']:,} -> {after['macs']:,} "
             f"({summary['mac_reduction']:.2f}x fewer); {summary['groups_pruned']}/{summary['groups']} groups pruned; "
