@@ -1,6 +1,8 @@
-"""Device latency profiles. For now: the channel step each target runs well (defaults.json).
+"""Device latency profiles: each target's channel step (defaults.json), measured or analytic
+latency tables (one JSON file per device + runtime + dtype + batch), layer extraction and the
+latency model. See docs/profiles.md.
 
-Full measured latency tables and the profiler come with `compress profile`.
+Importing this package is cheap: torch and onnxruntime are imported only where used.
 """
 
 from __future__ import annotations
@@ -21,3 +23,11 @@ def channel_step(target: str = "cpu") -> int:
     if target not in d:
         raise CompressError(f"unknown target {target!r}; choose one of {', '.join(sorted(d))}")
     return int(d[target]["channel_step"])
+
+
+from compress.hardware_profiles.layers import LayerSig, extract_layers  # noqa: E402
+from compress.hardware_profiles.predictor import (  # noqa: E402
+    DeviceProfile, expected_latency_ms, load_profile, predict_ms, shipped, table_key)
+
+__all__ = ["channel_step", "LayerSig", "extract_layers", "DeviceProfile", "load_profile", "predict_ms",
+           "expected_latency_ms", "shipped", "table_key"]

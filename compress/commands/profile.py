@@ -1,0 +1,78 @@
+"""`compress profile`: measure a device's latency tables on this machine (see hardware_profiles/profiler.py)."""
+
+from __future__ import annotations
+
+HELP = "measure per-layer latency tables for this device (a profile for `compress predict` and the planner)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--target", required=True, choices=["cpu", "gpu", "jetson"], help="the device kind being profiled")
+    p.add_argument("--runtime", default="ort", choices=["ort", "torch", "tvm", "tensorrt"])
+    p.add_argument("--model", nargs="+", default=[], metavar="MODEL",
+                   help="profile the layers (and prunable channel range) of these models (default: a generic grid)")
+    p.add_argument("--input-shape", help="example input shape for --model (batch dimension ignored)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--name", help="profile name (default: the output file's stem)")
+    p.add_argument("--rounds", type=int, default=3, help="passes over the grid; a point keeps its fastest round")
+    p.add_argument("--reps", type=int, default=7, help="timed runs per point and round (median)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--grid-points", type=int, default=10, help="at most this many channel counts per axis")
+    p.add_argument("--grid-step", type=int, default=16, help="measured channel counts are multiples of this")
+    p.add_argument("--threads", type=int, default=0, help="runtime threads (0: the runtime's default)")
+    p.add_argument("--max-seconds", type=float, default=20.0,
+                   help="per measurement session, stop waiting for undisturbed runs after this long")
+    p.add_argument("--no-staircase", action="store_true", help="skip the one-channel-at-a-time staircase scan")
+    p.add_argument("--no-sparse", action="store_true", help="skip the dense vs block-sparse Linear/1x1 table")
+    p.add_argument("--out", required=True, metavar="FILE")
+
+
+def _layers(args) -> list:
+    from compress import models
+    from compress.hardware_profiles.layers import extract_layers
+    from compress.hardware_profiles.profiler import DEFAULT_LAYERS
+
+    if not args.model:
+        return list(DEFAULT_LAYERS)
+    out = []
+    for spec in args.model:
+        lm = models.load(spec)
+        shape = models.parse_shape(args.input_shape) if args.input_shape else None
+        out += extract_layers(lm.model, models.example_inputs(lm, shape))
+    return out
+
+
+def run(args) -> dict:
+    import sys
+    from pathlib import Path
+
+    from compress.errors import CompressError
+    from compress.hardware_profiles.profiler import ProfileConfig, run as run_profile
+
+    if args.runtime in ("tvm", "tensorrt"):
+        raise CompressError(f"--runtime {args.runtime} is not supported by this profiler yet; use --runtime ort or torch")
+    if args.target in ("gpu", "jetson"):
+        raise CompressError(f"--target {args.target}: this profiler measures CPU runtimes (ort, torch) only so far; "
+                            "GPU/Jetson profiles need --runtime tensorrt, not supported yet")
+    for k in ("batch", "rounds", "reps", "grid_points", "grid_step"):
+        if getattr(args, k) < 1:
+            raise CompressError(f"--{k.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        raise CompressError("--warmup must be >= 0")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise CompressError(f"--out {args.out}: directory {Path(args.out).resolve().parent} does not exist")
+    cfg = ProfileConfig(target=args.target, runtime=args.runtime, batch=args.batch, grid_step=args.grid_step,
+                        max_points=max(args.grid_points, 2), rounds=args.rounds, warmup=args.warmup, reps=args.reps,
+                        threads=args.threads, max_seconds=args.max_seconds,
+                        staircase=not args.no_staircase, sparse=not args.no_sparse,
+                        models=tuple(args.model))
+    name = args.name or Path(args.out).stem
+    prof = run_profile(_layers(args), cfg, args.out, name, progress=sys.stderr.isatty())
+    n_pts = sum(len(t["cin"]) * len(t["cout"]) for t in prof["tables"])
+    m = prof["measurement"]
+    text = (f"wrote {args.out}: {len(prof['tables'])} layer tables ({n_pts} channel points x {cfg.rounds} rounds), "
+            f"{len(prof['memory_ops'])} memory-op fits; peak {prof['peak']['gflops']} GFLOP/s, "
+            f"{prof['peak']['gbps']} GB/s; {m['wall_seconds']} s"
+            + (f" (resumed {m['resumed_measurements']} finished measurements)" if m["resumed_measurements"] else ""))
+    return {"text": text, "json": {"out": args.out, "name": name, "tables": len(prof["tables"]), "points": n_pts,
+                                   "wall_seconds": m["wall_seconds"], "resumed": m["resumed_measurements"],
+                                   "peak": prof["peak"], "overhead": prof["overhead"]}}

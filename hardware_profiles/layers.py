@@ -1,0 +1,331 @@
+"""Costed layers of a model: one frozen LayerSig per kernel the runtime runs, found by torch.export.
+
+Fusions follow what onnxruntime's CPU graph optimiser does with the exported ONNX: a convolution
+absorbs its BatchNorm, its activation (relu / relu6 / clip / sigmoid) and a residual add that
+consumes it (plus the activation after the add): one kernel. Reshapes, views, dropout and other
+copies that the runtime elides are not costed. Everything else becomes a memory-bound layer
+(element-wise, pooling, reductions, softmax, norms, concat) whose cost scales with its elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+# layer ops
+CONV, DWCONV, LINEAR, MATMUL = "conv", "dwconv", "linear", "matmul"
+COMPUTE_OPS = (CONV, DWCONV, LINEAR, MATMUL)
+# memory-bound kinds (LayerSig.op == "memory", LayerSig.kind one of these)
+MEMORY = "memory"
+MEMORY_KINDS = ("unary", "silu", "gelu", "binary", "broadcast", "maxpool", "avgpool", "gap", "softmax",
+                "norm", "concat", "reorder")
+
+_FUSABLE_ACT = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_min", "sigmoid", "sigmoid_"}
+_BN = {"_native_batch_norm_legit_no_training", "batch_norm", "_native_batch_norm_legit",
+       "native_batch_norm", "cudnn_batch_norm"}
+_FREE = {"view", "reshape", "flatten", "_unsafe_view", "getitem", "dropout", "dropout_", "clone", "contiguous",
+         "alias", "detach", "squeeze", "unsqueeze", "expand", "size", "sym_size", "t", "transpose", "permute",
+         "identity", "lift_fresh_copy", "_assert_tensor_metadata", "to", "_to_copy", "slice", "select",
+         "feature_dropout", "alpha_dropout", "zeros", "ones", "arange", "full", "scalar_tensor", "type_as",
+         "split", "split_with_sizes", "chunk", "unbind", "stack", "embedding"}
+_MEMORY_OF = {
+    "relu": "unary", "relu_": "unary", "hardtanh": "unary", "hardtanh_": "unary", "clamp": "unary",
+    "clamp_min": "unary", "sigmoid": "unary", "sigmoid_": "unary", "tanh": "unary", "hardswish": "unary",
+    "hardswish_": "unary", "hardsigmoid": "unary", "neg": "unary", "exp": "unary", "sqrt": "unary",
+    "rsqrt": "unary", "pow": "unary", "erf": "unary",
+    "silu": "silu", "silu_": "silu", "gelu": "gelu",
+    "add": "binary", "add_": "binary", "mul": "binary", "mul_": "binary", "sub": "binary", "div": "binary",
+    "max_pool2d": "maxpool", "max_pool2d_with_indices": "maxpool", "avg_pool2d": "avgpool",
+    "adaptive_avg_pool2d": "gap", "mean": "gap", "sum": "gap",
+    "softmax": "softmax", "_softmax": "softmax", "layer_norm": "norm", "native_layer_norm": "norm",
+    "group_norm": "norm", "native_group_norm": "norm", "cat": "concat", "concat": "concat",
+}
+
+
+@dataclass(frozen=True)
+class LayerSig:
+    """One costed kernel. Channels: conv/dwconv cin/cout; linear in/out features; matmul K/N
+    (rows = tokens, `groups` = batched heads); memory ops: cin = channels (cout = cin), elements
+    per sample = cin * h * w * tokens. h/w: input spatial size (1 for non-spatial)."""
+    op: str
+    cin: int
+    cout: int
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    h: int = 1
+    w: int = 1
+    tokens: int = 1
+    kind: str = ""                 # memory ops: one of MEMORY_KINDS
+    module: str = ""
+    fusion: str = ""               # e.g. "conv+bn+relu", "conv+bn+add+relu"
+    fixed_in: bool = False         # cin is the model input's channels (not prunable)
+    fixed_out: bool = False        # cout reaches the model output (not prunable)
+    node: str = field(default="", compare=False)   # the torch.export node it came from (for the planner)
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        kh, kw = self.kernel
+        return ((self.h + 2 * self.padding[0] - kh) // self.stride[0] + 1,
+                (self.w + 2 * self.padding[1] - kw) // self.stride[1] + 1)
+
+    def macs(self) -> int:
+        """Multiply-accumulates per sample."""
+        if self.op in (CONV, DWCONV):
+            oh, ow = self.out_hw
+            return oh * ow * self.cout * (self.cin // max(self.groups, 1)) * self.kernel[0] * self.kernel[1]
+        if self.op == LINEAR:
+            return self.tokens * self.cin * self.cout
+        if self.op == MATMUL:
+            return self.groups * self.tokens * self.cin * self.cout
+        return 0
+
+    def elements(self) -> int:
+        """Memory ops: elements read per sample (the largest input)."""
+        return self.cin * self.h * self.w * self.tokens
+
+    def bytes(self, dtype_bytes: int = 4) -> int:
+        """Bytes moved per sample (inputs, outputs, weights; weights once)."""
+        if self.op in (CONV, DWCONV):
+            oh, ow = self.out_hw
+            wts = self.cout * (self.cin // max(self.groups, 1)) * self.kernel[0] * self.kernel[1]
+            return dtype_bytes * (self.cin * self.h * self.w + self.cout * oh * ow + wts)
+        if self.op == LINEAR:
+            return dtype_bytes * (self.tokens * (self.cin + self.cout) + self.cin * self.cout)
+        if self.op == MATMUL:
+            return dtype_bytes * self.groups * (self.tokens * (self.cin + self.cout) + self.cin * self.cout)
+        return dtype_bytes * 2 * self.elements()
+
+
+def _name(node) -> str:
+    t = node.target
+    n = getattr(t, "__name__", str(t))
+    return n.split(".")[0]
+
+
+def _module(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path.replace("L['self'].", "").replace("L__self___", "")
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    import torch
+
+    v = node.meta.get("val") if hasattr(node, "meta") else None
+    if isinstance(v, (tuple, list)):
+        v = v[0] if v and isinstance(v[0], torch.Tensor) else None
+    if isinstance(v, torch.Tensor):
+        try:
+            return tuple(int(s) for s in v.shape)
+        except TypeError:
+            return None
+    return None
+
+
+def _pair(x, default) -> tuple[int, int]:
+    if x is None:
+        return default
+    if isinstance(x, int):
+        return (x, x)
+    x = list(x)
+    return (int(x[0]), int(x[-1])) if x else default
+
+
+def _arg(node, i, name, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _users(node) -> list:
+    return [u for u in node.users if u.op == "call_function"]
+
+
+def _follow_single(node, names: set) -> object | None:
+    """The only user of `node` if it is one of `names` (getitem 0 after a batch norm is skipped)."""
+    us = _users(node)
+    if len(us) != 1:
+        return None
+    u = us[0]
+    if _name(u) in names:
+        if _name(u) in _BN and not isinstance(u.meta.get("val"), (tuple, list)):
+            return u
+        if _name(u) in _BN:
+            gs = [g for g in _users(u) if _name(g) == "getitem" and g.args[1] == 0]
+            return gs[0] if gs else None
+        return u
+    return None
+
+
+def _spatial(shape) -> tuple[int, int, int, int]:
+    """(channels, h, w, tokens) per sample of an activation shape (batch first)."""
+    if shape is None or len(shape) == 0:
+        return 1, 1, 1, 1
+    s = shape[1:]
+    if len(s) == 3:
+        return s[0], s[1], s[2], 1
+    if len(s) == 2:            # (tokens, features)
+        return s[1], 1, 1, s[0]
+    if len(s) == 1:
+        return s[0], 1, 1, 1
+    n = 1
+    for d in s[1:-1]:
+        n *= d
+    return s[-1], 1, 1, n * s[0]
+
+
+def extract_layers(model, example_inputs, ep=None) -> list:
+    """One LayerSig per costed op of `model` run on `example_inputs`, in graph order."""
+    from compress.graph.trace import export_model
+
+    if ep is None:
+        ep = export_model(model, tuple(example_inputs))
+    g = ep.graph
+    user_inputs = set(ep.graph_signature.user_inputs)
+    placeholders = {n.name: n for n in g.nodes if n.op == "placeholder"}
+    inputs = {placeholders[n] for n in user_inputs if n in placeholders}
+    out_node = next(n for n in g.nodes if n.op == "output")
+    import torch
+
+    outputs = set(a for a in torch.utils._pytree.tree_leaves(out_node.args) if hasattr(a, "op"))
+    # free ops pass "is model input / reaches the output" through
+    def _src_is_input(n, depth=0) -> bool:
+        if n in inputs:
+            return True
+        if depth > 8 or not hasattr(n, "op") or n.op != "call_function" or _name(n) not in _FREE | _MEMORY_OF.keys():
+            return False
+        first = n.args[0] if n.args else None
+        return hasattr(first, "op") and _src_is_input(first, depth + 1)
+
+    def _reaches_output(n, depth=0) -> bool:
+        if n in outputs:
+            return True
+        if depth > 8:
+            return False
+        us = _users(n)
+        return bool(us) and all(_name(u) in _FREE for u in us) and any(_reaches_output(u, depth + 1) for u in us)
+
+    absorbed: set = set()
+    layers: list[LayerSig] = []
+    tagged, prev_name = 0, ""
+    for node in g.nodes:
+        if node.op != "call_function" or node in absorbed:
+            continue
+        for j in range(tagged, len(layers)):
+            layers[j] = replace(layers[j], node=prev_name)
+        tagged, prev_name = len(layers), node.name
+        name = _name(node)
+        if name in ("conv2d", "convolution", "conv1d", "_convolution"):
+            x, wt = node.args[0], node.args[1]
+            xs, ws = _shape(x), _shape(wt)
+            if xs is None or ws is None:
+                continue
+            if name == "conv2d":
+                stride, pad, groups = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0), _arg(node, 6, "groups", 1)
+            elif name == "conv1d":
+                stride, pad, groups = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0), _arg(node, 6, "groups", 1)
+            else:
+                stride, pad, groups = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0), _arg(node, 8, "groups", 1)
+            if isinstance(pad, str):
+                pad = [k // 2 for k in ws[2:]] if pad == "same" else [0] * len(ws[2:])
+            cin, cout = xs[1], ws[0]
+            h, w = (xs[2], xs[3]) if len(xs) == 4 else (xs[2], 1)
+            k = (ws[2], ws[3]) if len(ws) == 4 else (ws[2], 1)
+            fusion, end = ["conv"], node
+            nxt = _follow_single(end, _BN)
+            if nxt is not None:
+                fusion.append("bn")
+                absorbed.update([_users(end)[0], nxt])  # the batch norm (and its getitem)
+                end = nxt
+            nxt = _follow_single(end, {"add", "add_"})
+            if nxt is not None and nxt not in absorbed and _shape(nxt) == _shape(end):
+                fusion.append("add")
+                absorbed.add(nxt)
+                end = nxt
+            nxt = _follow_single(end, _FUSABLE_ACT)
+            if nxt is not None:
+                fusion.append({"hardtanh": "relu6", "hardtanh_": "relu6", "relu_": "relu", "clamp": "clip",
+                               "clamp_min": "relu", "sigmoid_": "sigmoid"}.get(_name(nxt), _name(nxt)))
+                absorbed.add(nxt)
+                end = nxt
+            groups = int(groups)
+            op = DWCONV if groups > 1 and groups == cin and ws[1] == 1 else CONV
+            layers.append(LayerSig(op, cin, cout, k, _pair(stride, (1, 1)), _pair(pad, (0, 0)), groups, h, w,
+                                   module=_module(node), fusion="+".join(fusion),
+                                   fixed_in=_src_is_input(x), fixed_out=_reaches_output(end)))
+        elif name in ("linear", "addmm"):
+            x, wt = (node.args[0], node.args[1]) if name == "linear" else (node.args[1], node.args[2])
+            xs, ws = _shape(x), _shape(wt)
+            if xs is None or ws is None:
+                continue
+            if name == "linear":
+                fin, fout = ws[1], ws[0]
+            else:
+                fin, fout = ws[0], ws[1]
+            tokens = 1
+            for d in xs[1:-1]:
+                tokens *= d
+            fusion, end = ["linear"], node
+            nxt = _follow_single(end, {"relu", "relu_", "gelu"})
+            if nxt is not None and _name(nxt) in ("relu", "relu_"):
+                fusion.append("relu")
+                absorbed.add(nxt)
+                end = nxt
+            layers.append(LayerSig(LINEAR, fin, fout, tokens=tokens, module=_module(node), fusion="+".join(fusion),
+                                   fixed_in=_src_is_input(x), fixed_out=_reaches_output(end)))
+        elif name in ("matmul", "bmm", "mm", "scaled_dot_product_attention"):
+            a, b = node.args[0], node.args[1]
+            as_, bs = _shape(a), _shape(b)
+            if as_ is None or bs is None:
+                continue
+            if name == "scaled_dot_product_attention":
+                # q @ k^T then attn @ v: two matmuls and a softmax over (heads, L, S)
+                heads = 1
+                for d in as_[1:-2]:
+                    heads *= d
+                L, E, S = as_[-2], as_[-1], bs[-2]
+                mod = _module(node)
+                layers.append(LayerSig(MATMUL, E, S, groups=heads, tokens=L, module=mod, fusion="attention.qk"))
+                layers.append(LayerSig(MEMORY, S, S, tokens=L * heads, kind="softmax", module=mod, fusion="attention.softmax"))
+                layers.append(LayerSig(MATMUL, S, E, groups=heads, tokens=L, module=mod, fusion="attention.av"))
+                continue
+            heads = 1
+            for d in as_[1:-2]:
+                heads *= d
+            layers.append(LayerSig(MATMUL, as_[-1], bs[-1], groups=heads, tokens=as_[-2] if len(as_) >= 2 else 1,
+                                   module=_module(node), fusion="matmul"))
+        elif name in ("cat", "concat"):
+            parts = [_shape(a) for a in node.args[0] if hasattr(a, "op")] if node.args else []
+            parts = [s for s in parts if s is not None]
+            if parts:
+                c, h, w, t = _spatial(_shape(node) or parts[0])
+                layers.append(LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind="concat", module=_module(node),
+                                       fusion=name))
+        elif name in _MEMORY_OF:
+            kind = _MEMORY_OF[name]
+            shapes = [s for s in (_shape(a) for a in node.args if hasattr(a, "op")) if s is not None]
+            if not shapes:
+                continue  # scalar arithmetic
+            big = max(shapes, key=lambda s: _numel(s))
+            if kind == "binary" and len(shapes) == 2 and _numel(shapes[0]) != _numel(shapes[1]):
+                kind = "broadcast"
+            if kind == "binary" and len(shapes) == 1:
+                kind = "unary"   # x * constant
+            c, h, w, t = _spatial(big)
+            if kind == "gap" and len(big) < 3:
+                kind = "unary"
+            layers.append(LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind=kind, module=_module(node), fusion=name,
+                                   fixed_in=_src_is_input(node)))
+    for j in range(tagged, len(layers)):
+        layers[j] = replace(layers[j], node=prev_name)
+    return layers
+
+
+def _numel(s) -> int:
+    n = 1
+    for d in s:
+        n *= d
+    return n

@@ -1,0 +1,310 @@
+"""onnxruntime micro-benchmarks for the profiler: one-op ONNX graphs built with onnx.helper, timed
+with onnxruntime's node profiler (kernel time per node, so layout reorders and session overhead
+stay out of a layer's entry), plus end-to-end timing of tiny graphs for the fixed overheads.
+
+Every function returns milliseconds at `batch`: the median over `reps` undisturbed runs after `warmup`
+runs (see `clean` and `robust`: on a shared machine, runs that other processes preempted are dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+OPSET = 17
+_TAG = re.compile(r"P(\d+)_")
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from compress.errors import CompressError
+        raise CompressError("the ort profiler needs onnxruntime (pip install onnxruntime)") from None
+    return ort
+
+
+def version() -> str:
+    return _ort().__version__
+
+
+def _session(model, profile_dir: str | None = None, threads: int = 0):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if profile_dir:
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(profile_dir, "p")
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _model(nodes, inputs, outputs, inits):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(nodes, "bench", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def _init(name: str, arr: np.ndarray):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name)
+
+
+def clean(wall: float, cpu: float, threads: int) -> bool:
+    """A run had the cores to itself: onnxruntime's worker threads spin while a run is in flight, so
+    an undisturbed run burns about `threads` CPU-seconds per second; a run that other processes
+    preempted burns much less."""
+    return cpu >= 0.75 * threads * wall
+
+
+def robust(values: list[float], ok: list[bool]) -> float:
+    """Median over the undisturbed runs; the fastest run when fewer than 3 were undisturbed."""
+    good = [v for v, k in zip(values, ok) if k]
+    return statistics.median(good) if len(good) >= 3 else min(values)
+
+
+def profile_nodes(model, feeds: dict, n_points: int, warmup: int, reps: int, threads: int = 0,
+                  max_seconds: float = 20.0, match=None) -> list[float]:
+    """Run `model` with onnxruntime's profiler until `reps` undisturbed runs (see `clean`) follow
+    `warmup` runs (at most 6 x reps runs or max_seconds); return, per point (nodes tagged P<i>_),
+    the robust statistic (`robust`) of its summed kernel time over the timed runs, in ms."""
+    import bisect
+
+    nthreads = threads or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="compress-profile-") as tmp:
+        sess = _session(model, tmp, threads)
+        ok: list[bool] = []
+        start = time.perf_counter()
+        for i in range(warmup + 6 * reps):
+            c0, t0 = time.process_time(), time.perf_counter()
+            sess.run(None, feeds)
+            ok.append(clean(time.perf_counter() - t0, time.process_time() - c0, nthreads))
+            timed = ok[warmup:]
+            if len(timed) >= reps and (sum(timed) >= reps or time.perf_counter() - start > max_seconds):
+                break
+        path = sess.end_profiling()
+        events = json.load(open(path))
+        del sess
+    runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    per: list[list[float]] = [[0.0] * len(runs) for _ in range(n_points)]
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if match is not None:
+            idx = match(e)
+        else:
+            m = _TAG.search(e["name"])
+            idx = int(m.group(1)) if m else None
+        r = bisect.bisect_right(runs, e["ts"]) - 1
+        if idx is None or r < 0:
+            continue
+        per[idx][r] += e["dur"] / 1e3
+    return [robust(p[warmup:], ok[warmup:len(p)]) if len(p) > warmup else float("nan") for p in per]
+
+
+def conv_points(sig, points: list[tuple[int, int]], batch: int, warmup: int, reps: int,
+                max_weight_mb: float = 64.0, threads: int = 0, max_seconds: float = 20.0) -> dict:
+    """(cin, cout) -> kernel ms of Conv(+Relu) with `sig`'s kernel/stride/padding/spatial size.
+    Depthwise (sig.op == 'dwconv'): cin == cout == groups. One session per input channel count."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    kh, kw = sig.kernel
+    by_cin: dict[int, list[int]] = {}
+    for ci, co in points:
+        by_cin.setdefault(ci, []).append(co)
+    out = {}
+    for ci, couts in sorted(by_cin.items()):
+        chunks, cur, size = [], [], 0.0
+        for co in sorted(couts):
+            wmb = co * (1 if sig.op == "dwconv" else ci) * kh * kw * 4 / 2**20
+            if cur and size + wmb > max_weight_mb:
+                chunks.append(cur)
+                cur, size = [], 0.0
+            cur.append(co)
+            size += wmb
+        chunks.append(cur)
+        x = rng.standard_normal((batch, ci, sig.h, sig.w), dtype=np.float32)
+        for chunk in chunks:
+            nodes, inits, outs = [], [], []
+            for i, co in enumerate(chunk):
+                g = co if sig.op == "dwconv" else 1
+                w = rng.standard_normal((co, ci // g, kh, kw), dtype=np.float32) * 0.05
+                inits += [_init(f"P{i}_w", w), _init(f"P{i}_b", np.zeros(co, np.float32))]
+                nodes.append(helper.make_node("Conv", ["x", f"P{i}_w", f"P{i}_b"], [f"P{i}_c"], name=f"P{i}_conv",
+                                              kernel_shape=[kh, kw], strides=list(sig.stride), group=g,
+                                              pads=[sig.padding[0], sig.padding[1]] * 2))
+                nodes.append(helper.make_node("Relu", [f"P{i}_c"], [f"P{i}_y"], name=f"P{i}_relu"))
+                outs.append(f"P{i}_y")
+            m = _model(nodes, [("x", [batch, ci, sig.h, sig.w])], outs, inits)
+            ms = profile_nodes(m, {"x": x}, len(chunk), warmup, reps, threads, max_seconds)
+            for co, t in zip(chunk, ms):
+                out[(ci, co)] = t
+    return out
+
+
+def linear_points(sig, points: list[tuple[int, int]], batch: int, warmup: int, reps: int,
+                  threads: int = 0, max_seconds: float = 20.0) -> dict:
+    """(in, out) -> kernel ms of a Linear (Gemm for one token per sample, MatMul + Add otherwise)."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    by_in: dict[int, list[int]] = {}
+    for fi, fo in points:
+        by_in.setdefault(fi, []).append(fo)
+    out = {}
+    rows = batch * sig.tokens
+    for fi, fouts in sorted(by_in.items()):
+        x = rng.standard_normal((rows, fi), dtype=np.float32)
+        nodes, inits, outs = [], [], []
+        for i, fo in enumerate(sorted(fouts)):
+            inits += [_init(f"P{i}_w", rng.standard_normal((fo, fi), dtype=np.float32) * 0.05),
+                      _init(f"P{i}_b", np.zeros(fo, np.float32))]
+            nodes.append(helper.make_node("Gemm", ["x", f"P{i}_w", f"P{i}_b"], [f"P{i}_y"], name=f"P{i}_gemm", transB=1))
+            outs.append(f"P{i}_y")
+        m = _model(nodes, [("x", [rows, fi])], outs, inits)
+        for fo, t in zip(sorted(fouts), profile_nodes(m, {"x": x}, len(fouts), warmup, reps, threads, max_seconds)):
+            out[(fi, fo)] = t
+    return out
+
+
+def memory_points(kind: str, sizes: list[tuple[int, int, int]], batch: int, warmup: int, reps: int,
+                  threads: int = 0, max_seconds: float = 20.0) -> dict:
+    """(c, h, w) -> kernel ms of one memory-bound op of `kind` on a [batch, c, h, w] tensor."""
+    from onnx import helper
+
+    if kind == "reorder":
+        return {s: _reorder(s, batch, warmup, reps, threads, max_seconds) for s in sizes}
+    rng = np.random.default_rng(0)
+    nodes, inits, inputs, feeds = [], [], [], {}
+    for i, (c, h, w) in enumerate(sizes):
+        x, shape = f"x{i}", [batch, c, h, w]
+        inputs.append((x, shape))
+        feeds[x] = rng.standard_normal(shape, dtype=np.float32)
+        y = f"P{i}_y"
+        if kind == "unary":
+            nodes.append(helper.make_node("Relu", [x], [y], name=f"P{i}_op"))
+        elif kind == "silu":
+            nodes += [helper.make_node("Sigmoid", [x], [f"P{i}_s"], name=f"P{i}_sig"),
+                      helper.make_node("Mul", [x, f"P{i}_s"], [y], name=f"P{i}_mul")]
+        elif kind == "gelu":   # x * 0.5 * (1 + erf(x / sqrt 2)), as exported; onnxruntime fuses it
+            inits += [_init(f"P{i}_k", np.array(0.70710678, np.float32)), _init(f"P{i}_h", np.array(0.5, np.float32)),
+                      _init(f"P{i}_o", np.array(1.0, np.float32))]
+            nodes += [helper.make_node("Mul", [x, f"P{i}_k"], [f"P{i}_a"], name=f"P{i}_m1"),
+                      helper.make_node("Erf", [f"P{i}_a"], [f"P{i}_e"], name=f"P{i}_erf"),
+                      helper.make_node("Add", [f"P{i}_e", f"P{i}_o"], [f"P{i}_p"], name=f"P{i}_add"),
+                      helper.make_node("Mul", [x, f"P{i}_p"], [f"P{i}_q"], name=f"P{i}_m2"),
+                      helper.make_node("Mul", [f"P{i}_q", f"P{i}_h"], [y], name=f"P{i}_m3")]
+        elif kind == "binary":
+            x2 = f"x{i}b"
+            inputs.append((x2, shape))
+            feeds[x2] = rng.standard_normal(shape, dtype=np.float32)
+            nodes.append(helper.make_node("Add", [x, x2], [y], name=f"P{i}_op"))
+        elif kind == "broadcast":
+            s = f"x{i}s"
+            inputs.append((s, [batch, c, 1, 1]))
+            feeds[s] = rng.standard_normal([batch, c, 1, 1], dtype=np.float32)
+            nodes.append(helper.make_node("Mul", [x, s], [y], name=f"P{i}_op"))
+        elif kind == "maxpool":
+            nodes.append(helper.make_node("MaxPool", [x], [y], name=f"P{i}_op", kernel_shape=[3, 3],
+                                          strides=[2, 2], pads=[1, 1, 1, 1]))
+        elif kind == "avgpool":
+            nodes.append(helper.make_node("AveragePool", [x], [y], name=f"P{i}_op", kernel_shape=[2, 2], strides=[2, 2]))
+        elif kind == "gap":
+            nodes.append(helper.make_node("GlobalAveragePool", [x], [y], name=f"P{i}_op"))
+        elif kind == "softmax":
+            nodes.append(helper.make_node("Softmax", [x], [y], name=f"P{i}_op", axis=-1))
+        elif kind == "norm":
+            sc = f"P{i}_g"
+            inits += [_init(sc, np.ones(w, np.float32)), _init(f"P{i}_bb", np.zeros(w, np.float32))]
+            nodes.append(helper.make_node("LayerNormalization", [x, sc, f"P{i}_bb"], [y], name=f"P{i}_op", axis=-1))
+        elif kind == "concat":
+            nodes.append(helper.make_node("Concat", [x, x], [y], name=f"P{i}_op", axis=1))
+        else:
+            raise ValueError(f"unknown memory kind {kind}")
+    m = _model(nodes, inputs, [f"P{i}_y" for i in range(len(sizes))], inits)
+    return dict(zip(sizes, profile_nodes(m, feeds, len(sizes), warmup, reps, threads, max_seconds)))
+
+
+def _reorder(size, batch, warmup, reps, threads, max_seconds=20.0) -> float:
+    """One NCHW -> NCHWc -> NCHW round trip of a [batch, c, h, w] tensor: the ReorderInput and
+    ReorderOutput nodes onnxruntime puts around a blocked 1x1 conv (what an op without an NCHWc kernel,
+    e.g. a broadcast multiply, costs in between blocked convs)."""
+    from onnx import helper
+
+    c, h, w = size
+    c = max(8, -(-c // 8) * 8)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, c, h, w), dtype=np.float32)
+    wt = _init("w", rng.standard_normal((c, c, 1, 1), dtype=np.float32) * 0.05)
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[1, 1])],
+               [("x", [batch, c, h, w])], ["y"], [wt])
+    return profile_nodes(m, {"x": x}, 1, warmup, reps, threads, max_seconds,
+                         match=lambda e: 0 if e["args"].get("op_name", "").startswith("Reorder") else None)[0]
+
+
+def e2e_ms(model, feeds: dict, warmup: int, reps: int, threads: int = 0) -> float:
+    """Robust wall time of session.run (no profiler): median over undisturbed runs."""
+    nthreads = threads or os.cpu_count() or 1
+    sess = _session(model, None, threads)
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    ts, ok = [], []
+    for _ in range(reps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        sess.run(None, feeds)
+        w = time.perf_counter() - t0
+        ts.append(w * 1e3)
+        ok.append(clean(w, time.process_time() - c0, nthreads))
+    return robust(ts, ok)
+
+
+def overheads(warmup: int, reps: int, threads: int = 0) -> dict:
+    """Fixed costs: a chain of n tiny Add nodes timed end to end for n in (1, 16, 64); the fit
+    t = per_inference + n * per_op gives the per-inference and per-node overheads."""
+    from onnx import helper
+
+    ns, ts = (1, 16, 64), []
+    feeds = {"x": np.ones((1, 8), np.float32), "z": np.ones((1, 8), np.float32)}
+    for n in ns:
+        nodes, prev = [], "x"
+        for i in range(n):
+            nodes.append(helper.make_node("Add", [prev, "z"], [f"a{i}"], name=f"add{i}"))
+            prev = f"a{i}"
+        m = _model(nodes, [("x", [1, 8]), ("z", [1, 8])], [prev], [])
+        ts.append(min(e2e_ms(m, feeds, warmup, reps, threads) for _ in range(3)))
+    slope, icpt = np.polyfit(np.array(ns, float), np.array(ts), 1)
+    return {"per_inference_ms": round(max(float(icpt), 0.0), 5), "per_op_ms": round(max(float(slope), 0.0), 5),
+            "fit": {"nodes": list(ns), "ms": [round(t, 5) for t in ts]}}
+
+
+def peaks(warmup: int, reps: int, threads: int = 0) -> dict:
+    """Measured peak compute (a 1024^3 fp32 MatMul) and memory bandwidth (Add of two 64 MiB tensors:
+    three tensors' bytes per run)."""
+    from onnx import helper
+
+    n = 1024
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    m = _model([helper.make_node("MatMul", ["a", "b"], ["P0_y"], name="P0_mm")], [("a", [n, n]), ("b", [n, n])], ["P0_y"], [])
+    t = min(profile_nodes(m, {"a": a, "b": a}, 1, warmup, reps, threads)[0] for _ in range(2))
+    gflops = 2 * n ** 3 / (t / 1e3) / 1e9
+    k = 16 * 2**20
+    x = rng.standard_normal(k, dtype=np.float32)
+    m = _model([helper.make_node("Add", ["a", "b"], ["P0_y"], name="P0_add")], [("a", [k]), ("b", [k])], ["P0_y"], [])
+    t2 = min(profile_nodes(m, {"a": x, "b": x}, 1, warmup, reps, threads)[0] for _ in range(2))
+    gbps = 3 * k * 4 / (t2 / 1e3) / 1e9
+    return {"gflops": round(gflops, 2), "gbps": round(gbps, 2),
+            "source": f"measured: onnxruntime {version()} MatMul 1024x1024x1024 fp32 ({t:.2f} ms) and "
+                      f"Add of two 64 MiB fp32 tensors ({t2:.2f} ms), node kernel time, best of 2 x median of {reps}"}

@@ -1,0 +1,374 @@
+"""The profiler behind `compress profile`: measure a device's latency tables on the machine it runs on.
+
+For each distinct layer shape of the given model(s) (or a default set), a grid of (cin, cout)
+channel counts over the prunable range (multiples of the grid step, dense at small counts, the
+model's own count included; not-prunable dimensions stay fixed) is timed in `rounds` passes
+spread over the run; a point's value is its fastest round's median (contention from other
+processes only ever adds time). Also measured: memory-bound ops (linear fit in elements), the
+per-inference and per-op overheads, peak compute and bandwidth (roofline fallback), a
+one-channel-at-a-time scan around a typical conv that shows the staircase and gives the cost of
+unaligned channel counts, and (torch CPU) dense vs block-sparse Linear/1x1 timings.
+
+Interrupted runs resume: finished measurements live in FILE.partial.json until FILE is written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from compress.errors import CompressError
+from compress.hardware_profiles import schema
+from compress.hardware_profiles.layers import CONV, DWCONV, LINEAR, MEMORY, LayerSig
+from compress.hardware_profiles.predictor import table_key
+
+FRACTIONS = (1 / 16, 1 / 8, 3 / 16, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
+MEMORY_SIZES = ((16, 8, 8), (64, 28, 28), (64, 56, 56), (256, 14, 14), (32, 112, 112))
+
+# the default grid (no --model): common CNN layer shapes at 224x224 input
+DEFAULT_LAYERS = tuple(
+    [LayerSig(CONV, 3, 64, (7, 7), (2, 2), (3, 3), 1, 224, 224, fixed_in=True)]
+    + [LayerSig(CONV, c, c, (3, 3), (1, 1), (1, 1), 1, s, s) for c, s in ((64, 56), (128, 28), (256, 14), (512, 7))]
+    + [LayerSig(CONV, c, 4 * c, (1, 1), (1, 1), (0, 0), 1, s, s) for c, s in ((64, 56), (128, 28), (256, 14))]
+    + [LayerSig(DWCONV, c, c, (3, 3), (1, 1), (1, 1), c, s, s) for c, s in ((96, 56), (192, 28), (384, 14))]
+    + [LayerSig(LINEAR, 512, 1000, fixed_out=True)]
+    + [LayerSig(MEMORY, 64, 64, h=56, w=56, kind=k) for k in ("unary", "binary", "maxpool", "gap")])
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    target: str = "cpu"
+    runtime: str = "ort"
+    batch: int = 1
+    grid_step: int = 16
+    max_points: int = 10           # per axis
+    rounds: int = 3
+    warmup: int = 2
+    reps: int = 7
+    threads: int = 0               # 0: the runtime's default (all cores)
+    max_seconds: float = 20.0      # per session: stop waiting for undisturbed runs after this long
+    staircase: bool = True
+    sparse: bool = True
+    models: tuple = ()
+
+    def key(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def grid(cmax: int, step: int, max_points: int, fixed: bool) -> list[int]:
+    """Channel counts to measure for a dimension whose full size is cmax."""
+    if fixed or cmax <= step:
+        return [cmax]
+    vals = sorted({max(step, int(round(cmax * f / step)) * step) for f in FRACTIONS} | {cmax})
+    vals = [v for v in vals if v <= cmax]
+    if len(vals) > max_points:
+        idx = sorted({round(i * (len(vals) - 1) / (max_points - 1)) for i in range(max_points)})
+        vals = [vals[i] for i in idx]
+    return vals
+
+
+def _backend(runtime: str):
+    if runtime == "ort":
+        from compress.hardware_profiles import ort_bench
+        return ort_bench
+    if runtime == "torch":
+        from compress.hardware_profiles import torch_bench
+        return torch_bench
+    raise CompressError(f"--runtime {runtime} is not supported by this profiler yet (supported: ort, torch); "
+                        "time the model with that runtime's own tools")
+
+
+def plan_tables(layers, cfg: ProfileConfig) -> dict:
+    """table key -> (template LayerSig, cin grid, cout grid) over the layers' prunable ranges."""
+    spans: dict = {}
+    for s in layers:
+        if s.op not in (CONV, DWCONV, LINEAR):
+            continue
+        sp = spans.setdefault(table_key(s), {"t": s, "ci": 0, "co": 0, "fci": set(), "fco": set()})
+        if s.fixed_in:
+            sp["fci"].add(s.cin)
+        else:
+            sp["ci"] = max(sp["ci"], s.cin)
+        if s.fixed_out:
+            sp["fco"].add(s.cout)
+        else:
+            sp["co"] = max(sp["co"], s.cout)
+
+    def axis(cmax, fixed):   # the prunable range's grid plus every fixed (not prunable) count
+        return sorted(set(grid(cmax, cfg.grid_step, cfg.max_points, False) if cmax else []) | fixed)
+
+    out = {}
+    for k, sp in sorted(spans.items()):
+        if sp["t"].op == DWCONV:
+            out[k] = (sp["t"], [1], axis(max(sp["co"], sp["ci"]), sp["fco"] | sp["fci"]))  # cin == cout == groups
+        else:
+            out[k] = (sp["t"], axis(sp["ci"], sp["fci"]), axis(sp["co"], sp["fco"]))
+    return out
+
+
+class _Partial:
+    """Finished measurements, saved atomically after every batch of work."""
+
+    def __init__(self, path: Path, cfg: ProfileConfig):
+        self.path = path
+        self.data = {"config": cfg.key(), "points": {}, "extra": {}}
+        self.resumed = 0
+        if path.is_file():
+            try:
+                d = json.loads(path.read_text())
+                if d.get("config") == cfg.key():
+                    self.data = d
+                    self.resumed = len(d["points"]) + len(d["extra"])
+            except (ValueError, KeyError, OSError):
+                pass
+
+    def get(self, k: str):
+        return self.data["points"].get(k)
+
+    def put(self, k: str, v) -> None:
+        self.data["points"][k] = v
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data))
+        os.replace(tmp, self.path)
+
+
+def _pkey(tk: str, r: int, ci: int, co: int) -> str:
+    return f"{tk}|r{r}|{ci}|{co}"
+
+
+def _measure(be, sig, pts, cfg):
+    if sig.op == LINEAR:
+        return be.linear_points(sig, pts, cfg.batch, cfg.warmup, cfg.reps, threads=cfg.threads,
+                                max_seconds=cfg.max_seconds)
+    return be.conv_points(sig, pts, cfg.batch, cfg.warmup, cfg.reps, threads=cfg.threads, max_seconds=cfg.max_seconds)
+
+
+def _dw_points(pts):
+    return [(c, c) for _, c in pts]
+
+
+def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_after: int | None = None) -> dict:
+    """Measure and write the profile to `out`; returns it. `stop_after` (tests): raise
+    KeyboardInterrupt after that many saved batches, leaving the partial file behind."""
+    be = _backend(cfg.runtime)
+    outp = Path(out)
+    if outp.parent and not outp.parent.exists():
+        raise CompressError(f"--out {out}: directory {outp.parent} does not exist")
+    part = _Partial(outp.with_name(outp.name + ".partial.json"), cfg)
+    tables = plan_tables(layers, cfg)
+    kinds = sorted({s.kind for s in layers if s.op == MEMORY} | ({"reorder"} if cfg.runtime == "ort" else set()))
+    work = []   # (table key, round, points to measure)
+    for r in range(cfg.rounds):
+        for k, (t, cins, couts) in tables.items():
+            pts = [(ci, co) for ci in cins for co in couts]
+            todo = [p for p in pts if part.get(_pkey(k, r, *p)) is None]
+            if todo:
+                work.append((k, r, todo))
+    extras = [e for e in (["overhead", "peak"] + [f"memory:{k}:{r}" for k in kinds for r in range(cfg.rounds)]
+                          + (["staircase"] if cfg.staircase and cfg.runtime == "ort" else [])
+                          + (["sparse"] if cfg.sparse else []))
+              if e not in part.data["extra"]]
+    total = sum(len(w[2]) for w in work) + len(extras)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=f"profiling {name}", unit="pt", disable=not progress, leave=False)
+    saves = 0
+
+    def saved():
+        nonlocal saves
+        part.save()
+        saves += 1
+        if stop_after is not None and saves >= stop_after:
+            raise KeyboardInterrupt
+
+    t0 = time.time()
+    load_start = os.getloadavg()
+    try:
+        for k, r, todo in work:
+            t = tables[k][0]
+            res = _measure(be, t, _dw_points(todo) if t.op == DWCONV else todo, cfg)
+            for p in todo:
+                part.put(_pkey(k, r, *p), res[(p[1], p[1])] if t.op == DWCONV else res[p])
+            bar.update(len(todo))
+            saved()
+        for e in extras:
+            if e == "overhead":
+                v = be.overheads(max(cfg.warmup, 10), max(cfg.reps * 20, 100), cfg.threads)
+            elif e == "peak":
+                v = be.peaks(cfg.warmup, cfg.reps, cfg.threads)
+            elif e.startswith("memory:"):
+                kind = e.split(":")[1]
+                v = {",".join(map(str, s)): ms for s, ms in
+                     be.memory_points(kind, list(MEMORY_SIZES), cfg.batch, cfg.warmup, cfg.reps, cfg.threads,
+                                      cfg.max_seconds).items()}
+            elif e == "staircase":
+                v = staircase(be, layers, cfg)
+            else:
+                from compress.hardware_profiles import sparse_bench
+                v = sparse_bench.table(layers, cfg.batch, cfg.reps)
+            part.data["extra"][e] = v
+            bar.update(1)
+            saved()
+    finally:
+        bar.close()
+    prof = assemble(part.data, tables, kinds, cfg, name, layers)
+    prof["measurement"]["wall_seconds"] = round(time.time() - t0, 1)
+    prof["measurement"]["load_average_start_end"] = [list(load_start), list(os.getloadavg())]
+    prof["measurement"]["resumed_measurements"] = part.resumed
+    schema.validate(prof, out)
+    tmp = outp.with_name(outp.name + ".tmp")
+    tmp.write_text(json.dumps(prof, indent=1) + "\n")
+    os.replace(tmp, outp)
+    part.path.unlink(missing_ok=True)
+    return prof
+
+
+def staircase(be, layers, cfg) -> dict:
+    """Time a typical 3x3 conv one channel at a time around 64 (cout, then cin): multiples of the
+    block run at full speed; input channels off the block leave the blocked layout."""
+    convs = [s for s in layers if s.op == CONV and s.kernel == (3, 3) and not s.fixed_in]
+    base = max(convs, key=lambda s: s.macs()) if convs else DEFAULT_LAYERS[1]
+    base = replace(base, cin=64, cout=64)
+    lo, hi = 48, 80
+    cout_scan, cin_scan = {}, {}
+    for _ in range(max(cfg.rounds, 1)):   # the fastest of `rounds` passes, as for the tables
+        for scan, pts in ((cout_scan, [(64, c) for c in range(lo, hi + 1)]), (cin_scan, [(c, 64) for c in range(lo, hi + 1)])):
+            for p, v in be.conv_points(base, pts, cfg.batch, cfg.warmup, cfg.reps, threads=cfg.threads,
+                                       max_seconds=cfg.max_seconds).items():
+                scan[p] = min(v, scan.get(p, v))
+    return {"key": table_key(base), "channels": list(range(lo, hi + 1)),
+            "cout_ms_at_cin64": [round(cout_scan[(64, c)], 5) for c in range(lo, hi + 1)],
+            "cin_ms_at_cout64": [round(cin_scan[(c, 64)], 5) for c in range(lo, hi + 1)]}
+
+
+def _block() -> int:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return 8
+    return 16 if "avx512f" in flags.split() else 8
+
+
+def steps_from(sc: dict | None, runtime: str) -> dict:
+    """The staircase from the scan: `block` (output channels are processed in blocks: a count costs
+    what the next multiple costs) and `cin_block` with `unaligned_factor` (input channel counts off
+    cin_block leave the fast path: measured cost over the line through the multiples of 16)."""
+    blk = _block() if runtime == "ort" else 1
+    if not sc:
+        return {CONV: {"block": blk, "unaligned_factor": 1.0, "note": "no staircase scan in this profile"}}
+    ch, ci = sc["channels"], sc["cin_ms_at_cout64"]
+    ref = [(c, t) for c, t in zip(ch, ci) if c % 16 == 0]
+    if len(ref) < 2:
+        return {CONV: {"block": blk, "unaligned_factor": 1.0, "note": "staircase scan too short"}}
+
+    def line(c):   # piecewise linear through the multiples of 16
+        for (c0, t0), (c1, t1) in zip(ref, ref[1:]):
+            if c <= c1:
+                return t0 + (t1 - t0) * (c - c0) / (c1 - c0)
+        return ref[-1][1]
+
+    rel = {c: t / line(c) for c, t in zip(ch, ci)}
+    cin_block = 16
+    for b in (1, 2, 4, 8):
+        r = sorted(rel[c] for c in ch if c % b == 0)
+        if r[int(0.8 * (len(r) - 1))] <= 1.12:   # (nearly) all multiples of b on the fast line
+            cin_block = b
+            break
+    off = [rel[c] for c in ch if c % cin_block]
+    f = round(max(statistics.median(off), 1.0), 3) if off else 1.0
+    note = (f"from the staircase scan (3x3 conv, 64 channels): output channels cost what the next multiple of "
+            f"{blk} costs; input channel counts that are not multiples of {cin_block} cost {f}x (onnxruntime CPU "
+            f"runs such convs outside MLAS's NCHWc layout)")
+    return {CONV: {"block": blk, "cin_block": cin_block, "unaligned_factor": f, "note": note},
+            DWCONV: {"block": blk, "cin_block": cin_block, "unaligned_factor": f, "note": note},
+            LINEAR: {"block": 1, "unaligned_factor": 1.0, "note": "Gemm: no channel blocking observed"}}
+
+
+def _fit(points: dict, batch: int) -> dict:
+    """ms = a + b * Melements over the whole batch: least squares on relative error (small ops are the
+    common case and their fixed cost matters) over the fastest round of each size."""
+    import numpy as np
+
+    xs = np.array([math.prod(int(v) for v in k.split(",")) for k in points], float) * batch / 1e6
+    ys = np.array(list(points.values()), float)
+    b, a = np.polyfit(xs, ys, 1, w=1 / ys) if len(xs) > 1 else (ys[0] / xs[0], 0.0)
+    return {"ms": round(max(float(a), 0.0), 5), "ms_per_melem": round(max(float(b), 0.0), 5)}
+
+
+def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str, layers) -> dict:
+    pts, ex = pd["points"], pd["extra"]
+    out_tables, spread = [], []
+    for k, (t, cins, couts) in tables.items():
+        grid_ms = []
+        for ci in cins:
+            row = []
+            for co in couts:
+                vals = [pts[_pkey(k, r, ci, co)] for r in range(cfg.rounds)]
+                row.append(round(min(vals), 5))
+                if len(vals) > 1 and min(vals) > 0:
+                    spread.append(max(vals) / min(vals))
+            grid_ms.append(row)
+        if t.op == DWCONV:
+            cins = [1]
+        out_tables.append({"key": k, "op": t.op, "cin": cins, "cout": couts, "ms": grid_ms})
+    mem = {}
+    for kind in kinds:
+        rounds = [ex[f"memory:{kind}:{r}"] for r in range(cfg.rounds)]
+        mem[kind] = _fit({s: min(rd[s] for rd in rounds) for s in rounds[0]}, cfg.batch)
+    peak = ex["peak"]
+    eff = {}
+    for t in out_tables:
+        tmpl = tables[t["key"]][0]
+        for i, ci in enumerate(t["cin"]):
+            for j, co in enumerate(t["cout"]):
+                s = replace(tmpl, cin=co if tmpl.op == DWCONV else ci, cout=co,
+                            groups=co if tmpl.op == DWCONV else tmpl.groups)
+                eff.setdefault(t["op"], []).append(2 * s.macs() * cfg.batch / (t["ms"][i][j] / 1e3) / 1e9 / peak["gflops"])
+    roofline_eff = {op: round(statistics.median(v), 4) for op, v in eff.items()}
+    roofline_eff["default"] = roofline_eff.get(CONV, 0.5)
+    from compress.hardware_profiles.sparse_bench import machine
+
+    dev = machine(cfg.target)
+    be = _backend(cfg.runtime)
+    return {
+        "schema": schema.SCHEMA, "schema_version": schema.SCHEMA_VERSION, "name": name,
+        "source": "measured",
+        "source_detail": f"measured by `compress profile` on {dev['name']} ({dev.get('cores')} cores) with "
+                         f"{cfg.runtime} {be.version()}; layers of {', '.join(cfg.models) or 'the default grid'}",
+        "device": dev,
+        "runtime": {"name": cfg.runtime, "version": be.version(),
+                    "provider": "CPUExecutionProvider, ORT_ENABLE_ALL" if cfg.runtime == "ort" else "eager, no_grad",
+                    "threads": cfg.threads or os.cpu_count()},
+        "dtype": "float32", "batch": cfg.batch,
+        "measurement": {
+            "warmup": cfg.warmup, "repetitions": cfg.reps, "rounds": cfg.rounds,
+            "statistic": "per point: median over undisturbed repetitions (process CPU time >= 0.75 x threads x "
+                         "wall time; the fastest run if fewer than 3) of the op's kernel time "
+                         + ("(onnxruntime node profiler; layout reorders excluded)" if cfg.runtime == "ort"
+                            else "(wall time of the op)") + "; table value: the fastest of `rounds` rounds "
+                         "spread over the run (other processes only add time)",
+            "spread": {"max_over_min_rounds_median": round(statistics.median(spread), 3) if spread else None,
+                       "max_over_min_rounds_p90": round(sorted(spread)[int(0.9 * (len(spread) - 1))], 3) if spread else None},
+            "grid": {"step": cfg.grid_step, "max_points_per_axis": cfg.max_points,
+                     "fractions_of_full_width": [round(f, 4) for f in FRACTIONS]},
+            "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+            "python": platform.python_version(),
+        },
+        "peak": peak,
+        "roofline_efficiency": roofline_eff,
+        "overhead": {k: ex["overhead"][k] for k in ("per_inference_ms", "per_op_ms")} | {"fit": ex["overhead"].get("fit")},
+        "steps": steps_from(ex.get("staircase"), cfg.runtime),
+        "staircase": ex.get("staircase"),
+        "memory_ops": mem,
+        "tables": out_tables,
+        "sparse": ex.get("sparse"),
+    }

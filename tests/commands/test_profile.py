@@ -1,0 +1,75 @@
+"""`compress profile` end to end on a tiny grid, and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--model", "tests.models:tiny_cnn", "--input-shape", "1,3,16,16", "--rounds", "1", "--reps", "2",
+        "--warmup", "1", "--grid-points", "2", "--threads", "1", "--max-seconds", "0.5", "--no-staircase", "--no-sparse"]
+
+
+def main(capsys, *args) -> tuple[int, str, str]:
+    """In-process `compress ...` (no interpreter start-up): exit code, stderr, stdout."""
+    from compress.cli import main as cli_main
+
+    code = cli_main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.err, cap.out
+
+
+def cli(*args, timeout=300):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "compress", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prof") / "tiny.json"
+    p = cli("profile", "--target", "cpu", *TINY, "--out", out, "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    return out, json.loads(p.stdout)
+
+
+def test_profile_writes_a_valid_profile(tiny_profile):
+    out, js = tiny_profile
+    from compress.hardware_profiles import load_profile
+
+    prof = load_profile(out, runtime="ort", dtype="float32", batch=1)
+    assert js["tables"] == len(prof.data["tables"]) > 0 and js["points"] > 0
+    assert prof.data["source"] == "measured" and prof.data["device"]["kind"] == "cpu"
+    assert prof.data["measurement"]["repetitions"] == 2
+    assert not out.with_name(out.name + ".partial.json").exists()
+
+
+def test_predict_with_the_profile(tiny_profile):
+    out, _ = tiny_profile
+    p = cli("predict", "tests.models:tiny_cnn", "--input-shape", "1,3,16,16", "--profile", out, "--json", "--layers")
+    assert p.returncode == 0, p.stderr[-2000:]
+    js = json.loads(p.stdout)
+    assert js["predicted_ms"] > 0 and js["batch"] == 1 and js["roofline_layers"] == 0
+    assert abs(sum(r["ms"] for r in js["per_layer"]) + js["overhead_ms"] - js["predicted_ms"]) < 1e-3
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--target", "cpu", "--runtime", "tvm"], "not supported by this profiler yet"),
+    (["--target", "gpu"], "--target gpu"),
+    (["--target", "cpu", "--batch", "0"], "--batch"),
+])
+def test_profile_bad_input(tmp_path, capsys, args, words):
+    out = tmp_path / "x.json"
+    code, err, _ = main(capsys, "profile", *args, "--out", out)
+    assert code == 2 and words in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_profile_out_dir_missing(tmp_path, capsys):
+    code, err, _ = main(capsys, "profile", "--target", "cpu", "--out", tmp_path / "no" / "x.json")
+    assert code == 2 and "does not exist" in err

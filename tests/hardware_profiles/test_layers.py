@@ -1,0 +1,75 @@
+"""extract_layers: one LayerSig per kernel the runtime runs, with onnxruntime's fusions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.hardware_profiles import extract_layers
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.act = nn.SiLU()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.pw(self.dw(x)))
+        x = self.act(x)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_fusions_depthwise_linear(one_thread):
+    layers = extract_layers(Block().eval(), (torch.randn(1, 3, 32, 32),))
+    by = {s.module: s for s in layers if s.module}
+    stem = by["stem.0"]
+    assert (stem.op, stem.cin, stem.cout, stem.kernel, stem.stride, stem.h) == ("conv", 3, 16, (3, 3), (2, 2), 32)
+    assert stem.fusion == "conv+bn+relu" and stem.fixed_in and not stem.fixed_out
+    dw = by["dw.0"]
+    assert dw.op == "dwconv" and dw.groups == 16 and dw.fusion == "conv+bn+relu6" and dw.h == 16
+    pw = by["pw.0"]
+    assert pw.fusion == "conv+bn+add+relu"          # the residual add and the relu after it: one kernel
+    fc = by["fc"]
+    assert (fc.op, fc.cin, fc.cout, fc.tokens) == ("linear", 16, 10, 1) and fc.fixed_out
+    kinds = [(s.op, s.kind) for s in layers]
+    assert ("memory", "silu") in kinds and ("memory", "gap") in kinds
+    # no separate BN, relu or add layers survive the fusions
+    assert not any(s.op == "memory" and s.kind in ("unary", "binary") for s in layers)
+    assert len(layers) == 6
+
+
+class Attn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(32, 96)
+        self.out = nn.Linear(32, 32)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, t, 32))
+
+
+def test_attention(one_thread):
+    layers = extract_layers(Attn().eval(), (torch.randn(1, 12, 32),))
+    ops = [(s.op, s.kind, s.fusion) for s in layers]
+    assert ops[0] == ("linear", "", "linear") and layers[0].tokens == 12 and layers[0].cout == 96
+    mm = [s for s in layers if s.op == "matmul"]
+    assert len(mm) == 2 and all(s.groups == 4 and s.tokens == 12 for s in mm)
+    assert mm[0].macs() == 4 * 12 * 8 * 12               # q @ k^T: heads x L x E x S
+    assert any(s.kind == "softmax" for s in layers)
+    assert layers[-1].op == "linear" and layers[-1].fixed_out
+
+
+def test_pruned_channels_change_the_signature(one_thread):
+    a = extract_layers(nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 8, 1)).eval(), (torch.randn(1, 3, 16, 16),))
+    b = extract_layers(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval(), (torch.randn(1, 3, 16, 16),))
+    assert [s.cout for s in a][0] == 32 and [s.cout for s in b][0] == 16
+    assert a[1].h == 14 and a[1].cin == 32 and b[1].cin == 16

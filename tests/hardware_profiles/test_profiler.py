@@ -1,0 +1,78 @@
+"""The profiler on a tiny grid: real onnxruntime measurements, the grid, and resume after interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compress.hardware_profiles import LayerSig, load_profile
+from compress.hardware_profiles.profiler import ProfileConfig, grid, plan_tables, run
+
+LAYERS = [LayerSig("conv", 3, 16, (3, 3), (1, 1), (1, 1), 1, 8, 8, fixed_in=True),
+          LayerSig("conv", 16, 32, (3, 3), (1, 1), (1, 1), 1, 8, 8),
+          LayerSig("dwconv", 32, 32, (3, 3), (1, 1), (1, 1), 32, 8, 8),
+          LayerSig("linear", 32, 10, fixed_out=True),
+          LayerSig("memory", 32, 32, h=8, w=8, kind="unary")]
+TINY = ProfileConfig(batch=1, grid_step=8, max_points=3, rounds=2, warmup=1, reps=2, threads=1, max_seconds=0.5,
+                     staircase=False, sparse=False)
+
+
+def test_grid():
+    assert grid(512, 16, 10, False) == [32, 64, 96, 128, 192, 256, 320, 384, 448, 512]
+    assert grid(3, 16, 10, False) == [3]
+    assert grid(1000, 16, 10, True) == [1000]
+    g = grid(96, 16, 4, False)
+    assert len(g) <= 4 and g[-1] == 96 and all(v % 16 == 0 for v in g)
+    t = plan_tables(LAYERS, TINY)
+    conv = t["conv k3x3 s1x1 p1x1 g1 8x8"]                      # the stem and the next conv share a shape
+    assert conv[1] == [3] + grid(16, 8, 3, False) and conv[2] == grid(32, 8, 3, False)  # fixed counts join
+    assert t["linear t1"][1:] == (grid(32, 8, 3, False), [10])   # the classifier outputs stay fixed
+
+
+def test_resume_after_interruption(tmp_path):
+    out = tmp_path / "p.json"
+    partial = tmp_path / "p.json.partial.json"
+    with pytest.raises(KeyboardInterrupt):
+        run(LAYERS, TINY, str(out), "tiny", progress=False, stop_after=2)
+    assert partial.is_file() and not out.exists()
+    done = json.loads(partial.read_text())["points"]
+    assert len(done) > 0
+    prof = run(LAYERS, TINY, str(out), "tiny", progress=False)
+    assert prof["measurement"]["resumed_measurements"] == len(done)
+    assert not partial.exists()
+    p = load_profile(out, runtime="ort", batch=1)
+    assert {t["op"] for t in p.data["tables"]} == {"conv", "dwconv", "linear"}
+    assert "unary" in p.data["memory_ops"]
+    for t in p.data["tables"]:
+        assert all(v > 0 for row in t["ms"] for v in row)
+    # a measured table entry is what layer_ms returns at that grid point
+    t = next(t for t in p.data["tables"] if t["op"] == "conv" and t["cin"] != [3])
+    sig = LayerSig("conv", t["cin"][-1], t["cout"][-1], (3, 3), (1, 1), (1, 1), 1, 8, 8)
+    assert p.layer_ms(sig) == pytest.approx(t["ms"][-1][-1])
+
+
+def test_partial_from_another_config_is_not_reused(tmp_path):
+    out = tmp_path / "p.json"
+    (tmp_path / "p.json.partial.json").write_text(json.dumps({"config": {"batch": 99}, "points": {"x": 1}, "extra": {}}))
+    prof = run(LAYERS[:2], TINY, str(out), "tiny", progress=False)
+    assert prof["measurement"]["resumed_measurements"] == 0
+
+
+def test_torch_runtime_profile(tmp_path, one_thread):
+    from dataclasses import replace
+
+    out = tmp_path / "torch.json"
+    prof = run(LAYERS, replace(TINY, runtime="torch", rounds=1), str(out), "tiny-torch", progress=False)
+    p = load_profile(out, runtime="torch")
+    assert prof["runtime"]["name"] == "torch" and p.data["tables"]
+    assert "reorder" not in p.data["memory_ops"]                 # an onnxruntime layout cost only
+
+
+def test_unsupported_runtime():
+    from dataclasses import replace
+
+    from compress.errors import CompressError
+
+    with pytest.raises(CompressError, match="not supported by this profiler yet"):
+        run(LAYERS, replace(TINY, runtime="tensorrt"), "/tmp/never.json", "x", progress=False)
