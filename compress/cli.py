@@ -26,7 +26,7 @@ def _model_args(p):
 
 # Verbs added by their own modules: `compress/commands/<name>.py` defines HELP, add_arguments(p) and
 # run(args) -> {"text", "json", "code"?}. Module import must be cheap (heavy imports inside run).
-COMMANDS = []
+COMMANDS = ["export", "bench", "sparsify", "release", "profile", "predict", "plan"]
 
 
 def _command(name: str):
@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="remove channels, heads and hidden units for real")
     p.add_argument("model", metavar="MODEL", help="torchvision:NAME | hf:DIR | compress:NAME | package.module:function | pruned DIR")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of channels removed per group, in (0, 1)")
-    p.add_argument("--criterion", default="l1", choices=CRITERIA)
+    p.add_argument("--ratio", type=float, help="fraction of channels removed per group, in (0, 1)")
+    p.add_argument("--plan", metavar="FILE", help="apply a plan.json from `compress plan` instead of --ratio")
+    p.add_argument("--criterion", choices=CRITERIA, help="channel importance (default: l1; taylor with --schedule iterative)")
     p.add_argument("--global", dest="global_ranking", action="store_true",
                    help="rank channels across groups instead of a uniform per-group ratio")
     p.add_argument("--round-to", type=int, help="kept channels are a multiple of N (default: the target's channel step)")
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", action="store_true", help="fine-tune with knowledge distillation from the dense model")
     p.add_argument("--lr", type=float, help="fixed fine-tuning learning rate (SGD; default 0.01)")
     p.add_argument("--lr-rewind", action="store_true", help="replay the last EPOCHS of the original LR schedule")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "onecycle"), default="constant",
+                   help="fine-tuning LR shape from --lr: held constant (default), cosine decay to 0, or warm-up + decay")
+    p.add_argument("--schedule", choices=("oneshot", "gradual", "iterative"), default="oneshot",
+                   help="prune at once; gradually (cubic schedule, Zhu & Gupta 2017); or in equal prune/fine-tune "
+                   "cycles (Molchanov et al. 2017); gradual/iterative spread --finetune EPOCHS over the steps")
+    p.add_argument("--steps", type=int, default=4, metavar="N", help="pruning steps of --schedule gradual|iterative")
     _model_args(p)
 
     p = sub.add_parser("eval", help="accuracy on a labelled test split (and agreement with the dense source)")

@@ -1,0 +1,198 @@
+"""Budget checks and the release's reports: report.json, report.md (a CI job summary), junit.xml (one
+testcase per budget and target), plots/<target>.png (accuracy vs latency of the candidates tried).
+
+Reports hold no timestamps or durations, so the same inputs give the same files (run.json has those).
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+from compress.release.config import ReleaseConfig, Target
+
+# budget -> (candidate value key, comparison, unit shown)
+BUDGET_CHECKS = {
+    "max_accuracy_drop": ("accuracy_drop_points", "<=", "points"),
+    "min_speedup": ("speedup", ">=", "x"),
+    "max_latency_ms": ("latency_ms", "<=", "ms"),
+    "max_size_mb": ("size_mb", "<=", "MB"),
+}
+
+
+def check(t: Target, cand: dict) -> list[dict]:
+    out = []
+    for name, limit in t.budgets.items():
+        key, op, unit = BUDGET_CHECKS[name]
+        value = cand[key]
+        ok = value is not None and (value <= limit if op == "<=" else value >= limit)
+        out.append({"budget": name, "limit": limit, "value": value, "op": op, "unit": unit, "pass": ok})
+    return out
+
+
+def _select(checked: list[dict]) -> int:
+    """The released candidate: all budgets met and parity ok, fastest; else the one closest to passing."""
+    def rank(i):
+        c = checked[i]
+        fails = sum(not b["pass"] for b in c["checks"]) + (not c["onnx_parity_ok"])
+        return (fails, -c["speedup"], i)
+    return min(range(len(checked)), key=rank)
+
+
+def build(cfg: ReleaseConfig, results: dict) -> dict:
+    targets, failures = [], []
+    for t in cfg.targets:
+        cands = [{k: v for k, v in c.items() if k != "_dirs"} | {"checks": check(t, c)} for c in results[t.name]]
+        sel = _select(cands)
+        c = cands[sel]
+        ok = all(b["pass"] for b in c["checks"]) and c["onnx_parity_ok"]
+        for b in c["checks"]:
+            if not b["pass"]:
+                failures.append(f"{t.name}: {b['budget']} ({_fmt(b['value'])} {b['unit']}, budget {b['op']} "
+                                f"{_fmt(b['limit'])})")
+        if not c["onnx_parity_ok"]:
+            failures.append(f"{t.name}: onnxruntime parity failed")
+        plan = ({"latency_budget": t.latency_budget, "profile": os.path.basename(t.profile)}
+                if t.latency_budget is not None else {"ratios": list(t.ratios)})
+        targets.append({"target": t.name, "plan": plan, "criterion": t.criterion, "finetune_epochs": t.finetune,
+                        "distill": t.distill, "budgets": dict(t.budgets.items()), "selected": sel, "pass": ok,
+                        "candidates": cands})
+    passed = not failures
+    summary = ("release PASSED: " + "; ".join(
+        f"{x['target']} ({x['candidates'][x['selected']]['label']}) met {len(x['budgets'])} budget(s)" for x in targets)
+        if passed else "release FAILED: " + "; ".join(failures))
+    return {"schema_version": 1, "config": os.path.basename(cfg.path), "model": cfg.model,
+            "data": cfg.data if cfg.data == "fashion-mnist" else os.path.basename(cfg.data),
+            "pass": passed, "summary": summary, "failures": failures, "targets": targets}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _acc(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def markdown(rep: dict) -> str:
+    lines = [f"## compress release: {'✅ passed' if rep['pass'] else '❌ failed'}", "",
+             f"Model `{rep['model']}`, data `{rep['data']}`, config `{rep['config']}`.", "", rep["summary"], ""]
+    for t in rep["targets"]:
+        c = t["candidates"][t["selected"]]
+        lines += [f"### {t['target']}: {'pass' if t['pass'] else 'FAIL'} ({c['label']}, criterion {t['criterion']}, "
+                  f"fine-tuned {t['finetune_epochs']:g} epoch(s){' with distillation' if t['distill'] else ''})", "",
+                  "| | dense | pruned |", "|---|---:|---:|",
+                  f"| accuracy | {_acc(c['accuracy_dense'])} | {_acc(c['accuracy'])} |",
+                  f"| latency (ms) | {c['latency_ms_dense']:.3f} | {c['latency_ms']:.3f} |",
+                  f"| speedup | 1.00x | {c['speedup']:.2f}x |",
+                  f"| size (MB) | {c['size_mb_dense']:.3f} | {c['size_mb']:.3f} |",
+                  f"| params | {c['params_dense']:,} | {c['params']:,} |",
+                  f"| MACs | {c['macs_dense']:,} | {c['macs']:,} |", "",
+                  f"Latency: {c['latency_source']}. ONNX parity: {'ok' if c['onnx_parity_ok'] else 'FAILED'}. "
+                  f"Accuracy on {c['eval_samples']:,} test samples.", ""]
+        if c["checks"]:
+            lines += ["| budget | limit | value | result |", "|---|---:|---:|---|"]
+            for b in c["checks"]:
+                lines.append(f"| `{b['budget']}` | {b['op']} {_fmt(b['limit'])} {b['unit']} | "
+                             f"{_fmt(b['value'])} {b['unit']} | {'✅ pass' if b['pass'] else '❌ FAIL'} |")
+            lines.append("")
+        if len(t["candidates"]) > 1:
+            lines += ["Candidates tried:", "", "| candidate | accuracy | latency (ms) | speedup | size (MB) | budgets |",
+                      "|---|---:|---:|---:|---:|---|"]
+            for i, k in enumerate(t["candidates"]):
+                n_ok = sum(b["pass"] for b in k["checks"])
+                lines.append(f"| {k['label']}{' (released)' if i == t['selected'] else ''} | {_acc(k['accuracy'])} | "
+                             f"{k['latency_ms']:.3f} | {k['speedup']:.2f}x | {k['size_mb']:.3f} | "
+                             f"{n_ok}/{len(k['checks'])} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def junit(rep: dict) -> bytes:
+    """JUnit XML: <testsuites> with one <testsuite> per target and one <testcase> per budget; a failed
+    budget carries <failure message type>."""
+    root = ET.Element("testsuites", name="compress release")
+    total = fails = 0
+    for t in rep["targets"]:
+        c = t["candidates"][t["selected"]]
+        checks = c["checks"]
+        n_fail = sum(not b["pass"] for b in checks)
+        suite = ET.SubElement(root, "testsuite", name=f"release.{t['target']}", tests=str(len(checks)),
+                              failures=str(n_fail), errors="0", skipped="0", time="0")
+        for b in checks:
+            case = ET.SubElement(suite, "testcase", classname=f"release.{t['target']}", name=b["budget"], time="0")
+            text = (f"{t['target']} {c['label']}: {b['budget']} = {_fmt(b['value'])} {b['unit']}, "
+                    f"budget {b['op']} {_fmt(b['limit'])} {b['unit']}")
+            if not b["pass"]:
+                f = ET.SubElement(case, "failure", message=f"{b['budget']} not met on {t['target']}", type="BudgetExceeded")
+                f.text = text
+            else:
+                ET.SubElement(case, "system-out").text = text
+        total += len(checks)
+        fails += n_fail
+    root.set("tests", str(total))
+    root.set("failures", str(fails))
+    root.set("errors", "0")
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def plot(t: dict, path: str) -> None:
+    """Accuracy vs latency of the dense model and every candidate, budget limits drawn as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cands = t["candidates"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    c0 = cands[0]
+    if c0["accuracy_dense"] is not None:
+        ax.scatter([c0["latency_ms_dense"]], [c0["accuracy_dense"] * 100], marker="s", color="black", label="dense")
+    for i, c in enumerate(cands):
+        ok = all(b["pass"] for b in c["checks"])
+        ax.scatter([c["latency_ms"]], [c["accuracy"] * 100], color="tab:green" if ok else "tab:red",
+                   marker="*" if i == t["selected"] else "o", s=120 if i == t["selected"] else 50)
+        ax.annotate(c["label"], (c["latency_ms"], c["accuracy"] * 100), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    b = t["budgets"]
+    if "max_latency_ms" in b:
+        ax.axvline(b["max_latency_ms"], color="tab:orange", ls="--", label="max_latency_ms")
+    if "min_speedup" in b:
+        ax.axvline(c0["latency_ms_dense"] / b["min_speedup"], color="tab:purple", ls=":", label="min_speedup")
+    if "max_accuracy_drop" in b and c0["accuracy_dense"] is not None:
+        ax.axhline(c0["accuracy_dense"] * 100 - b["max_accuracy_drop"], color="tab:blue", ls="--",
+                   label="max_accuracy_drop")
+    ax.set_xlabel(f"latency (ms), {'measured' if c0['latency_source'].startswith('measured') else 'predicted'}")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{t['target']}: candidates (green: all budgets met; star: released)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write(rep: dict, out: str) -> dict:
+    """report.json, report.md, junit.xml and plots/<target>.png in `out`, each written atomically."""
+    import json
+
+    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+    files = {"report.json": (json.dumps(rep, indent=1, sort_keys=True) + "\n").encode(),
+             "report.md": (markdown(rep) + "\n").encode(), "junit.xml": junit(rep)}
+    for name, data in files.items():
+        tmp = os.path.join(out, f".{name}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(out, name))
+    for t in rep["targets"]:
+        final = os.path.join(out, "plots", f"{t['target']}.png")
+        tmp = os.path.join(out, "plots", f".{t['target']}.png.tmp.png")
+        plot(t, tmp)
+        os.replace(tmp, final)
+    return {"report_json": "report.json", "report_md": "report.md", "junit": "junit.xml",
+            "plots": [f"plots/{t['target']}.png" for t in rep["targets"]]}

@@ -1,0 +1,151 @@
+"""compress.toml validation: every problem at once, with its key path, exit 2 before any work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from compress.errors import CompressError
+from compress.release import config
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "fmnist-cpu", "compress.toml")
+
+
+def _write(tmp_path, text: str) -> str:
+    p = tmp_path / "compress.toml"
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+def _problems(path: str, only=None) -> list[str]:
+    with pytest.raises(CompressError) as e:
+        config.load(path, only)
+    lines = str(e.value).splitlines()
+    assert lines[0].endswith(f"{len(lines) - 1} problem{'s' if len(lines) > 2 else ''}:")
+    return [ln.strip() for ln in lines[1:]]
+
+
+def test_example_config_is_valid():
+    cfg = config.load(EXAMPLE)
+    assert cfg.model == "compress:fmnist-cnn" and cfg.data == "fashion-mnist"
+    (cpu,) = cfg.targets
+    assert cpu.name == "cpu" and cpu.ratios == (0.5,) and cpu.finetune > 0
+    assert dict(cpu.budgets.items()).keys() == set(config.BUDGETS)
+
+
+def test_all_problems_reported_together_with_key_paths(tmp_path):
+    path = _write(tmp_path, """\
+        colour = "blue"
+        [model]
+        spec = "compress:fmnist-cnn"
+        wieghts = "w.safetensors"
+        [data]
+        spec = "fashion-mnist"
+        [measure]
+        runs = "many"
+        [targets.cpu]
+        ratio = 1.5
+        finetune = "1"
+        [targets.gpu]
+        ratio = 0.5
+        [targets.jetson]
+        latency_budget = 0.6
+        profile = "missing-profile.json"
+        [budgets.cpu]
+        max_accuracy_drop = 120
+        min_speed = 2
+        [budgets.tpu]
+        max_latency_ms = 3
+        """)
+    got = _problems(path)
+    expected_starts = [
+        "colour: unknown key",
+        "model.wieghts: unknown key",
+        "measure.runs: expected an integer, got a string 'many'",
+        "targets.cpu.finetune: expected a number, got a string '1'",
+        "targets.cpu.ratio: must be in (0, 1), got 1.5",
+        "budgets.cpu.min_speed: unknown key",
+        "budgets.cpu.max_accuracy_drop: must be in [0, 100] percentage points, got 120.0",
+        "targets.gpu.profile: required: gpu latency cannot be measured on this machine",
+        "targets.jetson.profile: file",
+        "budgets.tpu: a budget without a target: there is no [targets.tpu]",
+    ]
+    for start in expected_starts:
+        assert sum(g.startswith(start) for g in got) == 1, (start, got)
+    assert len(got) == len(expected_starts), got
+
+
+def test_latency_budget_plan_needs_a_profile(tmp_path):
+    path = _write(tmp_path, """\
+        [model]
+        spec = "compress:fmnist-cnn"
+        [data]
+        spec = "fashion-mnist"
+        [targets.cpu]
+        latency_budget = 0.6
+        """)
+    assert _problems(path) == ["targets.cpu.profile: required: a latency_budget plan is made against a device "
+                               "profile (compress profile --target cpu --out FILE)"]
+
+
+def test_plan_choice_and_required_tables(tmp_path):
+    path = _write(tmp_path, """\
+        [targets.cpu]
+        ratio = 0.5
+        ratios = [0.3, "x"]
+        distill = true
+        """)
+    got = _problems(path)
+    assert "model.spec: required (e.g. compress:fmnist-cnn, torchvision:resnet18, hf:DIR)" in got
+    assert any(g.startswith("data.spec: required") for g in got)
+    assert "targets.cpu.ratios[1]: expected a number, got a string 'x'" in got
+    assert "targets.cpu: give one plan, not ratio and ratios" in got
+    assert "targets.cpu.distill: needs finetune > 0 (distillation happens during fine-tuning)" in got
+
+
+def test_only_names_a_configured_target(tmp_path):
+    assert _problems(EXAMPLE, only="gpu") == ["--only: target 'gpu' is not configured (configured: cpu)"]
+
+
+def test_cli_bad_config_exits_2_before_any_work(tmp_path):
+    path = _write(tmp_path, """\
+        [model]
+        spec = "compress:fmnist-cnn"
+        [data]
+        spec = "fashion-mnist"
+        [targets.cpu]
+        ratio = "half"
+        [budgets.gpu]
+        min_speedup = 2
+        """)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "compress", "release", "--config", path, "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "targets.cpu.ratio: expected a number, got a string 'half'" in r.stderr
+    assert "budgets.gpu: a budget without a target" in r.stderr
+    assert not out.exists()
+
+
+def test_not_toml(tmp_path):
+    p = tmp_path / "compress.toml"
+    p.write_text("[model\nspec = 1\n")
+    with pytest.raises(CompressError, match="not valid TOML"):
+        config.load(str(p))
+
+
+def test_example_workflow_runs_the_example_config():
+    yaml = pytest.importorskip("yaml")
+    wf = yaml.safe_load(open(os.path.join(os.path.dirname(EXAMPLE), "release.yml")))
+    steps = wf["jobs"]["release"]["steps"]
+    runs = "\n".join(s.get("run", "") for s in steps)
+    assert "./scripts/install-system.sh" in runs and "./scripts/setup.sh" in runs
+    assert "compress release --config examples/fmnist-cpu/compress.toml" in " ".join(runs.split())
+    assert '>> "$GITHUB_STEP_SUMMARY"' in runs and "release-out/report.md" in runs
+    uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert uploads and all(f in uploads[0]["with"]["path"] for f in ("report.md", "report.json", "junit.xml"))
