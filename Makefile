@@ -11,7 +11,7 @@ demo: setup
 
 test: setup
 	./scripts/install-system.sh
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=25
 
 bench: setup
 	.venv/bin/python bench/prune_latency.py
