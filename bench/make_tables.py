@@ -162,6 +162,14 @@ def results_summary_section(results: Path) -> list[str]:
         rows.append(f"| fmnist-cnn at {b['mac_reduction']:.2f}x fewer MACs, 1 epoch FT (`accuracy_cnn.py`) | ours "
                     f"{b['best_ours_accuracy']:.2%} vs dense {b['dense_accuracy']:.2%}, Torch-Pruning magnitude "
                     f"{b['tp_magnitude_accuracy']:.2%} |")
+    d = load("planner_accuracy")
+    if d:
+        for e in d["entries"]:
+            rows.append(f"| {e['model']} at budget {e['budget']} vs Torch-Pruning round_to=16 (`planner_accuracy.py`, batch "
+                        f"{d['batch']}, 1 epoch FT) | ours {e['ours']['accuracy']:.2%} at {e['ours']['ms']:.3f} ms; TP "
+                        f"ratio {e['tp16']['ratio']} {e['tp16']['accuracy']:.2%} at {e['tp16']['ms']:.3f} ms "
+                        f"(TP {e['latency_gap']:+.0%} latency; equal within 5%: "
+                        f"{'yes' if e['equal_latency_within_5pct'] else 'no'}) |")
     d = load("minilm_distill")
     if d:
         a = d["after_distill"]
