@@ -220,8 +220,8 @@ def knapsack(costs: list[np.ndarray], values: list[np.ndarray], capacity: float,
     """Multiple-choice knapsack by dynamic programming over discretised cost: one choice per item,
     total cost <= capacity, maximum total value. Costs >= 0; each item has a zero-cost choice
     after the caller's shift. Costs are rounded up, so the result never exceeds the capacity."""
-    if capacity <= 0:
-        return [int(np.argmin(c)) for c in costs]
+    if capacity <= 0:  # only the cheapest choices fit: the most valuable of them
+        return [int(np.flatnonzero(c == c.min())[np.argmax(v[c == c.min()])]) for c, v in zip(costs, values)]
     unit = capacity / bins
     neg = -np.inf
     dp = np.full(bins + 1, neg)
@@ -314,8 +314,9 @@ def solve(model: CostModel, cands: dict[int, np.ndarray], values: dict[int, np.n
             break
     if best is None:
         best, best_v = smallest, value(smallest)
-    names = sorted({f"{cl.sig.module or cl.sig.op} ({cl.sig.op} {getattr(cl.sig, 'kind', '')})".replace(" )", ")")
-                    for cl in model.costed if cl.sig in set(model.profile.fell_back([c.sig for c in model.costed]))})
+    fell = set(model.profile.fell_back([c.sig for c in model.costed]))
+    names = sorted({f"{cl.sig.module or cl.sig.op} ({cl.sig.op} {cl.sig.kind})".replace(" )", ")")
+                    for cl in model.costed if cl.sig in fell})
     return PlanResult(best, dense_ms, target_ms, model.total(best), min_ms, best_v, hist, names)
 
 
