@@ -110,12 +110,12 @@ def trace_inputs(inputs: tuple) -> tuple:
     return tuple(out)
 
 
-def prune(model: nn.Module, example_inputs: tuple, config: PruneConfig, round_to: int, source: dict,
-          calib=None, strict: bool = False, graph: ChannelGraph | None = None, log=None) -> PruneResult:
-    config.validate()
+def traced_graph(model: nn.Module, example_inputs: tuple, strict: bool, log, graph: ChannelGraph | None = None):
+    """Canonicalise `model` in place (function-preserving: nn.MultiheadAttention -> split q/k/v/o), trace it
+    with batch-2 inputs and check --strict. Returns (trace inputs, graph); a given `graph` is reused."""
     from compress.graph.canonical import canonicalize
-    canonicalize(model)  # in place and function-preserving: nn.MultiheadAttention -> split q/k/v/o
-    log = log or (lambda msg: None)
+
+    canonicalize(model)
     inputs = trace_inputs(example_inputs)
     if graph is None:
         log("tracing")
@@ -123,6 +123,14 @@ def prune(model: nn.Module, example_inputs: tuple, config: PruneConfig, round_to
     if graph.unsupported and strict:
         where, op = graph.unsupported[0]
         raise CompressError(f"op {op} in {where} cannot be pruned safely; --ignore that module or drop --strict")
+    return inputs, graph
+
+
+def prune(model: nn.Module, example_inputs: tuple, config: PruneConfig, round_to: int, source: dict,
+          calib=None, strict: bool = False, graph: ChannelGraph | None = None, log=None) -> PruneResult:
+    config.validate()
+    log = log or (lambda msg: None)
+    inputs, graph = traced_graph(model, example_inputs, strict, log, graph)
     ign = ignored_groups(model, graph, config.ignore)
     log("scoring")
     scores = score(model, graph, config.criterion, calib=calib, seed=config.seed)
@@ -140,7 +148,6 @@ def apply_plan(model: nn.Module, example_inputs: tuple, plan: PrunePlan, log=Non
     """Apply a saved plan (e.g. from `compress plan`): slice by its kept indices, then verify the
     result against the original with the plan's removed channels zeroed. No scoring, no selection."""
     from compress.graph.canonical import canonicalize
-    from compress.prune.structured import zero_removed
 
     canonicalize(model)
     log = log or (lambda msg: None)

@@ -107,13 +107,11 @@ def run(model: nn.Module, example_inputs: tuple, config, round_to: int, source: 
     `epochs` in total (1/steps after each step) with the recipe of `compress.train.finetune`
     (`teacher`: distillation; `lr`/`lr_schedule` or `rewind`), one LR curve across all steps.
     Returns the fine-tuned pruned model with its plan, and a record per step."""
-    from compress.graph.canonical import canonicalize
-    from compress.graph.groups import build_graph
     from compress.importance import score
     from compress.metrics import count_macs
     from compress.plan import build_plan, select
     from compress.prune.structured import apply_keep
-    from compress.pruner import PruneResult, ignored_groups, trace_inputs, verify
+    from compress.pruner import PruneResult, ignored_groups, traced_graph, verify
     from compress.train import DISTILL_ALPHA, DISTILL_T, deterministic, fit, frozen_teacher, recovery_schedule
 
     schedule.validate()
@@ -125,13 +123,7 @@ def run(model: nn.Module, example_inputs: tuple, config, round_to: int, source: 
     if not epochs or epochs <= 0:
         raise CompressError(f"--schedule {schedule.kind} fine-tunes between steps: it needs --data and --finetune EPOCHS")
     log = log or (lambda msg: None)
-    canonicalize(model)
-    inputs = trace_inputs(example_inputs)
-    log("tracing")
-    graph = build_graph(model, inputs)
-    if graph.unsupported and strict:
-        where, op = graph.unsupported[0]
-        raise CompressError(f"op {op} in {where} cannot be pruned safely; --ignore that module or drop --strict")
+    inputs, graph = traced_graph(model, example_inputs, strict, log)
     ign = ignored_groups(model, graph, config.ignore)
     sched, lr_fn = recovery_schedule(epochs, lr, rewind, batch_size, lr_schedule)
     teacher = frozen_teacher(teacher)
