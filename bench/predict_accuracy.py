@@ -261,7 +261,7 @@ def main() -> None:
     result = {
         **c.result_header("predict_accuracy", "does the latency model (profile tables + fusions + overheads) predict "
                           "measured end-to-end onnxruntime CPU latency of pruned CNNs?", t_start),
-        "profile": {str(b): {"path": p.path, "date": p.data["measurement"].get("date"),
+        "profile": {str(b): {"path": os.path.relpath(p.path, c.ROOT), "date": p.data["measurement"].get("date"),
                              "source": p.data["source"]} for b, p in profiles.items()},
         "protocol": {
             "variants": {v[0]: f"{v[1]} {v[2]}" for v in VARIANTS if v[0] in a.variants}
@@ -327,7 +327,7 @@ def crosscheck(path: str, rows: list[dict]) -> dict | None:
         errs = [abs(o["error"]) for o in pruned if o["batch"] == b]
         stats[f"batch{b}"] = {"n": len(errs), "median_abs_error": round(statistics.median(errs), 4),
                               "max_abs_error": round(max(errs), 4)}
-    return {"source": path, "measured": pl.get("date"), "load_note": pl.get("protocol", {}).get("noise", "")[-120:],
+    return {"source": os.path.relpath(path, c.ROOT), "measured": pl.get("date"), "load_note": pl.get("protocol", {}).get("noise", "")[-120:],
             "what": "prune_latency.py median over rounds of per-process medians (bench/_ort_time.py, default "
                     "threads), measured while the machine was quieter", "summary_pruned": stats, "entries": out}
 

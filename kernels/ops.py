@@ -1,4 +1,4 @@
-"""torch.library custom op `compress::bsr_linear`, so models calling the kernel trace with torch.export.
+"""The custom op `compress::bsr_linear` (registered with torch), so models calling the kernel trace with torch.export.
 
     compress::bsr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values,
                          SymInt out_features, Tensor? bias) -> Tensor
