@@ -137,7 +137,7 @@ def load(spec: str, weights: str | None = None) -> LoadedModel:
     from compress.graph.canonical import canonicalize
 
     if os.path.isdir(spec):
-        if os.path.isfile(os.path.join(spec, "sparse_plan.json")):  # written by `compress sparsify`
+        if os.path.isfile(os.path.join(spec, "sparse_plan.json")):  # compress sparsify, or prune of a mixed plan
             from compress.lower.pipeline import load_sparse
             return load_sparse(spec)
         if os.path.isfile(os.path.join(spec, PLAN_FILE)):

@@ -168,6 +168,66 @@ def _plan_runner(plan, default):
     return run
 
 
+def _planned_formats(plan, lm) -> dict:
+    """The layers a mixed plan lowers after its structured part, checked against the model ({} without)."""
+    if plan is None or not plan.formats:
+        return {}
+    from compress.lower.mixed import planned
+
+    return planned(plan.formats, lm.model)
+
+
+def _sparse_calib(args, lm, inputs, acc, calib) -> tuple[list, str, bool]:
+    """Calibration batches for lowering, what they are, and whether the user gave them (--calib or
+    --data: 2:4 then selects by output error with the OBS update; otherwise magnitude, errors on random:32)."""
+    if getattr(args, "calib", None):
+        return calib, args.calib, True
+    if acc is not None:
+        from compress.evaluate import DEFAULT_CALIB
+        if acc.calib is not None:
+            return acc.calib, f"{args.data} (train split, {DEFAULT_CALIB} samples)", True
+        from compress import data
+        src = acc.train if acc.train is not None else data.load(args.data, "train", acc.shape, allow_flat=True)
+        data.check_shape(src, acc.shape)
+        batches = [(x,) for x, _ in data.calibration_subset(src, DEFAULT_CALIB, args.seed).batches(8)]
+        return batches, f"{args.data} (train split, {DEFAULT_CALIB} samples)", True
+    return calib_batches("random:32", lm, inputs), "random:32", False
+
+
+def _lower_formats(args, lm, inputs, res, specs, calib, acc, measured, source, log) -> dict:
+    """After the structured part of a mixed plan: lower the layers its `formats` mark 2:4 / block:B
+    (compress.lower.mixed), check the lowered model against the masked dense one, and re-measure
+    accuracy when --data was given. Returns {"result", "json", "text"}."""
+    from compress.lower import mixed
+
+    log("lowering")
+    fit, dense = mixed.fit(specs, res.model)
+    batches, spec, given = _sparse_calib(args, lm, inputs, acc, calib)
+    notes = tuple(f"layer {n}: {why}" for n, why in dense.items())
+    sres = mixed.lower_planned(res.model, fit, source, batches, given, spec, seed=args.seed, notes=notes)
+    check = batches[0] if batches else inputs
+    err = mixed.lowered_vs_masked(sres, check)
+    res.plan.notes = [n for n in res.plan.notes if not n.startswith("mixed plan:")] + [
+        f"mixed plan: {len(fit)} layer(s) lowered to sparse formats after the structured part (sparse_plan.json)"]
+    res.plan.notes += list(notes)
+    layers = mixed.layer_table(sres, dense)
+    errs = [e["error_after"] for e in layers.values() if e.get("error_after") is not None]
+    obs = given and any(f == "2:4" for f, _, _ in fit.values())
+    out = {"formats": layers, "sparse_calib": spec, "sparse_update": "obs" if obs else "none",
+           "sparse_mean_error": (sum(errs) / len(errs)) if errs else None, "max_rel_error_lowered_vs_masked": err}
+    text = mixed.text_lines(sres, dense, spec, given)
+    text.append(f"lowered vs masked dense: max rel error {err:.1e}")
+    if measured:                          # the accuracy of what is written: after lowering
+        from compress.evaluate import compare, predict
+        after = compare(predict(sres.masked, acc.test), predict(lm.model, acc.test), acc.test.labels)
+        j = measured["json"]
+        j["accuracy_before_lowering"] = j.get("accuracy")
+        j |= {k: after[k] for k in ("accuracy", "agreement", "functional_distance", "kl_divergence")}
+        text.append(f"accuracy after lowering: {after['accuracy']:.4f} (before lowering "
+                    f"{j['accuracy_before_lowering']:.4f}); agreement with dense {after['agreement']:.4f}")
+    return {"result": sres, "json": out, "text": text}
+
+
 def _prune(args, config, sched, lr_schedule, round_to, data_criterion) -> dict:
     import argparse
 
@@ -184,6 +244,7 @@ def _prune(args, config, sched, lr_schedule, round_to, data_criterion) -> dict:
     lm, inputs = _load(args)
     if lm.plan is not None:
         raise CompressError(f"{args.model} is already pruned; prune its source model with a larger --ratio")
+    sparse_specs = _planned_formats(getattr(args, "plan_obj", None), lm)   # {} unless the plan has formats
     acc = PruneAccuracy.setup(args, lm, data_criterion)  # None without --data
     calib = acc.calib if acc and acc.calib is not None else calib_batches(
         args.calib or ("random:32" if data_criterion else None), lm, inputs)
@@ -192,7 +253,7 @@ def _prune(args, config, sched, lr_schedule, round_to, data_criterion) -> dict:
     if args.weights:
         source["weights"] = weights_source(args.weights)
     own_finetune = acc is not None and bool(args.finetune) and (sched.kind != "oneshot" or lr_schedule != "constant")
-    steps = ["tracing", "scoring", "removing", "verifying", "exporting ONNX"]
+    steps = ["tracing", "scoring", "removing", "verifying"] + (["lowering"] if sparse_specs else []) + ["exporting ONNX"]
     progress = Progress(steps) if distributed.is_main() else (lambda msg: None)
     schedule_json = None
     try:
@@ -242,6 +303,8 @@ def _prune(args, config, sched, lr_schedule, round_to, data_criterion) -> dict:
             res = run_prune(lm.model, inputs, config, round_to, source, calib=calib, strict=args.strict, log=progress)
             t_prune = time.perf_counter() - t0
             measured = acc.measure(lm.model, res.model) if acc else None  # fine-tunes res.model
+        sparse = _lower_formats(args, lm, inputs, res, sparse_specs, calib, acc, measured, source,
+                                progress) if sparse_specs else None
         before, after = size_summary(lm.model, inputs), size_summary(res.model, inputs)
         summary = {
             "model": lm.spec, "ratio": config.ratio, "criterion": config.criterion,
@@ -253,16 +316,25 @@ def _prune(args, config, sched, lr_schedule, round_to, data_criterion) -> dict:
                 g.channels_after < g.channels_before for g in res.plan.groups),
             "max_rel_error_vs_masked": res.max_rel_error,
             "prune_seconds": round(t_prune, 3), "notes": res.plan.notes,
-        } | ({"schedule_steps": schedule_json} if schedule_json else {}) | (measured["json"] if measured else {})
+        } | ({"schedule_steps": schedule_json} if schedule_json else {}) | (measured["json"] if measured else {}) | (
+            sparse["json"] if sparse else {})
         if not distributed.is_main():         # under torchrun only rank 0 writes
             distributed.barrier()
             return {"text": "", "json": {"rank": distributed.active().rank, "out": args.out}, "code": 0}
         with atomic_dir(args.out) as tmp:
-            save_pruned(tmp, res.model, res.plan, lm.hf_config)
+            onnx_model = res.model
+            if sparse is None:
+                save_pruned(tmp, res.model, res.plan, lm.hf_config)
+            else:                             # plan.json + the sparse directory (compress.models.load reads both)
+                from compress.lower.pipeline import save_sparse_dir
+                with open(os.path.join(tmp, models.PLAN_FILE), "w") as f:
+                    f.write(res.plan.to_json())
+                save_sparse_dir(tmp, sparse["result"], lm.hf_config)
+                onnx_model = sparse["result"].masked      # dense weights with the zeros in place
             progress("exporting ONNX")
             onnx_path = os.path.join(tmp, "model.onnx")
-            export_onnx(res.model, inputs, onnx_path)
-            parity = ort_parity(onnx_path, res.model, inputs)
+            export_onnx(onnx_model, inputs, onnx_path)
+            parity = ort_parity(onnx_path, onnx_model, inputs)
             summary["onnx_parity"] = parity
             write_json(os.path.join(tmp, "summary.json"), summary)
         distributed.barrier()
@@ -276,11 +348,16 @@ def _prune(args, config, sched, lr_schedule, round_to, data_criterion) -> dict:
             f"wrote {args.out}")
     if measured:
         text += "\n" + measured["text"]
+    if sparse:
+        text += "\n" + "\n".join(sparse["text"])
     for note in res.plan.notes:
         text += f"\nnote: {note}"
-    code = 0 if parity["ok"] else 1
+    lowered_ok = sparse is None or sparse["json"]["max_rel_error_lowered_vs_masked"] <= 1e-4
+    code = 0 if parity["ok"] and lowered_ok else 1
     if not parity["ok"]:
         text += "\ncheck failed: onnxruntime output differs from torch"
+    if not lowered_ok:
+        text += "\ncheck failed: the lowered model differs from the masked dense model"
     return {"text": text, "json": summary | {"out": args.out}, "code": code}
 
 

@@ -96,7 +96,7 @@ def run(args) -> dict:
             if fmt_report["winner"] == "mixed" and mixed is not None:
                 plan, res = mixed
                 plan.formats = dict(fmt_report["mixed"]["sparse_layers"])
-                plan.notes.append("mixed plan: the layers in `formats` run sparse; apply them with compress sparsify")
+                plan.notes.append("mixed plan: the layers in `formats` run sparse; `compress prune MODEL --plan plan.json` applies them")
     except BudgetUnreachable as e:
         bar.close()
         from compress.errors import CheckFailed

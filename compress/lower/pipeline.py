@@ -101,6 +101,40 @@ def _lower_layer(name, m, fmt, block, cfg: SparsifyConfig, score, h, keep_hint):
     return new, keep, bmask, formats.output_error(w2, w2 * keep, h), formats.output_error(w2, new, h), err_mag
 
 
+def lower_into(name: str, m: nn.Module, fmt: str, block: int | None, cfg: SparsifyConfig, score, h, keep_hint,
+               masked: nn.Module, lowered: nn.Module, tensors: dict[str, torch.Tensor]) -> LayerPlan:
+    """Lower layer `name` (module `m` of the source model) to `fmt`: its zeros go into `masked` (dense),
+    its sparse module (or masked weight) into `lowered`, its encoded tensors into `tensors`."""
+    new, keep, bmask, e0, e1, emag = _lower_layer(name, m, fmt, block, cfg, score, h, keep_hint)
+    enc = formats.encode(fmt, new, keep, block, bmask)
+    w_masked = formats.weight_from_2d(m, formats.decode(fmt, enc, tuple(new.shape), block)).to(m.weight.dtype)
+    with torch.no_grad():
+        masked.get_submodule(name).weight.copy_(w_masked)
+    module = "dense"
+    if fmt in ("2:4",) or fmt.startswith("block:"):
+        if replaceable(m):
+            new_mod = sparse_module(masked.get_submodule(name), fmt, enc, block)
+            set_module(lowered, name, new_mod)
+            module = type(new_mod).__name__
+    if module == "dense":
+        with torch.no_grad():
+            lowered.get_submodule(name).weight.copy_(w_masked)
+    for k, t in enc.items():
+        tensors[f"{name}.{k}"] = t
+    return LayerPlan(name=name, kind="conv" if isinstance(m, nn.Conv2d) else "linear",
+                     shape=tuple(m.weight.shape), format=fmt, density=float(keep.float().mean()),
+                     criterion=cfg.criterion, block=block, module=module,
+                     error_before=e0, error_after=e1, error_magnitude=emag)
+
+
+def other_tensors(masked: nn.Module, layers, tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor of `masked` but the lowered layers' weights (stored in their formats) into `tensors`."""
+    weight_keys = {f"{n}.weight" for n in layers}
+    for k, t in masked.state_dict().items():
+        if k not in weight_keys:
+            tensors[k] = t
+
+
 def sparsify(model: nn.Module, inputs: tuple, cfg: SparsifyConfig, source: dict,
              calib: list[tuple] | None = None, log=None) -> SparsifyResult:
     """Lower every Linear / Conv2d of `model` (not modified) to cfg.pattern."""
@@ -122,36 +156,13 @@ def sparsify(model: nn.Module, inputs: tuple, cfg: SparsifyConfig, source: dict,
     lowered = copy.deepcopy(model).eval()
     plans, tensors, notes = [], {}, []
     for name, m in layers.items():
-        new, keep, bmask, e0, e1, emag = _lower_layer(name, m, fmt, block, cfg, score.get(name), hs.get(name),
-                                                      keep_hint.get(name))
-        hs.pop(name, None)
-        enc = formats.encode(fmt, new, keep, block, bmask)
-        w_masked = formats.weight_from_2d(m, formats.decode(fmt, enc, tuple(new.shape), block)).to(m.weight.dtype)
-        with torch.no_grad():
-            masked.get_submodule(name).weight.copy_(w_masked)
-        module = "dense"
-        if fmt in ("2:4",) or fmt.startswith("block:"):
-            if replaceable(m):
-                new_mod = sparse_module(masked.get_submodule(name), fmt, enc, block)
-                set_module(lowered, name, new_mod)
-                module = type(new_mod).__name__
-        if module == "dense":
-            with torch.no_grad():
-                lowered.get_submodule(name).weight.copy_(w_masked)
-        for k, t in enc.items():
-            tensors[f"{name}.{k}"] = t
-        plans.append(LayerPlan(name=name, kind="conv" if isinstance(m, nn.Conv2d) else "linear",
-                               shape=tuple(m.weight.shape), format=fmt, density=float(keep.float().mean()),
-                               criterion=cfg.criterion, block=block, module=module,
-                               error_before=e0, error_after=e1, error_magnitude=emag))
+        plans.append(lower_into(name, m, fmt, block, cfg, score.get(name), hs.pop(name, None), keep_hint.get(name),
+                                masked, lowered, tensors))
     skipped = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in layers]
     if skipped:
         notes.append(f"{len(skipped)} grouped/depthwise or non-zero-padded convs stay dense: {', '.join(skipped[:5])}"
                      + (" ..." if len(skipped) > 5 else ""))
-    weight_keys = {f"{n}.weight" for n in layers}
-    for k, t in masked.state_dict().items():
-        if k not in weight_keys:
-            tensors[k] = t
+    other_tensors(masked, layers, tensors)
     config = {"pattern": cfg.pattern, "sparsity": cfg.sparsity, "criterion": cfg.criterion, "update": cfg.update,
               "scope": cfg.scope, "calib": cfg.calib, "data_select": cfg.data_select, "seed": cfg.seed}
     plan = SparsePlan(source=source, config=config, layers=tuple(plans), notes=tuple(notes))
@@ -184,7 +195,9 @@ def _source_model(d: str, plan: SparsePlan):
 
 
 def load_sparse(d: str):
-    """A sparsify directory -> compress.models.LoadedModel holding the lowered model."""
+    """A sparsify directory -> compress.models.LoadedModel holding the lowered model. With a plan.json
+    beside sparse_plan.json (`compress prune --plan` of a mixed plan) the source model is pruned by that
+    plan first and `lm.plan` holds it."""
     from safetensors import safe_open
 
     from compress.graph.canonical import canonicalize
@@ -196,6 +209,14 @@ def load_sparse(d: str):
     lm = _source_model(d, plan)
     model = lm.model
     canonicalize(model)
+    pruned = _prune_plan(d)
+    if pruned is not None:                            # `compress prune --plan` of a mixed plan: structured first
+        from compress.prune.structured import apply_keep
+        try:
+            apply_keep(model, pruned.param_keep())
+        except (KeyError, RuntimeError, IndexError) as e:
+            raise CompressError(f"{d}: the prune plan does not fit {plan.source['model']} "
+                                f"({type(e).__name__}: {str(e)[:200]})") from None
     try:
         with safe_open(w_path, framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -230,7 +251,18 @@ def load_sparse(d: str):
     lm.input_shape = tuple(plan.source["input_shape"])
     lm.input_dtype = plan.source.get("input_dtype", lm.input_dtype)
     lm.notes = [f"sparse: {plan.config['pattern']} ({len(plan.layers)} layers) from {d}"]
+    lm.plan = pruned
     return lm
+
+
+def _prune_plan(d: str):
+    """The PrunePlan beside the sparse plan (a directory written by `compress prune --plan` from a
+    mixed plan: channels removed, then layers lowered), or None (a `compress sparsify` directory)."""
+    from compress.models import PLAN_FILE as PRUNE_PLAN_FILE
+    from compress.plan import PrunePlan
+
+    p = os.path.join(d, PRUNE_PLAN_FILE)
+    return PrunePlan.from_json(Path(p).read_text(), p) if os.path.isfile(p) else None
 
 
 def load_sparse_dir(d: str) -> nn.Module:
