@@ -163,16 +163,17 @@ def costed_layers(layers: list, ep, ctx, graph, order: dict[int, np.ndarray], ac
 class CostModel:
     """Predicted latency of any assignment of kept class counts, from the profile's tables."""
 
-    def __init__(self, costed: list[CostedLayer], profile) -> None:
+    def __init__(self, costed: list[CostedLayer], profile, scale: float = 1.0) -> None:
         self.costed = costed
         self.profile = profile
+        self.scale = scale      # the profile's calibration factor for this network (DeviceProfile.calibration)
         self.by_group: dict[int, list[int]] = {}
         for i, cl in enumerate(costed):
             for g in cl.groups:
                 self.by_group.setdefault(g, []).append(i)
         self._cache: dict[tuple, float] = {}
         self.factors: dict[int, float] = {}     # layer index -> latency factor of its sparse format
-        self.overhead = profile.data["overhead"]["per_inference_ms"] + profile.per_op_ms() * len(costed)
+        self.overhead = scale * (profile.data["overhead"]["per_inference_ms"] + profile.per_op_ms() * len(costed))
 
     def sig_at(self, i: int, k: dict[int, int]):
         cl = self.costed[i]
@@ -198,7 +199,7 @@ class CostModel:
         ms = self._cache.get(key)
         if ms is None:
             sig = self.sig_at(i, k)
-            ms = 0.0 if min(sig.cin, sig.cout, sig.groups) <= 0 else self.profile.layer_ms(sig)
+            ms = 0.0 if min(sig.cin, sig.cout, sig.groups) <= 0 else self.scale * self.profile.layer_ms(sig)
             self._cache[key] = ms
         return ms * self.factors.get(i, 1.0) if self.factors else ms
 
@@ -388,7 +389,7 @@ def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=Non
             frac = np.maximum(cum[cands[g.id]] / max(cum[-1], 1e-12), 1e-6)
             values[g.id] = g.channels * np.log(frac)
     costed = costed_layers(layers, ep, ctx, graph, order, active)
-    cost = CostModel(costed, profile)
+    cost = CostModel(costed, profile, profile.calibration(layers)[0])
     dense = {g.id: g.size for g in graph.groups}
     return Prepared(graph, cost, cands, values, order, active, block, dense)
 

@@ -137,12 +137,12 @@ def conv_points(sig, points: list[tuple[int, int]], batch: int, warmup: int, rep
         chunks.append(cur)
         x = rng.standard_normal((batch, ci, sig.h, sig.w), dtype=np.float32)
         for chunk in chunks:
-            nodes, inits, outs = [], [], []
+            nodes, inits, outs = [_warm("x", "xw")], [], []
             for i, co in enumerate(chunk):
                 g = co if sig.op == "dwconv" else 1
                 w = rng.standard_normal((co, ci // g, kh, kw), dtype=np.float32) * 0.05
                 inits += [_init(f"P{i}_w", w), _init(f"P{i}_b", np.zeros(co, np.float32))]
-                nodes.append(helper.make_node("Conv", ["x", f"P{i}_w", f"P{i}_b"], [f"P{i}_c"], name=f"P{i}_conv",
+                nodes.append(helper.make_node("Conv", ["xw", f"P{i}_w", f"P{i}_b"], [f"P{i}_c"], name=f"P{i}_conv",
                                               kernel_shape=[kh, kw], strides=list(sig.stride), group=g,
                                               pads=[sig.padding[0], sig.padding[1]] * 2))
                 nodes.append(helper.make_node("Relu", [f"P{i}_c"], [f"P{i}_y"], name=f"P{i}_relu"))
@@ -167,11 +167,11 @@ def linear_points(sig, points: list[tuple[int, int]], batch: int, warmup: int, r
     rows = batch * sig.tokens
     for fi, fouts in sorted(by_in.items()):
         x = rng.standard_normal((rows, fi), dtype=np.float32)
-        nodes, inits, outs = [], [], []
+        nodes, inits, outs = [_warm("x", "xw")], [], []
         for i, fo in enumerate(sorted(fouts)):
             inits += [_init(f"P{i}_w", rng.standard_normal((fo, fi), dtype=np.float32) * 0.05),
                       _init(f"P{i}_b", np.zeros(fo, np.float32))]
-            nodes.append(helper.make_node("Gemm", ["x", f"P{i}_w", f"P{i}_b"], [f"P{i}_y"], name=f"P{i}_gemm", transB=1))
+            nodes.append(helper.make_node("Gemm", ["xw", f"P{i}_w", f"P{i}_b"], [f"P{i}_y"], name=f"P{i}_gemm", transB=1))
             outs.append(f"P{i}_y")
         m = _model(nodes, [("x", [rows, fi])], outs, inits)
         for fo, t in zip(sorted(fouts), profile_nodes(m, {"x": x}, len(fouts), warmup, reps, threads, max_seconds)):
@@ -189,9 +189,10 @@ def memory_points(kind: str, sizes: list[tuple[int, int, int]], batch: int, warm
     rng = np.random.default_rng(0)
     nodes, inits, inputs, feeds = [], [], [], {}
     for i, (c, h, w) in enumerate(sizes):
-        x, shape = f"x{i}", [batch, c, h, w]
-        inputs.append((x, shape))
-        feeds[x] = rng.standard_normal(shape, dtype=np.float32)
+        xin, x, shape = f"x{i}", f"x{i}w", [batch, c, h, w]
+        inputs.append((xin, shape))
+        feeds[xin] = rng.standard_normal(shape, dtype=np.float32)
+        nodes.append(_warm(xin, x))
         y = f"P{i}_y"
         if kind == "unary":
             nodes.append(helper.make_node("Relu", [x], [y], name=f"P{i}_op"))
@@ -237,6 +238,15 @@ def memory_points(kind: str, sizes: list[tuple[int, int, int]], batch: int, warm
     return dict(zip(sizes, profile_nodes(m, feeds, len(sizes), warmup, reps, threads, max_seconds)))
 
 
+def _warm(x: str, y: str):
+    """An untimed Relu in front of the timed ops: in a network an op reads a tensor the previous op
+    has just written (in cache) while the thread pool is already awake; a graph's first node pays
+    for neither, so it is not the one timed."""
+    from onnx import helper
+
+    return helper.make_node("Relu", [x], [y], name=f"warm_{y}")
+
+
 def _reorder(size, batch, warmup, reps, threads, max_seconds=20.0) -> float:
     """One NCHW -> NCHWc -> NCHW round trip of a [batch, c, h, w] tensor: the ReorderInput and
     ReorderOutput nodes onnxruntime puts around a blocked 1x1 conv (what an op without an NCHWc kernel,
@@ -271,8 +281,9 @@ def e2e_ms(model, feeds: dict, warmup: int, reps: int, threads: int = 0) -> floa
 
 
 def overheads(warmup: int, reps: int, threads: int = 0) -> dict:
-    """Fixed costs: a chain of n tiny Add nodes timed end to end for n in (1, 16, 64); the fit
-    t = per_inference + n * per_op gives the per-inference and per-node overheads."""
+    """Fixed costs: a chain of n tiny Add nodes timed end to end for n in (1, 16, 64); the slope of
+    the fit t = a + n * per_op is the per-node overhead; per_inference is the one-node graph's time
+    less one node's (from n = 1 to 16)."""
     from onnx import helper
 
     ns, ts = (1, 16, 64), []
@@ -284,8 +295,10 @@ def overheads(warmup: int, reps: int, threads: int = 0) -> dict:
             prev = f"a{i}"
         m = _model(nodes, [("x", [1, 8]), ("z", [1, 8])], [prev], [])
         ts.append(min(e2e_ms(m, feeds, warmup, reps, threads) for _ in range(3)))
-    slope, icpt = np.polyfit(np.array(ns, float), np.array(ts), 1)
-    return {"per_inference_ms": round(max(float(icpt), 0.0), 5), "per_op_ms": round(max(float(slope), 0.0), 5),
+    slope, _ = np.polyfit(np.array(ns, float), np.array(ts), 1)
+    # a run of the one-node graph, less that node: what any inference pays (session.run, feeds, fetches)
+    per_inference = ts[0] - (ts[1] - ts[0]) / (ns[1] - ns[0])
+    return {"per_inference_ms": round(max(float(per_inference), 0.0), 5), "per_op_ms": round(max(float(slope), 0.0), 5),
             "fit": {"nodes": list(ns), "ms": [round(t, 5) for t in ts]}}
 
 
@@ -308,3 +321,81 @@ def peaks(warmup: int, reps: int, threads: int = 0) -> dict:
     return {"gflops": round(gflops, 2), "gbps": round(gbps, 2),
             "source": f"measured: onnxruntime {version()} MatMul 1024x1024x1024 fp32 ({t:.2f} ms) and "
                       f"Add of two 64 MiB fp32 tensors ({t2:.2f} ms), node kernel time, best of 2 x median of {reps}"}
+
+
+CHAIN = 8
+
+
+def _chain(sig, k: int, batch: int, rng):
+    """`k` copies of the op `sig` (shape-preserving: a stride-1 'same' conv with cin == cout, a
+    depthwise conv, or an element-wise memory op) in a chain, step j's nodes tagged P<j>_."""
+    from onnx import helper
+
+    c, h, w = sig.cout, sig.h, sig.w
+    nodes, inits, prev = [], [], "x"
+    inputs, feeds = [("x", [batch, c, h, w])], {"x": rng.standard_normal((batch, c, h, w), dtype=np.float32)}
+    if sig.op == "memory" and sig.kind == "binary":
+        inputs.append(("z", [batch, c, h, w]))
+        feeds["z"] = rng.standard_normal((batch, c, h, w), dtype=np.float32)
+    for j in range(k):
+        y = f"P{j}_y"
+        if sig.op in ("conv", "dwconv"):
+            g = c if sig.op == "dwconv" else 1
+            kh, kw = sig.kernel
+            inits += [_init(f"P{j}_w", rng.standard_normal((c, c // g, kh, kw), dtype=np.float32) * 0.05),
+                      _init(f"P{j}_b", np.zeros(c, np.float32))]
+            nodes += [helper.make_node("Conv", [prev, f"P{j}_w", f"P{j}_b"], [f"P{j}_c"], name=f"P{j}_conv",
+                                       kernel_shape=[kh, kw], group=g, pads=[kh // 2, kw // 2] * 2),
+                      helper.make_node("Relu", [f"P{j}_c"], [y], name=f"P{j}_relu")]
+        elif sig.kind == "unary":
+            nodes.append(helper.make_node("Relu", [prev], [y], name=f"P{j}_op"))
+        elif sig.kind == "silu":
+            nodes += [helper.make_node("Sigmoid", [prev], [f"P{j}_s"], name=f"P{j}_sig"),
+                      helper.make_node("Mul", [prev, f"P{j}_s"], [y], name=f"P{j}_mul")]
+        elif sig.kind == "binary":
+            nodes.append(helper.make_node("Add", [prev, "z"], [y], name=f"P{j}_op"))
+        else:
+            raise ValueError(f"cannot chain {sig.op} {sig.kind}")
+        prev = y
+    return _model(nodes, inputs, [prev], inits), feeds
+
+
+def context_pairs(units, batch: int, warmup: int, reps: int, threads: int = 0) -> list[dict]:
+    """What a layer costs inside a network, against what the tables' measurement says: for each
+    chainable op, (a) its node-profiler kernel time in a chain of CHAIN copies (steps after the
+    first, as the tables time ops: on a just-written input with the thread pool awake) and (b) its
+    marginal end-to-end cost without the profiler, (t(CHAIN) - t(2)) / (CHAIN - 2) of session.run
+    wall time, each the best of 3 robust medians. The profiler's own bookkeeping and the per-node
+    dispatch make (a) and (b) differ most for small ops; the predictor maps (a) to (b) with a line
+    fitted on these pairs (see profiler.context_fit)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for sig in units:
+        m_full, f_full = _chain(sig, CHAIN, batch, rng)
+        m_two, f_two = _chain(sig, 2, batch, rng)
+        t_full = min(e2e_ms(m_full, f_full, warmup, reps, threads) for _ in range(3))
+        t_two = min(e2e_ms(m_two, f_two, warmup, reps, threads) for _ in range(3))
+        steps = min((profile_nodes(m_full, f_full, CHAIN, warmup, max(reps // 10, 7), threads) for _ in range(2)),
+                    key=lambda v: sum(v[1:]))
+        out.append({"op": sig.op, "kind": sig.kind, "c": sig.cout, "h": sig.h, "w": sig.w,
+                    "kernel": list(sig.kernel),
+                    "profiled_ms": round(statistics.mean(steps[1:]), 5),
+                    "marginal_ms": round(max((t_full - t_two) / (CHAIN - 2), 0.0), 5)})
+    return out
+
+
+def model_ms(model, example_inputs, warmup: int, reps: int, threads: int = 0) -> float:
+    """A whole model's end-to-end latency: exported to ONNX (compress.export.onnx), session.run wall
+    time, the best of 3 robust medians (see e2e_ms)."""
+    import onnx
+
+    from compress.export.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="compress-profile-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export_onnx(model, example_inputs, path)
+        m = onnx.load(path)
+    sess = _session(m, None, threads)
+    feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(sess.get_inputs(), example_inputs)}
+    del sess
+    return min(e2e_ms(m, feeds, warmup, reps, threads) for _ in range(3))

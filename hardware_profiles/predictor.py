@@ -1,6 +1,10 @@
 """DeviceProfile: per-layer latency from a profile's tables, and whole-model latency prediction.
 
-    predicted ms = overhead.per_inference_ms + sum over costed layers of (layer_ms + overhead.per_op_ms)
+    predicted ms = overhead.per_inference_ms + sum over costed layers of (layer_ms + per_op_ms)
+
+With a `context` line in the profile (measured profiles since the chain calibration), layer_ms is the
+layer's in-network cost, max(a x table ms + b, floor x table ms), and per_op_ms is 0 (b carries the
+per-node dispatch); without one, layer_ms is the table time and per_op_ms the measured overhead.
 
 layer_ms interpolates the measured (cin, cout) grid of the layer's table bilinearly after rounding
 channel counts up to the op's block (the staircase: a kernel processes whole blocks), multiplies by
@@ -12,6 +16,9 @@ efficiency, measured bandwidth) when the profile has no table for the layer's sh
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,9 +64,10 @@ class _Table:
 
     @staticmethod
     def _axis(grid, v: float):
-        """(index, weight) pairs along one axis: inside the grid, linear; below its smallest point,
-        proportional to v (fewer channels, proportionally less work); above, linear extrapolation."""
-        if len(grid) == 1 or v < grid[0]:
+        """(index, weight) pairs along one axis: inside the grid, linear; outside it, linear
+        extrapolation from the nearest two points (below the grid a layer keeps its fixed cost, so
+        proportional scaling would under-predict); a one-point axis scales proportionally."""
+        if len(grid) == 1:
             return [(0, v / grid[0])]
         i, j, t = _bracket(grid, v)
         return [(i, 1.0 - t), (j, t)] if i != j else [(i, 1.0)]
@@ -69,7 +77,29 @@ class _Table:
         for i, wi in self._axis(self.cin, cin):
             for j, wj in self._axis(self.cout, cout):
                 out += wi * wj * self.ms[i][j]
-        return max(out, 0.0)
+        # below the grid, never less than proportional scaling of the smallest measured point
+        low = self.ms[0][0] * min(cin / self.cin[0], 1.0) * min(cout / self.cout[0], 1.0)
+        return max(out, low if (cin < self.cin[0] or cout < self.cout[0]) else 0.0, 0.0)
+
+
+def structure(layers) -> str:
+    """A fingerprint of a network's layer structure without its channel counts (pruning keeps it)."""
+    key = [(s.op, s.kind, list(s.kernel), list(s.stride), list(s.padding), s.h, s.w, s.tokens) for s in layers]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def _mem_at(m: dict, n: float) -> float:
+    """ms of a memory-bound op over n elements: linear between the measured points (flat below the
+    smallest, the last segment's slope above the largest), or the fitted line when there are none."""
+    pts = m.get("points")
+    if not pts or len(pts) < 2:
+        return m["ms"] + m["ms_per_melem"] * n / 1e6
+    xs = [p[0] for p in pts]
+    if n <= xs[0]:
+        return pts[0][1]
+    k = min(bisect.bisect_left(xs, n), len(pts) - 1)
+    (x0, y0), (x1, y1) = pts[k - 1], pts[k]
+    return max(y0 + (y1 - y0) * (n - x0) / (x1 - x0), 0.0)
 
 
 @dataclass
@@ -124,12 +154,13 @@ class DeviceProfile:
         if m is None:
             self.fallbacks.add(table_key(sig))
             return self.roofline_ms(sig)
-        ms = m["ms"] + m["ms_per_melem"] * sig.elements() * self.batch / 1e6
+        n = sig.elements() * self.batch
+        ms = _mem_at(m, n)
         r = self.data["memory_ops"].get("reorder")
         if sig.kind == "broadcast" and sig.h * sig.w > 1 and r is not None:
             # onnxruntime's blocked (NCHWc) layout has no broadcast multiply (squeeze-excitation):
             # the tensor leaves the layout and comes back, one reorder round trip
-            ms += r["ms"] + r["ms_per_melem"] * sig.elements() * self.batch / 1e6
+            ms += _mem_at(r, n)
         return ms
 
     def _step(self, op: str, v: int, fixed: bool, grid: tuple) -> int:
@@ -163,6 +194,9 @@ class DeviceProfile:
                 s = self.data["steps"].get(sig.op)
                 if s and not sig.fixed_in and sig.cin % s.get("cin_block", s["block"]) and sig.op in (CONV, DWCONV):
                     ms *= s.get("unaligned_factor", 1.0)
+        ctx = self.data.get("context")
+        if ctx:
+            ms = max(ctx["a"] * ms + ctx["b"], ctx["floor"] * ms)
         self._cache[sig] = ms
         return ms
 
@@ -177,10 +211,24 @@ class DeviceProfile:
         return out
 
     def per_op_ms(self) -> float:
-        return self.data["overhead"]["per_op_ms"]
+        return 0.0 if self.data.get("context") else self.data["overhead"]["per_op_ms"]
+
+    def calibration(self, layers) -> tuple[float, str]:
+        """(factor, source): the measured/predicted ratio of the profiled dense model with the same
+        layer structure as `layers`, else the median over the profiled models, else 1."""
+        cal = self.data.get("calibration") or []
+        if not cal:
+            return 1.0, "none"
+        st = structure(layers)
+        for c in cal:
+            if c["structure"] == st:
+                return c["factor"], f"model {c['model']}"
+        return statistics.median(c["factor"] for c in cal), f"median of {len(cal)} profiled models"
 
     def total_ms(self, layers) -> float:
-        return self.data["overhead"]["per_inference_ms"] + sum(self.layer_ms(s) + self.per_op_ms() for s in layers)
+        layers = list(layers)
+        raw = self.data["overhead"]["per_inference_ms"] + sum(self.layer_ms(s) + self.per_op_ms() for s in layers)
+        return raw * self.calibration(layers)[0]
 
 
 # ---------------------------------------------------------------------------- loading
@@ -190,12 +238,23 @@ def shipped() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.json") if p.name != "defaults.json")
 
 
+def host_isa() -> str:
+    """The x86 vector ISA of this machine as the shipped CPU profiles name it: avx512 or avx2."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "avx2"
+    return "avx512" if "avx512f" in flags.split() else "avx2"
+
+
 def _candidates(name: str, batch) -> list[Path]:
+    """Files for a shipped name: one measured on a CPU with this machine's ISA first
+    (NAME-avx512-bN.json), then NAME-bN.json, NAME.json, any NAME-b*.json."""
     out = []
     if batch is not None:
-        out.append(HERE / f"{name}-b{batch}.json")
+        out += [HERE / f"{name}-{host_isa()}-b{batch}.json", HERE / f"{name}-b{batch}.json"]
     out.append(HERE / f"{name}.json")
-    out += sorted(HERE.glob(f"{name}-b*.json"))
+    out += sorted(HERE.glob(f"{name}-{host_isa()}-b*.json")) + sorted(HERE.glob(f"{name}-b*.json"))
     return out
 
 
@@ -209,8 +268,8 @@ def load_profile(name_or_path, runtime: str | None = None, dtype: str | None = N
     if not (p.suffix == ".json" or p.exists() or "/" in s):
         cands = [c for c in _candidates(s, batch) if c.is_file()]
         if not cands:
-            have = ", ".join(sorted({n.rsplit("-b", 1)[0] if n.rsplit("-b", 1)[-1].isdigit() else n
-                                     for n in shipped()}))
+            have = ", ".join(sorted({n.rsplit("-b", 1)[0].removesuffix("-avx512").removesuffix("-avx2")
+                                     if n.rsplit("-b", 1)[-1].isdigit() else n for n in shipped()}))
             raise CompressError(f"no profile named {s!r} (shipped: {have}); {schema.HOWTO}")
         p = cands[0]
     d = schema.read(p)

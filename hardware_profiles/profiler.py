@@ -4,8 +4,9 @@ For each distinct layer shape of the given model(s) (or a default set), a grid o
 channel counts over the prunable range (multiples of the grid step, dense at small counts, the
 model's own count included; not-prunable dimensions stay fixed) is timed in `rounds` passes
 spread over the run; a point's value is its fastest round's median (contention from other
-processes only ever adds time). Also measured: memory-bound ops (linear fit in elements), the
-per-inference and per-op overheads, peak compute and bandwidth (roofline fallback), a
+processes only ever adds time). Also measured: memory-bound ops (points over tensor size), the
+per-inference and per-op overheads, the in-network cost of chained ops against their table-style
+measurement (the `context` line the predictor applies to every layer), peak compute and bandwidth (roofline fallback), a
 one-channel-at-a-time scan around a typical conv that shows the staircase and gives the cost of
 unaligned channel counts, and (torch CPU) dense vs block-sparse Linear/1x1 timings.
 
@@ -30,7 +31,16 @@ from compress.hardware_profiles.layers import CONV, DWCONV, LINEAR, MEMORY, Laye
 from compress.hardware_profiles.predictor import table_key
 
 FRACTIONS = (1 / 16, 1 / 8, 3 / 16, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
-MEMORY_SIZES = ((16, 8, 8), (64, 28, 28), (64, 56, 56), (256, 14, 14), (32, 112, 112))
+# (c, h, w) per sample: about 1K to 1.6M elements, log-spaced (per-element cost rises once a tensor
+# no longer fits in cache, so the predictor interpolates between these rather than fitting a line)
+MEMORY_SIZES = ((16, 8, 8), (32, 8, 8), (32, 14, 14), (64, 14, 14), (64, 28, 28), (128, 28, 28),
+                (64, 56, 56), (32, 112, 112), (64, 112, 112), (128, 112, 112))
+# chainable ops whose in-network cost is compared with the tables' measurement (ort_bench.context_pairs)
+CONTEXT_UNITS = tuple(
+    [LayerSig(MEMORY, c, c, h=s, w=s, kind=k) for k in ("unary", "silu", "binary") for c, s in ((16, 14), (64, 56))]
+    + [LayerSig(CONV, c, c, (3, 3), (1, 1), (1, 1), 1, s, s) for c, s in ((16, 28), (32, 7), (32, 14), (64, 14), (64, 56), (256, 14))]
+    + [LayerSig(CONV, c, c, (1, 1), (1, 1), (0, 0), 1, s, s) for c, s in ((32, 14), (128, 28))]
+    + [LayerSig(DWCONV, c, c, (3, 3), (1, 1), (1, 1), c, s, s) for c, s in ((32, 14), (96, 56))])
 
 # the default grid (no --model): common CNN layer shapes at 224x224 input
 DEFAULT_LAYERS = tuple(
@@ -63,7 +73,9 @@ class ProfileConfig:
 
 
 def grid(cmax: int, step: int, max_points: int, fixed: bool) -> list[int]:
-    """Channel counts to measure for a dimension whose full size is cmax."""
+    """Channel counts to measure for a dimension whose full size is cmax: multiples of the step at
+    FRACTIONS of cmax (at most max_points of them), cmax, and the step itself (pruned layers reach
+    small counts, where fixed costs dominate and extrapolation would guess)."""
     if fixed or cmax <= step:
         return [cmax]
     vals = sorted({max(step, int(round(cmax * f / step)) * step) for f in FRACTIONS} | {cmax})
@@ -71,7 +83,7 @@ def grid(cmax: int, step: int, max_points: int, fixed: bool) -> list[int]:
     if len(vals) > max_points:
         idx = sorted({round(i * (len(vals) - 1) / (max_points - 1)) for i in range(max_points)})
         vals = [vals[i] for i in idx]
-    return vals
+    return sorted(set(vals) | {step})
 
 
 def _backend(runtime: str):
@@ -156,9 +168,13 @@ def _dw_points(pts):
     return [(c, c) for _, c in pts]
 
 
-def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_after: int | None = None) -> dict:
+def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_after: int | None = None,
+        dense_models: dict | None = None) -> dict:
     """Measure and write the profile to `out`; returns it. `stop_after` (tests): raise
-    KeyboardInterrupt after that many saved batches, leaving the partial file behind."""
+    KeyboardInterrupt after that many saved batches, leaving the partial file behind.
+    `dense_models`: spec -> (its layers, the dense model, example inputs at cfg.batch), each timed
+    end to end for the profile's per-model calibration (see calibration)."""
+    dense_models = dense_models or {}
     be = _backend(cfg.runtime)
     outp = Path(out)
     if outp.parent and not outp.parent.exists():
@@ -173,9 +189,11 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
             todo = [p for p in pts if part.get(_pkey(k, r, *p)) is None]
             if todo:
                 work.append((k, r, todo))
-    extras = [e for e in (["overhead", "peak"] + [f"memory:{k}:{r}" for k in kinds for r in range(cfg.rounds)]
+    ctx = ["context"] if hasattr(be, "context_pairs") else []
+    extras = [e for e in (["overhead", "peak"] + ctx + [f"memory:{k}:{r}" for k in kinds for r in range(cfg.rounds)]
                           + (["staircase"] if cfg.staircase and cfg.runtime == "ort" else [])
-                          + (["sparse"] if cfg.sparse else []))
+                          + (["sparse"] if cfg.sparse else [])
+                          + ([f"model:{spec}" for spec in dense_models] if hasattr(be, "model_ms") else []))
               if e not in part.data["extra"]]
     total = sum(len(w[2]) for w in work) + len(extras)
     from tqdm import tqdm
@@ -205,11 +223,16 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
                 v = be.overheads(max(cfg.warmup, 10), max(cfg.reps * 20, 100), cfg.threads)
             elif e == "peak":
                 v = be.peaks(cfg.warmup, cfg.reps, cfg.threads)
+            elif e == "context":
+                v = be.context_pairs(CONTEXT_UNITS, cfg.batch, max(cfg.warmup, 10), max(cfg.reps * 20, 100), cfg.threads)
             elif e.startswith("memory:"):
                 kind = e.split(":")[1]
                 v = {",".join(map(str, s)): ms for s, ms in
                      be.memory_points(kind, list(MEMORY_SIZES), cfg.batch, cfg.warmup, cfg.reps, cfg.threads,
                                       cfg.max_seconds).items()}
+            elif e.startswith("model:"):
+                _, model, xb = dense_models[e[len("model:"):]]
+                v = be.model_ms(model, xb, max(cfg.warmup, 5), max(cfg.reps * 5, 30), cfg.threads)
             elif e == "staircase":
                 v = staircase(be, layers, cfg)
             else:
@@ -221,6 +244,8 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
     finally:
         bar.close()
     prof = assemble(part.data, tables, kinds, cfg, name, layers)
+    prof["calibration"] = calibration(prof, {spec: (v[0], part.data["extra"].get(f"model:{spec}"))
+                                             for spec, v in dense_models.items()})
     prof["measurement"]["wall_seconds"] = round(time.time() - t0, 1)
     prof["measurement"]["load_average_start_end"] = [list(load_start), list(os.getloadavg())]
     prof["measurement"]["resumed_measurements"] = part.resumed
@@ -294,14 +319,54 @@ def steps_from(sc: dict | None, runtime: str) -> dict:
 
 
 def _fit(points: dict, batch: int) -> dict:
-    """ms = a + b * Melements over the whole batch: least squares on relative error (small ops are the
-    common case and their fixed cost matters) over the fastest round of each size."""
+    """The measured points (elements over the whole batch, ms; the fastest round of each size), which
+    the predictor interpolates, and a line ms = a + b * Melements (least squares on relative error)
+    for tools that want two numbers."""
     import numpy as np
 
     xs = np.array([math.prod(int(v) for v in k.split(",")) for k in points], float) * batch / 1e6
     ys = np.array(list(points.values()), float)
     b, a = np.polyfit(xs, ys, 1, w=1 / ys) if len(xs) > 1 else (ys[0] / xs[0], 0.0)
-    return {"ms": round(max(float(a), 0.0), 5), "ms_per_melem": round(max(float(b), 0.0), 5)}
+    pts = sorted({int(round(x * 1e6)): float(y) for x, y in zip(xs, ys)}.items())
+    return {"ms": round(max(float(a), 0.0), 5), "ms_per_melem": round(max(float(b), 0.0), 5),
+            "points": [[e, round(y, 5)] for e, y in pts]}
+
+
+def context_fit(pairs: list[dict] | None) -> dict | None:
+    """The profiler's per-node bookkeeping, from the context pairs: b = -median(profiled - marginal)
+    over the small ops (< 0.05 ms; for larger ops the difference is lost in run-to-run noise), a = 1.
+    The predictor charges a layer max(table ms + b, floor x table ms)."""
+    good = [p for p in pairs or [] if 0 < p["profiled_ms"] < 0.05 and p["marginal_ms"] > 0]
+    if len(good) < 3:
+        return None
+    b = -statistics.median(p["profiled_ms"] - p["marginal_ms"] for p in good)
+    floor = 0.15
+    errs = [abs(max(p["profiled_ms"] + b, floor * p["profiled_ms"]) / p["marginal_ms"] - 1) for p in pairs if p["marginal_ms"] > 0]
+    return {"a": 1.0, "b": round(b, 5), "floor": floor,
+            "median_abs_error_on_pairs": round(statistics.median(errs), 4),
+            "note": "a layer's in-network cost = max(a x its table ms + b, floor x its table ms): b is minus the "
+                    "median, over chained synthetic ops under 0.05 ms (not any model), of node-profiler kernel time "
+                    "less the marginal end-to-end time without the profiler; replaces overhead.per_op_ms",
+            "pairs": pairs}
+
+
+def calibration(prof: dict, measured: dict) -> list[dict]:
+    """Per profiled model: its dense end-to-end latency measured here against the tables' prediction
+    of it. A network runs slower than the sum of its layers timed alone (cold weights and
+    activations, layout changes between kernels); the predictor scales a model's prediction by the
+    factor of the profiled model with the same layer structure (its pruned variants keep it), or by
+    the median factor for other models. Only dense models are measured: no pruned variant is."""
+    from compress.hardware_profiles.predictor import DeviceProfile, structure
+
+    p = DeviceProfile({k: v for k, v in prof.items() if k != "calibration"})
+    out = []
+    for spec, (layers, ms) in measured.items():
+        if not ms:
+            continue
+        pred = p.total_ms(layers)
+        out.append({"model": spec, "structure": structure(layers), "measured_ms": round(ms, 5),
+                    "predicted_ms": round(pred, 5), "factor": round(ms / pred, 4)})
+    return out
 
 
 def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str, layers) -> dict:
@@ -369,6 +434,7 @@ def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str,
         "steps": steps_from(ex.get("staircase"), cfg.runtime),
         "staircase": ex.get("staircase"),
         "memory_ops": mem,
+        "context": context_fit(ex.get("context")),
         "tables": out_tables,
         "sparse": ex.get("sparse"),
     }

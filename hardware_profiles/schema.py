@@ -11,7 +11,9 @@ One file describes one device + runtime + dtype + batch size:
      "roofline_efficiency": {op: fraction of peak}                      # optional, per compute op
      "overhead": {"per_inference_ms": float, "per_op_ms": float},
      "steps": {op: {"block": int, "unaligned_factor": float, "note": str}},  # the staircase
-     "memory_ops": {kind: {"ms": float, "ms_per_melem": float}},       # t = ms + ms_per_melem * Melements (all of the batch)
+     "memory_ops": {kind: {"ms": float, "ms_per_melem": float,        # t = ms + ms_per_melem * Melements (all of the batch)
+                           "points"?: [[elements, ms]]}},               # measured sizes, interpolated when present
+     "context"?: {"a": float, "b": float, "floor": float, "pairs": [...]},  # in-network cost of a layer (see predictor)
      "tables": [{"key": str, "op": str, "cin": [int], "cout": [int], "ms": [[float]]}],   # ms[i][j]: cin[i], cout[j]
      "sparse": {"runtime": str, "note": str, "entries": [{...}]}}       # optional
 """
@@ -74,6 +76,16 @@ def validate(d, path="<profile>") -> dict:
     for kind, m in d["memory_ops"].items():
         if not isinstance(m, dict) or not _num(m.get("ms")) or not _num(m.get("ms_per_melem")):
             raise _bad(path, f"memory_ops.{kind} needs numbers 'ms' and 'ms_per_melem'")
+    for kind, m in d["memory_ops"].items():
+        pts = m.get("points")
+        if pts is not None and not (isinstance(pts, list) and all(
+                isinstance(q, list) and len(q) == 2 and _num(q[0]) and _num(q[1]) and q[0] > 0 for q in pts)
+                and [q[0] for q in pts] == sorted({q[0] for q in pts})):
+            raise _bad(path, f"memory_ops.{kind}.points must be [elements, ms] pairs with increasing elements")
+    ctx = d.get("context")
+    if ctx is not None and not (isinstance(ctx, dict) and all(_num(ctx.get(k)) for k in ("a", "b", "floor"))
+                                and ctx["a"] > 0 and 0 < ctx["floor"] <= 1):
+        raise _bad(path, "context needs numbers 'a' > 0, 'b' and 'floor' in (0, 1]")
     for i, t in enumerate(d["tables"]):
         where = f"tables[{i}]"
         if not isinstance(t, dict) or not isinstance(t.get("key"), str):

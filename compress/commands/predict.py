@@ -34,15 +34,17 @@ def run(args) -> dict:
              "cin": s.cin, "cout": s.cout, "key": table_key(s), "ms": round(prof.layer_ms(s), 5),
              "roofline": s in fb} for s in layers]
     fb_ms = sum(prof.layer_ms(s) for s in fb)
+    factor, cal_src = prof.calibration(layers)
     out = {"model": args.model, "profile": prof.path, "profile_name": prof.name, "source": prof.data["source"],
            "runtime": prof.runtime, "dtype": prof.dtype, "batch": prof.batch, "predicted_ms": round(total, 4),
            "overhead_ms": round(prof.data["overhead"]["per_inference_ms"] + prof.per_op_ms() * len(layers), 4),
-           "layers": len(layers), "roofline_layers": len(fb), "roofline_ms": round(fb_ms, 4)}
+           "layers": len(layers), "roofline_layers": len(fb), "roofline_ms": round(fb_ms, 4),
+           "calibration": {"factor": factor, "source": cal_src}}
     if args.layers:
         out["per_layer"] = rows
     text = (f"{args.model}: predicted {total:.3f} ms at batch {prof.batch} on {prof.name} "
             f"({prof.data['source']}, {prof.runtime} {prof.data['runtime'].get('version', '')}, {prof.dtype}); "
-            f"{len(layers)} costed layers")
+            f"{len(layers)} costed layers" + (f", x{factor:.3f} network calibration ({cal_src})" if cal_src != "none" else ""))
     if fb:
         text += f", {len(fb)} from the roofline fallback ({fb_ms:.3f} ms)"
     if args.layers:

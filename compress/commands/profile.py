@@ -26,19 +26,25 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="FILE")
 
 
-def _layers(args) -> list:
+def _layers(args) -> tuple[list, dict]:
+    """The layers to profile, and per --model its layers and dense model with an example input at
+    --batch (timed end to end for the profile's per-model calibration)."""
     from compress import models
     from compress.hardware_profiles.layers import extract_layers
     from compress.hardware_profiles.profiler import DEFAULT_LAYERS
 
     if not args.model:
-        return list(DEFAULT_LAYERS)
-    out = []
+        return list(DEFAULT_LAYERS), {}
+    out, dense = [], {}
     for spec in args.model:
         lm = models.load(spec)
         shape = models.parse_shape(args.input_shape) if args.input_shape else None
-        out += extract_layers(lm.model, models.example_inputs(lm, shape))
-    return out
+        x = models.example_inputs(lm, shape)
+        layers = extract_layers(lm.model, x)
+        out += layers
+        xb = models.example_inputs(lm, (args.batch,) + tuple(x[0].shape[1:]))
+        dense[spec] = (layers, lm.model.eval(), xb)
+    return out, dense
 
 
 def run(args) -> dict:
@@ -66,7 +72,8 @@ def run(args) -> dict:
                         staircase=not args.no_staircase, sparse=not args.no_sparse,
                         models=tuple(args.model))
     name = args.name or Path(args.out).stem
-    prof = run_profile(_layers(args), cfg, args.out, name, progress=sys.stderr.isatty())
+    layers, dense = _layers(args)
+    prof = run_profile(layers, cfg, args.out, name, progress=sys.stderr.isatty(), dense_models=dense)
     n_pts = sum(len(t["cin"]) * len(t["cout"]) for t in prof["tables"])
     m = prof["measurement"]
     text = (f"wrote {args.out}: {len(prof['tables'])} layer tables ({n_pts} channel points x {cfg.rounds} rounds), "

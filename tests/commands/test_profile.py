@@ -47,6 +47,10 @@ def test_profile_writes_a_valid_profile(tiny_profile):
     assert prof.data["source"] == "measured" and prof.data["device"]["kind"] == "cpu"
     assert prof.data["measurement"]["repetitions"] == 2
     assert not out.with_name(out.name + ".partial.json").exists()
+    # the profiled model was also timed end to end, against the tables' prediction of it
+    (cal,) = prof.data["calibration"]
+    assert cal["model"] == "tests.models:tiny_cnn" and cal["measured_ms"] > 0 and cal["predicted_ms"] > 0
+    assert cal["factor"] == pytest.approx(cal["measured_ms"] / cal["predicted_ms"], rel=1e-3)
 
 
 def test_predict_with_the_profile(tiny_profile):
@@ -55,7 +59,10 @@ def test_predict_with_the_profile(tiny_profile):
     assert p.returncode == 0, p.stderr[-2000:]
     js = json.loads(p.stdout)
     assert js["predicted_ms"] > 0 and js["batch"] == 1 and js["roofline_layers"] == 0
-    assert abs(sum(r["ms"] for r in js["per_layer"]) + js["overhead_ms"] - js["predicted_ms"]) < 1e-3
+    # the profiled model itself: its layers plus overhead, scaled by its own calibration factor
+    assert js["calibration"]["source"] == "model tests.models:tiny_cnn"
+    raw = sum(r["ms"] for r in js["per_layer"]) + js["overhead_ms"]
+    assert abs(raw * js["calibration"]["factor"] - js["predicted_ms"]) < 1e-3
 
 
 @pytest.mark.parametrize("args, words", [

@@ -121,3 +121,71 @@ def test_layer_ms_is_cached_and_pure(prof):
     a = ms(prof, 40, 56)
     prof.data["tables"] = []          # no file or table re-read after construction
     assert ms(prof, 40, 56) == a
+
+
+def test_below_the_grid_keeps_the_fixed_cost():
+    # a layer's cost has a fixed part; below the smallest measured count it stays (linear
+    # extrapolation), where proportional scaling would under-predict small pruned layers
+    d = constructed()
+    d["tables"][0]["ms"] = [[0.05 + 0.001 * a * b for b in (16, 32, 64)] for a in (16, 32, 64)]
+    p = DeviceProfile(d)
+    assert ms(p, 8, 16) == pytest.approx(0.05 + 0.001 * 8 * 16)
+    assert ms(p, 8, 16) > 0.5 * ms(p, 16, 16)
+
+
+def test_memory_ops_interpolate_their_measured_points():
+    d = constructed()
+    d["memory_ops"]["unary"]["points"] = [[1000, 0.002], [4000, 0.003], [16000, 0.010]]
+    p = DeviceProfile(d)
+
+    def unary(elements):
+        return p.layer_ms(LayerSig("memory", elements, elements, kind="unary"))   # c x 1 x 1
+
+    assert unary(2500) == pytest.approx(0.0025)
+    assert unary(500) == pytest.approx(0.002)                   # flat below the smallest size
+    assert unary(32000) == pytest.approx(0.010 + 0.007 / 12000 * 16000)   # last slope above
+
+
+def test_context_line_replaces_the_per_op_overhead(one_thread):
+    d = constructed()
+    d["context"] = {"a": 1.0, "b": -0.003, "floor": 0.15}
+    p = DeviceProfile(d)
+    assert p.per_op_ms() == 0.0
+    assert ms(p, 32, 32) == pytest.approx(0.001 * 32 * 32 - 0.003)
+    assert ms(p, 1, 1, fixed_in=True, fixed_out=True) == pytest.approx(0.15 * 0.001)   # the floor
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 1, 1)).eval()
+    x = (torch.randn(1, 16, 8, 8),)
+    assert predict_ms(model, x, p) == pytest.approx(0.5 + 0.001 * 16 * 32 - 0.003 + 0.001 * 32 * 64 - 0.003)
+
+
+def test_shipped_cpu_profile_follows_the_host_isa(monkeypatch):
+    from compress.hardware_profiles import load_profile, predictor
+
+    monkeypatch.setattr(predictor, "host_isa", lambda: "avx512")
+    p = load_profile("cpu-x86-2core-ort", batch=1)
+    assert p.path.endswith("cpu-x86-2core-ort-avx512-b1.json") and "avx512f" in p.data["device"]["isa"]
+    monkeypatch.setattr(predictor, "host_isa", lambda: "avx2")
+    p = load_profile("cpu-x86-2core-ort", batch=8)
+    assert p.path.endswith("cpu-x86-2core-ort-b8.json") and "avx512f" not in p.data["device"]["isa"]
+
+
+def test_network_calibration_scales_the_profiled_structure(one_thread):
+    from compress.hardware_profiles.predictor import structure
+
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 1, 1)).eval()
+    x = (torch.randn(1, 16, 8, 8),)
+    layers = extract_layers(model, x)
+    raw = DeviceProfile(constructed()).total_ms(layers)
+    d = constructed()
+    d["calibration"] = [{"model": "m", "structure": structure(layers), "factor": 1.5},
+                        {"model": "other", "structure": "0" * 16, "factor": 1.1},
+                        {"model": "third", "structure": "1" * 16, "factor": 1.2}]
+    p = DeviceProfile(d)
+    assert p.calibration(layers) == (1.5, "model m")
+    assert p.total_ms(layers) == pytest.approx(1.5 * raw)
+    # a pruned variant keeps the structure (channel counts are not part of it)
+    pruned = extract_layers(nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 64, 3, 1, 1)).eval(), x)
+    assert structure(pruned) == structure(layers) and p.calibration(pruned)[0] == 1.5
+    # another network: the median factor over the profiled models
+    deeper = extract_layers(nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.Conv2d(16, 16, 3, 2, 1)).eval(), x)
+    assert p.calibration(deeper) == (1.2, "median of 3 profiled models")
