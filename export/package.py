@@ -232,9 +232,10 @@ def export(model_or_dir: str, cfg: ExportConfig, out: str, *, weights: str | Non
         man["onnx"] = {"file": "model.onnx", "opset": onnx.load(onnx_path).opset_import[0].version,
                        "dynamic_batch": cfg.dynamic}
         if has_24 or cfg.target == "gpu":
-            res = sparsity.verify_24(onnx_path, model, formats)
+            res = sparsity.verify_24(onnx_path, model, formats, example)
             man["sparsity_2_4"] = {"layers": res, "ok": all(r["ok"] for r in res.values()),
-                                   "checked": len(res)}
+                                   "checked": sum(r.get("in_graph", True) for r in res.values()),
+                                   "not_in_graph": sorted(n for n, r in res.items() if not r.get("in_graph", True))}
         if cfg.target == "cpu":
             log("onnxruntime optimisation")
             opt_path = os.path.join(tmp, "model.ort.onnx")

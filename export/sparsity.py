@@ -78,10 +78,13 @@ def is_24(w: np.ndarray) -> tuple[bool, str]:
     return bad == 0, f"{bad} of {nnz.size} groups of 4 have more than 2 non-zeros" if bad else f"{nnz.size} groups of 4 checked"
 
 
-def verify_24(onnx_path: str, model, formats: dict[str, dict]) -> dict[str, dict]:
+def verify_24(onnx_path: str, model, formats: dict[str, dict], inputs: tuple | None = None) -> dict[str, dict]:
     """For each 2:4 layer: find its weight among the ONNX initializers (by name, else by shape and
     zero pattern, allowing the transposed layout of MatMul and per-channel scaling from folded
-    BatchNorm) and check the 2:4 pattern on the exported tensor itself."""
+    BatchNorm) and check the 2:4 pattern on the exported tensor itself. A layer whose weight is not
+    there and whose output the model's output does not depend on (checked on `inputs`, e.g. BERT's
+    pooler when the model returns the last hidden state) is dead code the exporter dropped: it is
+    reported with "in_graph": false instead of failing (no runtime will ever execute it)."""
     import onnx
     from onnx import numpy_helper
 
@@ -108,13 +111,41 @@ def verify_24(onnx_path: str, model, formats: dict[str, dict]) -> dict[str, dict
         torch_ok, _ = is_24(w)
         found = _find(inits, name, w)
         if found is None:
-            out[name] = {"ok": False, "reason": "weight not found among the ONNX initializers", "torch_2_4": torch_ok}
+            if inputs is not None and unused(model, name, inputs):
+                out[name] = {"ok": True, "in_graph": False, "torch_2_4": torch_ok,
+                             "reason": "not in the exported graph: the model's output does not depend on this layer"}
+            else:
+                out[name] = {"ok": False, "reason": "weight not found among the ONNX initializers", "torch_2_4": torch_ok}
             continue
         init_name, arr, transposed = found
         ok, detail = is_24(_orient(arr, transposed, w.shape))
         out[name] = {"ok": ok, "initializer": init_name, "shape": list(arr.shape), "transposed": transposed,
                      "detail": detail, "torch_2_4": torch_ok}
     return out
+
+
+def unused(model, name: str, inputs: tuple) -> bool:
+    """Whether the model's output on `inputs` stays bit-identical when layer `name`'s output is replaced
+    by large random values, i.e. nothing downstream of the output reads the layer."""
+    import torch
+
+    from compress.export.package import torch_output
+
+    g = torch.Generator().manual_seed(0)
+
+    def perturb(mod, args, out):
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return None
+        noise = torch.randn(out.shape, generator=g, dtype=out.dtype).to(out.device)
+        return out + noise * (1.0 + float(out.detach().abs().max()))
+
+    ref = torch_output(model, inputs)
+    handle = model.get_submodule(name).register_forward_hook(perturb)
+    try:
+        got = torch_output(model, inputs)
+    finally:
+        handle.remove()
+    return bool(np.array_equal(got, ref))
 
 
 def _orient(arr: np.ndarray, transposed: bool, shape) -> np.ndarray | None:

@@ -97,6 +97,52 @@ def cuda_compiler() -> str:
                         "or nvcc on PATH; neither is available")
 
 
+def _cuda_pipeline(target, fell_back: list[str]):
+    """TVM 0.27's default Relax CUDA pipeline (tvm.relax.backend.cuda.pipeline.get_default_pipeline) with one
+    change: a dlight schedule rule that raises on a function falls through to the next rule (GEMV, reduction,
+    ..., Fallback) instead of failing the build. dlight's Matmul rule asserts ("consumers of the cache-write
+    stage that are not properly inlined") on the fused 1x1 conv + multiply of squeeze-excitation blocks
+    (MobileNetV3, EfficientNet). Each function that fell back is appended to `fell_back`."""
+    tvm = _tvm()
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    class FallThrough(dl.ScheduleRule):
+        def __init__(self, rule):
+            self.rule = rule
+
+        def apply(self, func, tgt, tunable):
+            try:
+                return self.rule.apply(func, tgt, tunable)
+            except Exception as e:  # the rule does not fit this function: let the next one try
+                fell_back.append(f"{_main_block(func)}: {type(self.rule).__name__} ({type(e).__name__})")
+                return None
+
+    rules = [FallThrough(r) for r in (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction())]
+    legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+                relax.transform.FuseOps(), relax.transform.FuseTIR(),
+                dl.ApplyDefaultSchedule(*rules, dl.gpu.Fallback())]
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(cuda.library_dispatch_passes(target) + legalize
+                                            + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))(mod)
+
+    return pipeline
+
+
+def _main_block(func) -> str:
+    """The name of a PrimFunc's first output block (what the function computes, e.g. 'conv2d_nchw')."""
+    try:
+        from tvm import s_tir
+        sch = s_tir.Schedule(func)
+        return ",".join(sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root")))
+    except Exception:
+        return "(unnamed function)"
+
+
 def build(onnx_path: str, target, out_path: str, cc: str | None = None) -> dict:
     """Build the ONNX model with Relax for `target` and export a shared library to `out_path`."""
     tvm = _tvm()
@@ -106,13 +152,18 @@ def build(onnx_path: str, target, out_path: str, cc: str | None = None) -> dict:
     tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
     info = {"target": str(tgt), "file": os.path.basename(out_path)}
     env_before = os.environ.get("TVM_CUDA_COMPILE_MODE")
+    fell_back: list[str] = []
     try:
+        pipeline = "default"
         if tgt.kind.name == "cuda":
             info["cuda_compiler"] = cuda_compiler()
             os.environ["TVM_CUDA_COMPILE_MODE"] = info["cuda_compiler"]
             info["cuda_arch"] = str(tgt.attrs.get("arch", ""))
+            pipeline = _cuda_pipeline(tgt, fell_back)
         with tgt:
-            ex = relax.build(mod, target=tgt)
+            ex = relax.build(mod, target=tgt, relax_pipeline=pipeline)
+        if fell_back:
+            info["schedule_fallbacks"] = [f"{f} x{fell_back.count(f)}" for f in sorted(set(fell_back))]
         if cc:
             ex.export_library(out_path, cc=cc)
         else:

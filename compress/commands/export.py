@@ -41,7 +41,9 @@ def _summary(man: dict, out: str) -> str:
     if s and s["checked"]:
         bad = [n for n, r in s["layers"].items() if not r["ok"]]
         lines.append(f"2:4 pattern in the ONNX weights: {s['checked'] - len(bad)}/{s['checked']} layers ok"
-                     + (f"; NOT 2:4: {', '.join(bad[:8])}" if bad else ""))
+                     + (f"; NOT 2:4: {', '.join(bad[:8])}" if bad else "")
+                     + (f"; not in the graph (the output does not use them): {', '.join(s['not_in_graph'][:8])}"
+                        if s.get("not_in_graph") else ""))
     if "tvm" in man:
         lines.append(f"TVM: {man['tvm']['file']} for {man['tvm'].get('tag') or 'llvm (this host)'}"
                      + (f", ELF e_machine {man['tvm']['elf_machine']} (aarch64)" if man['tvm'].get('elf_machine') else ""))
