@@ -171,6 +171,8 @@ def _spatial(shape) -> tuple[int, int, int, int]:
         return s[1], 1, 1, s[0]
     if len(s) == 1:
         return s[0], 1, 1, 1
+    if not s:                  # (batch,) only: e.g. a per-sample scalar
+        return 1, 1, 1, 1
     n = 1
     for d in s[1:-1]:
         n *= d

@@ -385,17 +385,39 @@ def context_pairs(units, batch: int, warmup: int, reps: int, threads: int = 0) -
 
 
 def model_ms(model, example_inputs, warmup: int, reps: int, threads: int = 0) -> float:
-    """A whole model's end-to-end latency: exported to ONNX (compress.export.onnx), session.run wall
-    time, the best of 3 robust medians (see e2e_ms)."""
-    import onnx
+    """A whole model's end-to-end latency as a user runs it: exported to ONNX (compress.export.onnx)
+    and timed in a fresh process (no torch, no earlier sessions in it): session.run wall time, the
+    best of 3 robust medians (see e2e_ms)."""
+    import subprocess
+    import sys
 
+    from compress.errors import CompressError
     from compress.export.onnx import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="compress-profile-") as tmp:
         path = os.path.join(tmp, "model.onnx")
         export_onnx(model, example_inputs, path)
-        m = onnx.load(path)
-    sess = _session(m, None, threads)
-    feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(sess.get_inputs(), example_inputs)}
-    del sess
-    return min(e2e_ms(m, feeds, warmup, reps, threads) for _ in range(3))
+        shapes = ";".join(",".join(str(d) for d in x.shape) for x in example_inputs)
+        p = subprocess.run([sys.executable, "-m", "compress.hardware_profiles.ort_bench", path, shapes,
+                            str(warmup), str(reps), str(threads)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise CompressError(f"timing the exported model failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    return float(p.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":   # model_ms's timing process: PATH SHAPES WARMUP REPS THREADS
+    import sys
+
+    import onnx
+
+    _path, _shapes, _warm, _reps, _threads = sys.argv[1:6]
+    _m = onnx.load(_path)
+    _rng = np.random.default_rng(0)
+    _inputs = [i for i in _m.graph.input if i.name not in {t.name for t in _m.graph.initializer}]
+    _feeds = {}
+    for _i, _sh in zip(_inputs, _shapes.split(";")):
+        _dims = [int(d) for d in _sh.split(",")]
+        _int = _i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        _feeds[_i.name] = (np.ones(_dims, np.int64 if _i.type.tensor_type.elem_type == onnx.TensorProto.INT64
+                                   else np.int32) if _int else _rng.standard_normal(_dims, dtype=np.float32))
+    print(min(e2e_ms(_m, _feeds, int(_warm), int(_reps), int(_threads)) for _ in range(3)))
