@@ -39,15 +39,43 @@ def time_runtime(d: str, argv: list[str], runs: int, warmup: int, threads: int) 
         return {"median_ms": None, "reason": f"{argv[0]} printed no JSON"}
 
 
+def runtimes(d: str, man: dict) -> list[dict]:
+    """The manifest's runtimes to time ({"runtime", "argv"}), their files checked to be present."""
+    out = []
+    for b in man.get("bench", []):
+        missing = [a for a in b["argv"][:2] if not os.path.isfile(os.path.join(d, a))]
+        if missing:
+            raise CompressError(f"{d}: {missing[0]} is missing; re-run compress export")
+        out.append(b)
+    return out
+
+
+def time_alternating(dirs: list[str], runtime: str, runs: int = 50, warmup: int = 5, threads: int = 0,
+                     rounds: int = 1) -> list[list[dict]]:
+    """Time runtime `runtime` (the first manifest entry whose name starts with it) of each artifact directory
+    as `compress bench` does (time_runtime: its own process, warm-up, median of `runs`), the directories taken
+    in turn, `rounds` times, so drifting machine load hits each alike. Returns out[i][r]: directory i, round r."""
+    if runs < 1 or warmup < 0 or rounds < 1:
+        raise CompressError("runs and rounds must be >= 1 and warm-up >= 0")
+    argvs = []
+    for d in dirs:
+        found = [b for b in runtimes(d, load_manifest(d)) if b["runtime"].startswith(runtime)]
+        if not found:
+            raise CompressError(f"{d}: the manifest lists no {runtime} runtime to time")
+        argvs.append(found[0]["argv"])
+    out: list[list[dict]] = [[] for _ in dirs]
+    for _ in range(rounds):
+        for i, d in enumerate(dirs):
+            out[i].append(time_runtime(d, argvs[i], runs, warmup, threads))
+    return out
+
+
 def bench(d: str, runs: int = 50, warmup: int = 5, threads: int = 0) -> dict:
     if runs < 1 or warmup < 0:
         raise CompressError("--runs must be >= 1 and --warmup >= 0")
     man = load_manifest(d)
     results = []
-    for b in man.get("bench", []):
-        missing = [a for a in b["argv"][:2] if not os.path.isfile(os.path.join(d, a))]
-        if missing:
-            raise CompressError(f"{d}: {missing[0]} is missing; re-run compress export")
+    for b in runtimes(d, man):
         results.append({"runtime": b["runtime"], "command": " ".join(["python3"] + b["argv"])}
                        | time_runtime(d, b["argv"], runs, warmup, threads))
     nv = list(man.get("not_verified_here", []))

@@ -8,7 +8,8 @@ together in one CompressError (exit 2). Paths in the file are relative to the fi
     [measure]                     runs (latency repetitions per round), rounds (alternating dense/pruned)
     [targets.cpu|gpu|jetson]      the plan: ratio = R | ratios = [R, ...] (candidates) |
                                   latency_budget = F (fraction of dense latency, needs profile);
-                                  profile, device, criterion, finetune (epochs), distill, lr, seed
+                                  profile, device, criterion, finetune (epochs), distill, lr, seed,
+                                  require_measured (an unverifiable latency budget fails the gate)
     [budgets.<target>]            max_accuracy_drop (percentage points), min_speedup, max_latency_ms,
                                   max_size_mb (1 MB = 10^6 bytes of the exported model file)
 """
@@ -23,6 +24,8 @@ from compress.errors import CompressError
 
 TARGETS = ("cpu", "gpu", "jetson")
 MEASURED_HERE = ("cpu",)  # targets whose artifacts run on this machine; the others need a profile
+LATENCY_BUDGETS = ("min_speedup", "max_latency_ms")  # only predicted (not verified) off MEASURED_HERE
+JETSON_PROFILES = {"orin-nano": "jetson-orin-nano", "agx-orin": "jetson-agx-orin"}  # device -> shipped profile
 BUDGETS = ("max_accuracy_drop", "min_speedup", "max_latency_ms", "max_size_mb")
 
 
@@ -49,7 +52,12 @@ class Target:
     distill: bool = False
     lr: float | None = None
     seed: int = 0
+    require_measured: bool = False  # a latency budget that cannot be measured here fails instead of skipping
     budgets: Budgets = field(default_factory=Budgets)
+
+    @property
+    def measured_here(self) -> bool:
+        return self.name in MEASURED_HERE
 
     def section(self) -> dict:
         """The config section that keys this target's cached steps (budgets excluded: changing a
@@ -79,7 +87,8 @@ _SCHEMA = {
     "measure": {"runs": int, "rounds": int},
 }
 _TARGET_KEYS = {"ratio": float, "ratios": list, "latency_budget": float, "profile": str, "device": str,
-                "criterion": str, "finetune": float, "distill": bool, "lr": float, "seed": int}
+                "criterion": str, "finetune": float, "distill": bool, "lr": float, "seed": int,
+                "require_measured": bool}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
                dict: "a table"}
 
@@ -122,14 +131,20 @@ def _resolve(base: str, p: str) -> str:
     return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
 
-def _shipped_profile(name: str) -> str | None:
-    """A profile shipped in compress/hardware_profiles/, given by name (e.g. cpu-x86-2core-ort-b1)."""
-    if os.sep in name or name.endswith(".json"):
-        return None
-    from importlib import resources
+def _profile_file(name: str, base: str) -> tuple[str | None, str | None]:
+    """(path, problem): a profile file (relative to the config's directory) or a shipped profile's name
+    (e.g. cpu-x86-2core-ort, resolved to its batch-1 file as `compress plan` does), validated."""
+    from compress.hardware_profiles import load_profile
 
-    p = resources.files("compress.hardware_profiles").joinpath(f"{name}.json")
-    return str(p) if p.is_file() else None
+    is_name = not (name.endswith(".json") or os.sep in name or "/" in name)
+    path = name if is_name else _resolve(base, name)
+    if not is_name and not os.path.isfile(path):
+        return None, (f"file {path} does not exist (give a profile file or a shipped profile's name, "
+                      "e.g. cpu-x86-2core-ort)")
+    try:
+        return load_profile(path, batch=1 if is_name else None).path, None
+    except CompressError as e:
+        return None, str(e).splitlines()[0]
 
 
 def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tuple[str, ...]) -> Target | None:
@@ -164,20 +179,28 @@ def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tupl
     lb = t.get("latency_budget")
     if lb is not None and not 0 < lb <= 1:
         err.add(f"{path}.latency_budget", f"is a fraction of the dense latency in (0, 1], got {lb}")
+    device = t.get("device")
+    if name == "jetson":
+        if device is None and "device" not in raw:
+            err.add(f"{path}.device", f"required: the Jetson to export for ({' or '.join(JETSON_PROFILES)})")
+        elif device is not None and device not in JETSON_PROFILES:
+            err.add(f"{path}.device", f"unknown Jetson device {device!r} (choose {' or '.join(JETSON_PROFILES)})")
+    elif name == "cpu" and device not in (None, "host"):
+        err.add(f"{path}.device", f"the cpu target builds for this machine; drop device = {device!r}")
     profile = t.get("profile")
     if profile is None and "profile" not in raw:
-        if "latency_budget" in raw:
+        if name == "jetson" and device in JETSON_PROFILES:
+            profile = JETSON_PROFILES[device]  # the shipped profile of the device
+        elif "latency_budget" in raw:
             err.add(f"{path}.profile", "required: a latency_budget plan is made against a device profile "
                     "(compress profile --target " + name + " --out FILE)")
         elif name not in MEASURED_HERE:
             err.add(f"{path}.profile", f"required: {name} latency cannot be measured on this machine and is "
                     f"predicted from a device profile (compress profile --target {name} --out FILE)")
     if profile is not None:
-        shipped = _shipped_profile(profile)
-        profile = shipped or _resolve(base, profile)
-        if not os.path.isfile(profile):
-            err.add(f"{path}.profile", f"file {profile} does not exist (give a profile file or a shipped "
-                    "profile's name, e.g. cpu-x86-2core-ort-b1)")
+        profile, problem = _profile_file(profile, base)
+        if problem:
+            err.add(f"{path}.profile", problem)
     crit = t.get("criterion", "l1")
     if "criterion" in t and crit not in criteria:
         err.add(f"{path}.criterion", f"unknown criterion {crit!r} (choose from {', '.join(criteria)})")
@@ -198,9 +221,10 @@ def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tupl
                 if v < 0 or (k == "max_accuracy_drop" and v > 100):
                     rng = "[0, 100] percentage points" if k == "max_accuracy_drop" else ">= 0"
                     err.add(f"{bpath}.{k}", f"must be in {rng}, got {v}")
-    return Target(name=name, ratios=tuple(ratios), latency_budget=lb, profile=profile, device=t.get("device"),
+    return Target(name=name, ratios=tuple(ratios), latency_budget=lb, profile=profile, device=device,
                   criterion=crit, finetune=t.get("finetune", 0.0), distill=t.get("distill", False),
-                  lr=t.get("lr"), seed=t.get("seed", 0), budgets=Budgets(**b))
+                  lr=t.get("lr"), seed=t.get("seed", 0), require_measured=t.get("require_measured", False),
+                  budgets=Budgets(**b))
 
 
 def load(path: str, only: str | None = None) -> ReleaseConfig:

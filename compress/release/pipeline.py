@@ -1,17 +1,19 @@
-"""prune -> fine-tune -> export -> verify -> measure, per target and candidate, each a cached step.
+"""plan -> prune (and fine-tune) -> export -> verify -> measure, per target and candidate, each a cached step.
 
 Steps and what keys them (besides the tool version, see cache.py):
-- dense    the dense model's artifact (for dense latency and size): model spec, weights sha256, input shape,
-           target, device, exporter
-- plan     (latency_budget plans) `compress plan`: model, profile sha256, budget, criterion, target
+- dense    `compress export` of the dense model (dense latency and size): model spec, weights sha256, input
+           shape, target, device
+- plan     (latency_budget plans) `compress plan` against the target's profile: model, profile sha256, budget,
+           criterion, target
 - prune    `compress prune` (pruning, then fine-tuning on the data's training split; fine-tuning is part of
            the verb, so they are one step): model, dataset files' sha256, ratio or plan sha256, the
            target's section (criterion, finetune, distill, lr, seed)
-- export   the artifact: the pruned model's files (plan, weights, ONNX), target, device, exporter
+- export   `compress export` of the pruned directory: its files (plan, weights, ONNX), target, device
 - verify   `compress eval` on the pruned directory: its files, dataset
-- measure  dense and pruned latency, alternating processes, median over rounds: both ONNX files' sha256,
-           runs, rounds, the machine (CPU, cores, onnxruntime version); for targets that cannot run here,
-           `compress predict` against the profile instead
+- measure  (cpu) dense and pruned latency as `compress bench` times it, alternating processes, median over
+           rounds: both artifacts' ONNX sha256, runs, rounds, the machine (CPU, cores, onnxruntime version)
+- predict  (gpu, jetson: not measurable here) `compress predict` of dense and pruned against the target's
+           profile: both ONNX sha256, the profile's sha256
 Budgets are not part of any key: changing a budget re-checks without re-running anything.
 """
 
@@ -24,7 +26,7 @@ import sys
 from compress.errors import CompressError
 from compress.release import tools
 from compress.release.cache import StepCache, dir_sha256, file_sha256
-from compress.release.config import MEASURED_HERE, ReleaseConfig, Target
+from compress.release.config import ReleaseConfig, Target
 
 PRUNED_FILES = ("plan.json", "model.safetensors", "model.onnx")
 
@@ -32,21 +34,6 @@ PRUNED_FILES = ("plan.json", "model.safetensors", "model.onnx")
 def log(msg: str) -> None:
     sys.stderr.write(f"release: {msg}\n")
     sys.stderr.flush()
-
-
-def preflight(cfg: ReleaseConfig) -> None:
-    """Verbs each target needs, checked before any work starts (exit 2 when one is missing)."""
-    problems = []
-    for t in cfg.targets:
-        need = ["plan"] if t.latency_budget is not None else []
-        if t.name not in MEASURED_HERE:
-            need += ["export", "predict"]
-        for verb in need:
-            if not tools.has_verb(verb):
-                problems.append(f"targets.{t.name}: needs `compress {verb}`, which this install does not have")
-    if problems:
-        raise CompressError(f"{cfg.path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n" +
-                            "\n".join(f"  {p}" for p in problems))
 
 
 def _data_id(spec: str) -> dict:
@@ -63,6 +50,17 @@ def _model_args(cfg: ReleaseConfig) -> list[str]:
 
 def _files_id(d: str, names=PRUNED_FILES) -> dict:
     return {n: file_sha256(os.path.join(d, n)) for n in names if os.path.isfile(os.path.join(d, n))}
+
+
+def _export_step(src: str, t: Target, tmp: str, model_args: list[str] | None = None) -> dict:
+    a = tools.export_artifact(src, t.name, t.device, os.path.join(tmp, "artifact"), model_args)
+    onnx = os.path.join(tmp, "artifact", a["onnx"])
+    m = a["manifest"]
+    return {"onnx": a["onnx"], "onnx_sha256": file_sha256(onnx), "size_bytes": os.path.getsize(onnx),
+            "ok": bool(m.get("ok")), "parity": [{k: c.get(k) for k in ("runtime", "inputs", "ok", "max_abs_error")}
+                                                 for c in m.get("parity", [])],
+            "not_verified_here": list(m.get("not_verified_here", [])),
+            "files": sorted(m.get("files", {}))}
 
 
 def _candidate(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, data_id: dict,
@@ -87,15 +85,11 @@ def _candidate(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, 
     pruned_id = _files_id(pruned)
 
     def export(tmp: str) -> dict:
-        log(f"[{t.name}] {label}: exporting")
-        a = tools.export_artifact(pruned, t.name, t.device, os.path.join(tmp, "artifact"),
-                                  parity=pr["onnx_parity"])
-        onnx = os.path.join(tmp, "artifact", a["onnx"])
-        return {"onnx": a["onnx"], "onnx_sha256": file_sha256(onnx), "size_bytes": os.path.getsize(onnx),
-                "parity": a["manifest"].get("parity"), "by": a["by"]}
+        log(f"[{t.name}] {label}: exporting (compress export --target {t.name}"
+            + (f" --device {t.device})" if t.device else ")"))
+        return _export_step(pruned, t, tmp)
 
-    edir, ex = cache.run("export", {"pruned": pruned_id, "target": t.name, "device": t.device,
-                                    "exporter": _exporter(t.name)}, export)
+    edir, ex = cache.run("export", {"pruned": pruned_id, "target": t.name, "device": t.device}, export)
 
     def verify(tmp: str) -> dict:
         log(f"[{t.name}] {label}: verifying accuracy (compress eval)")
@@ -104,76 +98,86 @@ def _candidate(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, 
         return {"accuracy": j["accuracy"], "accuracy_dense": j.get("accuracy_dense"), "samples": j.get("samples")}
 
     _, ver = cache.run("verify", {"pruned": pruned_id, "data": data_id, "weights": model_id["weights"]}, verify)
-    lat = _latency(cfg, t, cache, dense, pruned, edir, ex, label)
+    lat = _latency(cfg, t, cache, dense, pruned, os.path.join(edir, "artifact"), ex, label)
     acc_dense = ver["accuracy_dense"] if ver["accuracy_dense"] is not None else pr["accuracy_dense"]
-    parity_ok = bool((pr["onnx_parity"] or {}).get("ok")) and pr["exit_code"] == 0
+    parity_ok = bool((pr["onnx_parity"] or {}).get("ok")) and pr["exit_code"] == 0 and ex["ok"]
     return {
         "label": label, "ratio": plan_arg.get("ratio"), "latency_budget": plan_arg.get("latency_budget"),
+        "plan_predicted": plan_arg.get("predicted"),
         "accuracy": ver["accuracy"], "accuracy_dense": acc_dense,
         "accuracy_at_prune_time": pr["accuracy"], "accuracy_before_finetune": pr["accuracy_pruned_before_finetune"],
         "eval_samples": ver["samples"],
         "accuracy_drop_points": (acc_dense - ver["accuracy"]) * 100 if acc_dense is not None else None,
         "latency_ms_dense": lat["dense_ms"], "latency_ms": lat["pruned_ms"], "latency_source": lat["source"],
-        "speedup": lat["dense_ms"] / lat["pruned_ms"],
+        "latency_measured": lat["measured"], "speedup": lat["dense_ms"] / lat["pruned_ms"],
         "size_mb_dense": dense["size_bytes"] / 1e6, "size_mb": ex["size_bytes"] / 1e6,
         "params": pr["params_after"], "params_dense": pr["params_before"], "macs": pr["macs_after"],
-        "macs_dense": pr["macs_before"], "onnx_parity_ok": parity_ok,
-        "onnx_sha256": ex["onnx_sha256"], "exported_by": ex["by"],
+        "macs_dense": pr["macs_before"], "onnx_parity_ok": parity_ok, "export_parity": ex["parity"],
+        "onnx_sha256": ex["onnx_sha256"], "artifact_files": ex["files"],
+        "not_verified_here": ex["not_verified_here"],
         "_dirs": {"pruned": pruned, "artifact": os.path.join(edir, "artifact")},
     }
 
 
-def _exporter(target: str) -> str:
-    return "compress export" if target != "cpu" or tools.USE_EXPORT_FOR_CPU else "fallback"
+def _latency(cfg, t: Target, cache: StepCache, dense: dict, pruned: str, artifact: str, ex: dict,
+             label: str) -> dict:
+    if not t.measured_here:
+        prof = os.path.basename(t.profile)
 
-
-def _latency(cfg, t: Target, cache: StepCache, dense: dict, pruned: str, edir: str, ex: dict, label: str) -> dict:
-    if t.name not in MEASURED_HERE:
         def predict(tmp: str) -> dict:
-            log(f"[{t.name}] {label}: predicting latency from {t.profile} (compress predict)")
-            return {"dense_ms": tools.predict_ms(cfg.model, t.profile), "pruned_ms": tools.predict_ms(pruned, t.profile),
-                    "source": f"predicted from profile {os.path.basename(t.profile)}"}
+            log(f"[{t.name}] {label}: predicting latency from {prof} (compress predict; {t.name} cannot run here)")
+            return {"dense_ms": tools.predict_ms(cfg.model, t.profile, _model_args(cfg)),
+                    "pruned_ms": tools.predict_ms(pruned, t.profile), "measured": False,
+                    "source": f"predicted from profile {prof}, not measured on this machine"}
         return cache.run("predict", {"dense": dense["onnx_sha256"], "pruned": ex["onnx_sha256"],
                                      "profile": file_sha256(t.profile), "model": cfg.model}, predict)[1]
 
     def measure(tmp: str) -> dict:
-        log(f"[{t.name}] {label}: measuring latency, dense vs pruned ({cfg.rounds} rounds x {cfg.runs} runs)")
-        d_ms, p_ms = [], []
-        for _ in range(cfg.rounds):  # alternate A and B so drifting load hits both
-            d_ms.append(tools.measure_ms(dense["_dir"], dense["onnx"], cfg.runs))
-            p_ms.append(tools.measure_ms(os.path.join(edir, "artifact"), ex["onnx"], cfg.runs))
+        log(f"[{t.name}] {label}: measuring latency as compress bench does, dense vs pruned alternating "
+            f"({cfg.rounds} rounds x {cfg.runs} runs)")
+        d_ms, p_ms = tools.measure_ms([dense["_dir"], artifact], cfg.runs, cfg.rounds)
         return {"dense_ms": statistics.median(d_ms), "pruned_ms": statistics.median(p_ms),
-                "dense_rounds_ms": d_ms, "pruned_rounds_ms": p_ms,
-                "source": "measured on this machine (onnxruntime CPU, batch 1, median over rounds)"}
+                "dense_rounds_ms": d_ms, "pruned_rounds_ms": p_ms, "measured": True,
+                "source": (f"measured on this machine (onnxruntime CPU as compress bench times it, batch 1, "
+                           f"median over {cfg.rounds} alternating rounds of {cfg.runs} runs)")}
 
     return cache.run("measure", {"dense": dense["onnx_sha256"], "pruned": ex["onnx_sha256"], "runs": cfg.runs,
                                  "rounds": cfg.rounds, "machine": tools.machine(),
                                  "measured_by": tools.MEASURED_BY}, measure)[1]
 
 
+def _plan(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict) -> dict:
+    """The latency-budget plan from `compress plan` against the target's profile, as a candidate's plan."""
+    def plan(tmp: str) -> dict:
+        log(f"[{t.name}] planning for {t.latency_budget:g} of the dense latency on {os.path.basename(t.profile)} "
+            "(compress plan)")
+        _, j = tools.run_verb(["plan", cfg.model, "--target", t.name, "--profile", t.profile, "--latency-budget",
+                               f"{t.latency_budget:g}", "--criterion", t.criterion, "--seed", str(t.seed),
+                               "--out", os.path.join(tmp, "plan"), *_model_args(cfg)])
+        if j.get("plan", True) is None:
+            raise CompressError(f"targets.{t.name}.latency_budget = {t.latency_budget:g}: nothing to prune, the "
+                                f"dense model's predicted {j['dense_ms']:.3f} ms is within the budget "
+                                f"{j['target_ms']:.3f} ms on {j['profile']}; lower latency_budget")
+        return {"plan_sha256": file_sha256(os.path.join(tmp, "plan", "plan.json")),
+                "predicted": {k: j[k] for k in ("profile", "dense_ms", "target_ms", "predicted_ms",
+                                                "predicted_speedup")}}
+
+    pdir, pl = cache.run("plan", {"model": model_id, "target": t.name, "profile": file_sha256(t.profile),
+                                  "latency_budget": t.latency_budget, "criterion": t.criterion, "seed": t.seed}, plan)
+    return {"label": f"latency budget {t.latency_budget:g}", "latency_budget": t.latency_budget,
+            "predicted": pl["predicted"], "key": {"plan": pl["plan_sha256"]},
+            "argv": ["--plan", os.path.join(pdir, "plan", "plan.json")]}
+
+
 def run_target(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, data_id: dict) -> list[dict]:
     def dense_step(tmp: str) -> dict:
-        log(f"[{t.name}] dense model: exporting")
-        a = tools.export_artifact(cfg.model, t.name, t.device, os.path.join(tmp, "artifact"),
-                                  dense_args=_model_args(cfg))
-        onnx = os.path.join(tmp, "artifact", a["onnx"])
-        return {"onnx": a["onnx"], "onnx_sha256": file_sha256(onnx), "size_bytes": os.path.getsize(onnx)}
+        log(f"[{t.name}] dense model: exporting (compress export --target {t.name})")
+        return _export_step(cfg.model, t, tmp, _model_args(cfg))
 
-    ddir, dense = cache.run("dense", {"model": model_id, "target": t.name, "device": t.device,
-                                      "exporter": _exporter(t.name)}, dense_step)
+    ddir, dense = cache.run("dense", {"model": model_id, "target": t.name, "device": t.device}, dense_step)
     dense = dense | {"_dir": os.path.join(ddir, "artifact")}
     if t.latency_budget is not None:
-        def plan(tmp: str) -> dict:
-            log(f"[{t.name}] planning for {t.latency_budget:g} of dense latency (compress plan)")
-            tools.run_verb(["plan", cfg.model, "--target", t.name, "--profile", t.profile, "--latency-budget",
-                            f"{t.latency_budget:g}", "--criterion", t.criterion, "--out", os.path.join(tmp, "plan"),
-                            *_model_args(cfg)])
-            return {"plan_sha256": file_sha256(os.path.join(tmp, "plan", "plan.json"))}
-
-        pdir, pl = cache.run("plan", {"model": model_id, "target": t.name, "profile": file_sha256(t.profile),
-                                      "latency_budget": t.latency_budget, "criterion": t.criterion}, plan)
-        plans = [{"label": f"latency budget {t.latency_budget:g}", "latency_budget": t.latency_budget,
-                  "key": {"plan": pl["plan_sha256"]}, "argv": ["--plan", os.path.join(pdir, "plan", "plan.json")]}]
+        plans = [_plan(cfg, t, cache, model_id)]
     else:
         plans = [{"label": f"ratio {r:g}", "ratio": r, "key": {"ratio": r}, "argv": ["--ratio", f"{r:g}"]}
                  for r in t.ratios]
@@ -182,7 +186,6 @@ def run_target(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, 
 
 def run(cfg: ReleaseConfig, cache_dir: str) -> tuple[dict, StepCache]:
     """All targets' candidates: {target name: [candidate dict, ...]}, and the cache (for hit counts)."""
-    preflight(cfg)
     data_id = _data_id(cfg.data)
     model_id = {"spec": cfg.model, "weights": file_sha256(cfg.weights) if cfg.weights else None,
                 "input_shape": cfg.input_shape}

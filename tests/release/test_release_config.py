@@ -71,6 +71,7 @@ def test_all_problems_reported_together_with_key_paths(tmp_path):
         "budgets.cpu.min_speed: unknown key",
         "budgets.cpu.max_accuracy_drop: must be in [0, 100] percentage points, got 120.0",
         "targets.gpu.profile: required: gpu latency cannot be measured on this machine",
+        "targets.jetson.device: required: the Jetson to export for (orin-nano or agx-orin)",
         "targets.jetson.profile: file",
         "budgets.tpu: a budget without a target: there is no [targets.tpu]",
     ]
@@ -90,6 +91,54 @@ def test_latency_budget_plan_needs_a_profile(tmp_path):
         """)
     assert _problems(path) == ["targets.cpu.profile: required: a latency_budget plan is made against a device "
                                "profile (compress profile --target cpu --out FILE)"]
+
+
+def test_profiles_by_shipped_name_or_device(tmp_path):
+    path = _write(tmp_path, """\
+        [model]
+        spec = "compress:fmnist-cnn"
+        [data]
+        spec = "fashion-mnist"
+        [targets.cpu]
+        latency_budget = 0.6
+        profile = "cpu-x86-2core-ort"
+        [targets.jetson]
+        ratio = 0.5
+        device = "agx-orin"
+        require_measured = true
+        """)
+    cfg = config.load(path)
+    from compress.hardware_profiles import load_profile
+
+    assert cfg.target("cpu").profile == load_profile("cpu-x86-2core-ort", batch=1).path  # as compress plan resolves it
+    jet = cfg.target("jetson")
+    assert os.path.basename(jet.profile) == "jetson-agx-orin.json" and jet.device == "agx-orin"
+    assert jet.require_measured and not jet.measured_here and cfg.target("cpu").measured_here
+
+
+def test_devices_and_profile_names_are_checked(tmp_path):
+    path = _write(tmp_path, """\
+        [model]
+        spec = "compress:fmnist-cnn"
+        [data]
+        spec = "fashion-mnist"
+        [targets.cpu]
+        latency_budget = 0.6
+        profile = "cpu-arm-8core"
+        device = "orin-nano"
+        [targets.jetson]
+        ratio = 0.5
+        device = "xavier"
+        require_measured = "yes"
+        """)
+    got = _problems(path)
+    assert got[1].startswith("targets.cpu.profile: no profile named 'cpu-arm-8core' (shipped: ")
+    assert got[:1] + got[2:] == [
+        "targets.cpu.device: the cpu target builds for this machine; drop device = 'orin-nano'",
+        "targets.jetson.require_measured: expected true or false, got a string 'yes'",
+        "targets.jetson.device: unknown Jetson device 'xavier' (choose orin-nano or agx-orin)",
+        "targets.jetson.profile: required: jetson latency cannot be measured on this machine and is "
+        "predicted from a device profile (compress profile --target jetson --out FILE)"]
 
 
 def test_plan_choice_and_required_tables(tmp_path):

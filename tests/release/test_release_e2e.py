@@ -1,11 +1,11 @@
-"""`compress release` end to end on the example config (examples/fmnist-cpu/compress.toml) in a reduced
-setting: a 2,000/1,000-image subset of Fashion-MNIST, 1 epoch of fine-tuning on it, fewer timing runs, and
-a looser accuracy budget (a short fine-tune on 2,000 images does not recover what the example's does).
+"""`compress release` killed midway and re-run, on the example config (examples/fmnist-cpu/compress.toml) in a
+reduced setting: a 2,000/1,000-image subset of Fashion-MNIST, 1 epoch of fine-tuning on it, fewer timing runs,
+and a looser accuracy budget (a short fine-tune on 2,000 images does not recover what the example's does).
+The example itself, unmodified, is run in test_release_example.py.
 
-Bars tested: passes (exit 0); a second run with nothing changed takes < 10% of the first; an impossible
-budget fails with exit 1 naming the budget and target; a run killed midway and re-run gives the same
-report (measured latencies aside) and byte-identical ONNX. Needs the compress:fmnist-cnn checkpoint
-(trained once, ~4 min, cached in ~/.cache/compress)."""
+Bar tested: a run killed midway (right after pruning and fine-tuning) and re-run reuses what was done and
+gives the same report (measured latencies aside) and byte-identical ONNX files as a run never interrupted.
+Needs the compress:fmnist-cnn checkpoint (trained once, ~4 min, cached in ~/.cache/compress)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.release.test_release_report import validate_junit
+from test_release_report import validate_junit
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "fmnist-cpu" / "compress.toml"
 MEASURED = {"latency_ms", "latency_ms_dense", "speedup"}  # measured again after a kill, so they may differ
@@ -65,7 +65,7 @@ def _without_measured(rep: dict) -> dict:
     return rep
 
 
-def test_example_config_passes(first):
+def test_reduced_example_passes(first):
     out = first["out"]
     assert first["stdout"].startswith("release PASSED: cpu (ratio 0.5) met 4 budget(s)")
     rep = json.loads((out / "report.json").read_text())
@@ -73,42 +73,7 @@ def test_example_config_passes(first):
     c = rep["targets"][0]["candidates"][0]
     assert 0 < c["accuracy"] <= 1 and c["eval_samples"] == 1000 and c["onnx_parity_ok"]
     assert c["macs"] < c["macs_dense"] / 3 and c["size_mb"] < c["size_mb_dense"] / 3
-    root = validate_junit((out / "junit.xml").read_bytes())
-    assert [x.get("name") for x in root.iter("testcase")] == ["max_accuracy_drop", "min_speedup", "max_latency_ms",
-                                                             "max_size_mb"]
-    assert not list(root.iter("failure"))
-    md = (out / "report.md").read_text()
-    assert "### cpu: pass" in md and "| speedup | 1.00x |" in md
-    assert (out / "plots" / "cpu.png").read_bytes()[:4] == b"\x89PNG"
-    manifest = json.loads((out / "cpu" / "artifact" / "manifest.json").read_text())
-    onnx = out / "cpu" / "artifact" / "model.onnx"
-    import hashlib
-    assert manifest["files"][0]["sha256"] == hashlib.sha256(onnx.read_bytes()).hexdigest() == c["onnx_sha256"]
-    assert onnx.read_bytes() == (out / "cpu" / "pruned" / "model.onnx").read_bytes()
-
-
-def test_second_run_reuses_every_step(first):
-    before = {f: (first["out"] / f).read_bytes() for f in ("report.json", "report.md", "junit.xml")}
-    r, _ = release(first["cfg"], first["out"])
-    assert r.returncode == 0, r.stderr
-    run = json.loads((first["out"] / "run.json").read_text())
-    assert run["steps_run"] == [] and len(run["steps_reused"]) == 5
-    assert before == {f: (first["out"] / f).read_bytes() for f in before}
-    # (the "second run under 10% of the first" bar is a timing: measured on the example config and
-    # recorded in docs/release.md, not asserted in a unit test)
-
-
-def test_impossible_budget_fails_naming_it(first, small_fmnist):
-    cfg = first["dir"] / "impossible.toml"
-    cfg.write_text(reduced(small_fmnist, min_speedup=1000))
-    out = first["dir"] / "impossible"
-    r, _ = release(cfg, out, "--cache", str(first["out"] / ".cache"))  # budgets are not part of any step key
-    assert r.returncode == 1, r.stderr
-    line = r.stdout.splitlines()[0]
-    assert line.startswith("release FAILED: cpu: min_speedup (") and line.endswith("x, budget >= 1000)")
-    root = validate_junit((out / "junit.xml").read_bytes())
-    assert [c.get("name") for c in root.iter("testcase") if c.find("failure") is not None] == ["min_speedup"]
-    assert json.loads((out / "run.json").read_text())["steps_run"] == []
+    validate_junit((out / "junit.xml").read_bytes())
 
 
 def test_killed_run_resumes_to_the_same_report_and_onnx(first, small_fmnist):
@@ -133,7 +98,7 @@ def test_killed_run_resumes_to_the_same_report_and_onnx(first, small_fmnist):
     assert r.returncode == 0, r.stderr
     run = json.loads((out / "run.json").read_text())
     assert any(s.startswith("prune-") for s in run["steps_reused"])
-    for f in ("cpu/pruned/model.onnx", "cpu/artifact/model.onnx", "cpu/pruned/plan.json", "cpu/artifact/manifest.json"):
+    for f in ("cpu/pruned/model.onnx", "cpu/pruned/plan.json", "cpu/artifact/model.onnx", "cpu/artifact/model.ort.onnx"):
         assert (out / f).read_bytes() == (first["out"] / f).read_bytes(), f
     assert _without_measured(json.loads((out / "report.json").read_text())) == \
         _without_measured(json.loads((first["out"] / "report.json").read_text()))

@@ -47,23 +47,28 @@ def validate_junit(xml: bytes) -> ET.Element:
         cases = suite.findall("testcase")
         assert int(suite.get("tests")) == len(cases)
         assert int(suite.get("failures", 0)) == sum(c.find("failure") is not None for c in cases)
+        assert int(suite.get("skipped", 0)) == sum(c.find("skipped") is not None for c in cases)
     return root
 
 
-def _cfg(tmp_path, budgets: str):
+def _cfg(tmp_path, budgets: str, target: str = "cpu", extra: str = ""):
     p = tmp_path / "compress.toml"
     p.write_text('[model]\nspec = "compress:fmnist-cnn"\n[data]\nspec = "fashion-mnist"\n'
-                 '[targets.cpu]\nratios = [0.3, 0.5]\nfinetune = 1.0\ndistill = true\n[budgets.cpu]\n' + budgets)
+                 f'[targets.{target}]\nratios = [0.3, 0.5]\nfinetune = 1.0\ndistill = true\n{extra}'
+                 f'[budgets.{target}]\n' + budgets)
     return config.load(str(p))
 
 
-def _cand(label, ratio, acc, ms, size_mb):
-    return {"label": label, "ratio": ratio, "latency_budget": None, "accuracy": acc, "accuracy_dense": 0.9169,
+def _cand(label, ratio, acc, ms, size_mb, measured=True):
+    return {"label": label, "ratio": ratio, "latency_budget": None, "plan_predicted": None,
+            "accuracy": acc, "accuracy_dense": 0.9169,
             "accuracy_at_prune_time": acc, "accuracy_before_finetune": 0.3, "eval_samples": 10000,
             "accuracy_drop_points": (0.9169 - acc) * 100, "latency_ms_dense": 0.5, "latency_ms": ms,
-            "latency_source": "measured on this machine", "speedup": 0.5 / ms, "size_mb_dense": 1.24,
+            "latency_source": "measured on this machine" if measured else "predicted from profile p.json",
+            "latency_measured": measured, "not_verified_here": [] if measured else ["TVM library: not verified"],
+            "speedup": 0.5 / ms, "size_mb_dense": 1.24,
             "size_mb": size_mb, "params": 150000, "params_dense": 309162, "macs": 5000000, "macs_dense": 10520320,
-            "onnx_parity_ok": True, "onnx_sha256": "0" * 64, "exported_by": "fallback", "_dirs": {}}
+            "onnx_parity_ok": True, "onnx_sha256": "0" * 64, "_dirs": {}}
 
 
 def _results():
@@ -119,3 +124,51 @@ def test_markdown_table_and_files(tmp_path):
     report.write(rep, str(out))  # same report -> same bytes (no timestamps)
     assert first == {f: (out / f).read_bytes() for f in first}
     assert not [p for p in os.listdir(out) if p.startswith(".")]
+
+
+def _jetson(tmp_path, require_measured: bool):
+    cfg = _cfg(tmp_path, "max_accuracy_drop = 1.5\nmin_speedup = 1.2\nmax_latency_ms = 0.3\n", "jetson",
+               'device = "orin-nano"\n' + ("require_measured = true\n" if require_measured else ""))
+    res = {"jetson": [_cand("ratio 0.3", 0.3, 0.9120, 0.35, 0.60, measured=False),
+                      _cand("ratio 0.5", 0.5, 0.9050, 0.25, 0.32, measured=False)]}
+    return cfg, report.build(cfg, res)
+
+
+def test_predicted_latency_budgets_are_not_verified_and_skipped(tmp_path):
+    cfg, rep = _jetson(tmp_path, require_measured=False)
+    assert cfg.targets[0].profile.endswith("jetson-orin-nano.json")  # the device's shipped profile by default
+    assert rep["pass"] and rep["failures"] == []
+    t = rep["targets"][0]
+    assert t["selected"] == 1  # ratio 0.3's predicted latency 0.35 ms misses max_latency_ms; ratio 0.5's meets it
+    by = {b["budget"]: b for b in t["candidates"][1]["checks"]}
+    assert by["max_accuracy_drop"]["status"] == "pass" and by["max_accuracy_drop"]["verified"]
+    for name in ("min_speedup", "max_latency_ms"):
+        assert by[name]["status"] == "not verified on this machine" and by[name]["pass"] is None
+        assert not by[name]["verified"] and by[name]["value_meets_limit"] and not by[name]["fails_gate"]
+    assert rep["summary"] == ("release PASSED: jetson (ratio 0.5) met 1 budget(s), 2 not verified on this machine "
+                              "(latency predicted, not measured)")
+    md = report.markdown(rep)
+    assert "### jetson (orin-nano): pass" in md
+    assert "| latency (ms), PREDICTED, not measured | 0.500 | 0.250 |" in md
+    assert ("| `max_latency_ms` | <= 0.3 ms | 0.25 ms (predicted) | ⏭️ not verified on this machine (predicted value "
+            "meets the limit) |") in md
+    assert "- TVM library: not verified" in md
+    root = validate_junit(report.junit(rep))
+    skipped = {c.get("name"): c.find("skipped") for c in root.iter("testcase") if c.find("skipped") is not None}
+    assert set(skipped) == {"min_speedup", "max_latency_ms"} and root.get("skipped") == "2"
+    assert all("not verified on this machine" in s.get("message") and "predicted" in s.get("message")
+               for s in skipped.values())
+    assert not list(root.iter("failure"))
+
+
+def test_require_measured_fails_the_gate_naming_each_unverified_budget(tmp_path):
+    _, rep = _jetson(tmp_path, require_measured=True)
+    assert not rep["pass"]
+    assert rep["failures"] == [
+        "jetson: min_speedup not verified on this machine (predicted 2 x, budget >= 1.2; require_measured = true)",
+        "jetson: max_latency_ms not verified on this machine (predicted 0.25 ms, budget <= 0.3; require_measured = true)"]
+    root = validate_junit(report.junit(rep))
+    failed = [c for c in root.iter("testcase") if c.find("failure") is not None]
+    assert [c.get("name") for c in failed] == ["min_speedup", "max_latency_ms"]
+    assert {c.find("failure").get("type") for c in failed} == {"NotVerified"} and root.get("skipped") == "0"
+    assert "❌ not verified on this machine (predicted value meets the limit; require_measured)" in report.markdown(rep)
