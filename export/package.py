@@ -210,7 +210,8 @@ def export(model_or_dir: str, cfg: ExportConfig, out: str, *, weights: str | Non
                                         if is_dir and lm.plan is not None else None),
                   "sparse_plan": plan_file, "sparse_plan_sha256": mf.sha256_file(plan_file) if plan_file else None},
         "layer_formats": formats, "accuracy_at_pruning": mf.pruning_accuracy(model_or_dir if is_dir else None),
-        "expected_latency": mf.expected_latency(model, example, cfg.target, batch),
+        "expected_latency": mf.expected_latency(model, example, (f"jetson-{cfg.device}" if cfg.target == "jetson"
+                                                                  and cfg.device else cfg.target), batch),
         "real_inputs": real_desc, "versions": mf.runtime_versions(),
     }
     not_verified: list[str] = []

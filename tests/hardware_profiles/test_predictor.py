@@ -189,3 +189,15 @@ def test_network_calibration_scales_the_profiled_structure(one_thread):
     # another network: the median factor over the profiled models
     deeper = extract_layers(nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.Conv2d(16, 16, 3, 2, 1)).eval(), x)
     assert p.calibration(deeper) == (1.2, "median of 3 profiled models")
+
+
+def test_each_jetson_device_has_its_own_expected_latency(one_thread):
+    # the export manifest asks for jetson-<device>: AGX Orin (more compute and bandwidth) is faster
+    from compress.hardware_profiles import expected_latency_ms
+
+    model = nn.Sequential(nn.Conv2d(16, 64, 3, 1, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, 1, 1)).eval()
+    x = (torch.randn(1, 16, 32, 32),)
+    nano = expected_latency_ms(model, x, "jetson-orin-nano", 1)
+    agx = expected_latency_ms(model, x, "jetson-agx-orin", 1)
+    assert nano is not None and agx is not None and agx < nano
+    assert expected_latency_ms(model, x, "jetson", 1) == pytest.approx(nano)
