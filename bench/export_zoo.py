@@ -34,7 +34,6 @@ on a CNN; each must exit 2 with one line and write nothing. TVM latencies are un
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -49,6 +48,9 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import _common as c  # noqa: E402
+
+from compress.export.manifest import sha256_file  # noqa: E402
+from compress.zoo import randomize_norms  # noqa: E402
 
 MINILM = "minilm"
 MODELS = c.ZOO + [MINILM]
@@ -86,14 +88,6 @@ def cli(args: list[str], timeout: int = STEP_TIMEOUT) -> dict:
 
 def public(step: dict) -> dict:
     return {k: v for k, v in step.items() if not k.startswith("_")}
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest(d: Path) -> dict | None:
@@ -214,20 +208,12 @@ def seeded_weights(name: str, path: Path) -> dict:
     import torch
     import torchvision
     from safetensors.torch import save_file
-    from torch import nn
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     g = torch.Generator().manual_seed(0)
+    randomize_norms(model, g)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
-                if getattr(m, "weight", None) is not None:
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5 + 1.0)
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
-                if getattr(m, "running_mean", None) is not None:
-                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.5)
-                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
         y = model(torch.randn(2, 3, 224, 224, generator=g))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return {"dense_output_max_abs": round(float(y.abs().max()), 4), "dense_output_std": round(float(y.std()), 4)}
@@ -257,7 +243,7 @@ def step_cpu(pruned: Path, d: Path, a, entry: dict) -> None:
     if man:
         r |= {"ok": bool(man["ok"]), "parity": parity(man), "tvm_target": man.get("tvm", {}).get("target"),
               "files": sorted(man["files"]), "expected_ms": man.get("expected_latency", {}).get("ms"),
-              "onnx_sha256": sha256(d / "model.onnx")}
+              "onnx_sha256": sha256_file(d / "model.onnx")}
     entry["export_cpu"] = public(r)
     if not man:
         return
@@ -283,7 +269,7 @@ def step_jetson(pruned: Path, d: Path, device: str) -> dict:
     r |= {"ok": bool(man["ok"]), "files_present": files, "tvm_tag": man.get("tvm", {}).get("tag"),
           "cuda_arch": man.get("tvm", {}).get("cuda_arch"), "device_modules": man.get("tvm", {}).get("device_modules"),
           "manifest_elf_machine": man.get("tvm", {}).get("elf_machine"),
-          "onnx_parity": parity(man), "onnx_sha256": sha256(d / "model.onnx") if files["model.onnx"] else None}
+          "onnx_parity": parity(man), "onnx_sha256": sha256_file(d / "model.onnx") if files["model.onnx"] else None}
     if files[lib.name]:
         r["library"] = {"file": lib.name, "bytes": lib.stat().st_size} | elf_header(lib)
     r["trt_script_builds_model_onnx"] = files["build_engine.sh"] and "--onnx=model.onnx" in script.read_text()

@@ -100,15 +100,19 @@ def main() -> None:
                 jobs.append((("tp", r), path, a.batch))
             except Exception as e:  # noqa: BLE001 - a ratio Torch-Pruning cannot do is skipped
                 c.log(f"{name} tp ratio {r}: {type(e).__name__}: {str(e)[:200]}")
-        ours = {}
-        for b in a.budgets:
+        def ours_at(budget: float, path):
+            """Our plan at `budget`, applied and exported to `path`: (pruned model, result, plan)."""
             plan, res, _ = plan_model(copy.deepcopy(dense), xb, prof,
-                                      PlanConfig(latency_budget=b, criterion=a.criterion, objective=a.objective),
+                                      PlanConfig(latency_budget=budget, criterion=a.criterion, objective=a.objective),
                                       {"model": name})
             pm = apply_plan(copy.deepcopy(dense), x1, plan).model
-            path = outdir / f"{name}_ours{b}.onnx"
             export_onnx(pm, x1, str(path))
-            ours[b] = (pm, res, plan)
+            return pm, res, plan
+
+        ours = {}
+        for b in a.budgets:
+            path = outdir / f"{name}_ours{b}.onnx"
+            ours[b] = ours_at(b, path)
             jobs.append((("ours", b), path, a.batch))
         c.log(f"{name}: timing {len(jobs)} files")
         samples = c.alternate(jobs, proto)
@@ -126,12 +130,8 @@ def main() -> None:
                 if abs(t_ms / o_ms - 1) <= 0.04:
                     break
                 used = round(used * t_ms / o_ms, 4)
-                plan, res, _ = plan_model(copy.deepcopy(dense), xb, prof,
-                                          PlanConfig(latency_budget=used, criterion=a.criterion, objective=a.objective),
-                                          {"model": name})
-                pm = apply_plan(copy.deepcopy(dense), x1, plan).model
                 path = outdir / f"{name}_ours{b}_match{it}.onnx"
-                export_onnx(pm, x1, str(path))
+                pm, res, plan = ours_at(used, path)
                 again = c.alternate([(("ours",), path, a.batch), (("tp",), outdir / f"{name}_tp{r_best}.onnx", a.batch)], proto)
                 o_ms, t_ms = c.summarize(again[("ours",)])["median_ms"], c.summarize(again[("tp",)])["median_ms"]
                 history.append({"budget": used, "ours_ms": o_ms, "tp16_ms": t_ms})

@@ -171,6 +171,24 @@ ZOO = {
 }
 
 
+def randomize_norms(model: nn.Module, gen=None) -> nn.Module:
+    """Random affine parameters and running statistics, so a norm layer is not the identity (random
+    weights for parity checks: torchvision's init leaves BatchNorm the identity, and then some
+    networks' outputs are ~1e-9, which any runtime 'matches')."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.5 + 1.0)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.5)
+                if getattr(m, "running_mean", None) is not None:
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.5)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 1.5 + 0.5)
+    return model
+
+
 def names() -> list[str]:
     return sorted(ZOO)
 
