@@ -323,7 +323,7 @@ def peaks(warmup: int, reps: int, threads: int = 0) -> dict:
                       f"Add of two 64 MiB fp32 tensors ({t2:.2f} ms), node kernel time, best of 2 x median of {reps}"}
 
 
-CHAIN = 8
+CHAIN = 16
 
 
 def _chain(sig, k: int, batch: int, rng):

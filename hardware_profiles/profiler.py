@@ -37,10 +37,10 @@ MEMORY_SIZES = ((16, 8, 8), (32, 8, 8), (32, 14, 14), (64, 14, 14), (64, 28, 28)
                 (64, 56, 56), (32, 112, 112), (64, 112, 112), (128, 112, 112))
 # chainable ops whose in-network cost is compared with the tables' measurement (ort_bench.context_pairs)
 CONTEXT_UNITS = tuple(
-    [LayerSig(MEMORY, c, c, h=s, w=s, kind=k) for k in ("unary", "silu", "binary") for c, s in ((16, 14), (64, 56))]
-    + [LayerSig(CONV, c, c, (3, 3), (1, 1), (1, 1), 1, s, s) for c, s in ((16, 28), (32, 7), (32, 14), (64, 14), (64, 56), (256, 14))]
-    + [LayerSig(CONV, c, c, (1, 1), (1, 1), (0, 0), 1, s, s) for c, s in ((32, 14), (128, 28))]
-    + [LayerSig(DWCONV, c, c, (3, 3), (1, 1), (1, 1), c, s, s) for c, s in ((32, 14), (96, 56))])
+    [LayerSig(MEMORY, c, c, h=s, w=s, kind=k) for k in ("unary", "silu", "binary") for c, s in ((16, 14), (32, 28), (64, 56))]
+    + [LayerSig(CONV, c, c, (3, 3), (1, 1), (1, 1), 1, s, s) for c, s in ((16, 14), (16, 28), (32, 7), (32, 14), (64, 4), (64, 14))]
+    + [LayerSig(CONV, c, c, (1, 1), (1, 1), (0, 0), 1, s, s) for c, s in ((16, 28), (32, 14), (128, 28))]
+    + [LayerSig(DWCONV, c, c, (3, 3), (1, 1), (1, 1), c, s, s) for c, s in ((16, 28), (32, 14), (96, 56))])
 
 # the default grid (no --model): common CNN layer shapes at 224x224 input
 DEFAULT_LAYERS = tuple(
@@ -331,21 +331,39 @@ def _fit(points: dict, batch: int) -> dict:
             "points": [[e, round(y, 5)] for e, y in pts]}
 
 
+def _ctx_class(op: str) -> str:
+    """The context line's op classes: onnxruntime parallelises a compute kernel (conv, gemm) over its
+    thread pool, and the node profiler's bookkeeping between nodes lets the pool's workers park, so a
+    profiled compute node pays their wake-up; small element-wise ops run on one thread."""
+    return "memory" if op == MEMORY else "compute"
+
+
 def context_fit(pairs: list[dict] | None) -> dict | None:
-    """The profiler's per-node bookkeeping, from the context pairs: b = -median(profiled - marginal)
-    over the small ops (< 0.05 ms; for larger ops the difference is lost in run-to-run noise), a = 1.
-    The predictor charges a layer max(table ms + b, floor x table ms)."""
+    """The profiler's per-node bookkeeping, from the context pairs: per op class (see _ctx_class),
+    b = -median(profiled - marginal) over that class's small ops (< 0.05 ms; for larger ops the
+    difference is lost in run-to-run noise); `b` over all of them for classes with fewer than 2.
+    a = 1. The predictor charges a layer max(table ms + b, floor x table ms)."""
     good = [p for p in pairs or [] if 0 < p["profiled_ms"] < 0.05 and p["marginal_ms"] > 0]
     if len(good) < 3:
         return None
     b = -statistics.median(p["profiled_ms"] - p["marginal_ms"] for p in good)
+    by_class = {}
+    for cls in ("compute", "memory"):
+        diffs = [p["profiled_ms"] - p["marginal_ms"] for p in good if _ctx_class(p["op"]) == cls]
+        if len(diffs) >= 2:
+            by_class[cls] = round(-statistics.median(diffs), 5)
     floor = 0.15
-    errs = [abs(max(p["profiled_ms"] + b, floor * p["profiled_ms"]) / p["marginal_ms"] - 1) for p in pairs if p["marginal_ms"] > 0]
-    return {"a": 1.0, "b": round(b, 5), "floor": floor,
+
+    def cost(p):
+        return max(p["profiled_ms"] + by_class.get(_ctx_class(p["op"]), b), floor * p["profiled_ms"])
+
+    errs = [abs(cost(p) / p["marginal_ms"] - 1) for p in pairs if p["marginal_ms"] > 0]
+    return {"a": 1.0, "b": round(b, 5), "b_by_class": by_class, "floor": floor,
             "median_abs_error_on_pairs": round(statistics.median(errs), 4),
-            "note": "a layer's in-network cost = max(a x its table ms + b, floor x its table ms): b is minus the "
-                    "median, over chained synthetic ops under 0.05 ms (not any model), of node-profiler kernel time "
-                    "less the marginal end-to-end time without the profiler; replaces overhead.per_op_ms",
+            "note": "a layer's in-network cost = max(a x its table ms + b, floor x its table ms), b = b_by_class of "
+                    "the layer's class (compute: conv, gemm, matmul; memory: element-wise, pooling) else b: minus "
+                    "the median, over chained synthetic ops under 0.05 ms (not any model), of node-profiler "
+                    "kernel time less the marginal end-to-end time without the profiler; replaces overhead.per_op_ms",
             "pairs": pairs}
 
 

@@ -86,6 +86,9 @@ def validate(d, path="<profile>") -> dict:
     if ctx is not None and not (isinstance(ctx, dict) and all(_num(ctx.get(k)) for k in ("a", "b", "floor"))
                                 and ctx["a"] > 0 and 0 < ctx["floor"] <= 1):
         raise _bad(path, "context needs numbers 'a' > 0, 'b' and 'floor' in (0, 1]")
+    if ctx is not None and not (isinstance(ctx.get("b_by_class", {}), dict) and all(
+            k in ("compute", "memory") and _num(v) for k, v in ctx.get("b_by_class", {}).items())):
+        raise _bad(path, "context.b_by_class must map 'compute'/'memory' to numbers")
     for i, t in enumerate(d["tables"]):
         where = f"tables[{i}]"
         if not isinstance(t, dict) or not isinstance(t.get("key"), str):

@@ -146,6 +146,32 @@ def test_memory_ops_interpolate_their_measured_points():
     assert unary(32000) == pytest.approx(0.010 + 0.007 / 12000 * 16000)   # last slope above
 
 
+def test_context_line_charges_each_op_class_its_own_b(one_thread):
+    d = constructed()
+    d["context"] = {"a": 1.0, "b": -0.003, "b_by_class": {"compute": -0.005}, "floor": 0.15}
+    p = DeviceProfile(d)
+    assert ms(p, 32, 32) == pytest.approx(0.001 * 32 * 32 - 0.005)          # compute: its class's b
+    mem = LayerSig("memory", 32000, 32000, kind="unary")
+    raw = DeviceProfile(constructed()).layer_ms(mem)
+    assert raw - 0.003 > 0.15 * raw
+    assert p.layer_ms(mem) == pytest.approx(raw - 0.003)                     # memory: no class b, so b
+
+
+def test_context_fit_per_class():
+    from compress.hardware_profiles.profiler import context_fit
+
+    def pair(op, prof, marg):
+        return {"op": op, "kind": "", "c": 16, "h": 14, "w": 14, "kernel": [3, 3], "profiled_ms": prof, "marginal_ms": marg}
+
+    fit = context_fit([pair("conv", 0.040, 0.034), pair("conv", 0.020, 0.013), pair("dwconv", 0.017, 0.011),
+                       pair("memory", 0.0055, 0.0028), pair("memory", 0.011, 0.0095), pair("conv", 5.0, 5.4)])
+    assert fit["b_by_class"]["compute"] == pytest.approx(-0.006)             # median of 6, 7, 6 us
+    assert fit["b_by_class"]["memory"] == pytest.approx(-0.00210)            # median of 2.7, 1.5 us
+    assert fit["b"] == pytest.approx(-0.006)                                  # all five small ops
+    one_mem = context_fit([pair("conv", 0.040, 0.034), pair("conv", 0.020, 0.013), pair("memory", 0.0055, 0.0028)])
+    assert "memory" not in one_mem["b_by_class"]
+
+
 def test_context_line_replaces_the_per_op_overhead(one_thread):
     d = constructed()
     d["context"] = {"a": 1.0, "b": -0.003, "floor": 0.15}
