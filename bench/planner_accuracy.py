@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.7])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--criterion", default="l1")
-    ap.add_argument("--objective", default="log", choices=["log", "linear"])
+    ap.add_argument("--objective", default="log-latency", choices=["log", "log-latency", "linear"])
     ap.add_argument("--tp-ratios", nargs="+", type=float,
                     default=[round(0.1 + 0.05 * i, 2) for i in range(14)])
     ap.add_argument("--epochs", type=float, default=1.0)
@@ -129,7 +129,8 @@ def main() -> None:
             for it in range(a.match_iters):
                 if abs(t_ms / o_ms - 1) <= 0.04:
                     break
-                used = round(used * t_ms / o_ms, 4)
+                # a re-plan must still prune (a budget at or above dense has no plan): keep it below 0.98
+                used = round(min(used * t_ms / o_ms, 0.98), 4)
                 path = outdir / f"{name}_ours{b}_match{it}.onnx"
                 pm, res, plan = ours_at(used, path)
                 again = c.alternate([(("ours",), path, a.batch), (("tp",), outdir / f"{name}_tp{r_best}.onnx", a.batch)], proto)

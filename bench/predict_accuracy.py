@@ -62,7 +62,7 @@ def prune_random(model, inputs, lo: float, hi: float, seed: int, round_to: int):
     rng = np.random.default_rng(seed)
     keep = {g.id: np.arange(g.size) for g in graph.groups}
     for g in groups:
-        k = _round_keep(g.size, g.size * (1 - rng.uniform(lo, hi)), class_step(g.width, round_to))
+        k = _round_keep(g.size, g.size * (1 - rng.uniform(lo, hi)), class_step(g.width, round_to, g.spread))
         keep[g.id] = _cover(rng.permutation(g.size), k, needs[g.id])
     cfg = PruneConfig(ratio=(lo + hi) / 2, criterion="random", round_to=round_to, seed=seed)
     plan = build_plan(graph, keep, cfg, round_to, {"model": "bench"})

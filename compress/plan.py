@@ -99,11 +99,15 @@ def _round_keep(n: int, target: float, step: int) -> int:
     return int(min(n, max(step, k)))
 
 
-def class_step(width: np.ndarray, round_to: int) -> int:
-    """Classes per channel step: a head of 64 channels already satisfies round_to=16."""
+def class_step(width: np.ndarray, round_to: int, spread: bool = False) -> int:
+    """Classes per channel step: a head of 64 channels already satisfies round_to=16. A spread group
+    (one channel per conv group in each class, see Group.spread) steps by round_to classes, so every
+    conv group keeps a multiple of round_to channels (the runtime's blocked layout needs it per group)."""
     w = np.unique(width)
     if len(w) != 1 or round_to <= 1:
         return 1
+    if spread:
+        return round_to
     return round_to // math.gcd(round_to, int(w[0]))
 
 
@@ -141,7 +145,7 @@ def select(graph: ChannelGraph, scores: dict[int, np.ndarray], config: PruneConf
         targets = {g.id: g.size * (1.0 - config.ratio) for g in groups}
     needs = _layer_needs(graph, groups)
     for g in groups:
-        step = class_step(g.width, round_to)
+        step = class_step(g.width, round_to, g.spread)
         k = _round_keep(g.size, targets[g.id], step)
         order = np.lexsort((np.arange(g.size), -scores[g.id]))  # stable: by score desc, then position
         keep[g.id] = _cover(order, k, needs[g.id])

@@ -31,6 +31,14 @@ class BudgetUnreachable(Exception):
         self.best_ms = best_ms
 
 
+OBJECTIVES = {
+    "log": "sum_g channels_g * log(importance fraction kept) (balanced)",
+    "log-latency": "sum_g latency_g * log(importance fraction kept): latency_g = the dense predicted "
+                   "latency of every layer the group sizes (CostModel.carried)",
+    "linear": "total normalised importance kept (HALP's)",
+}
+
+
 @dataclass(frozen=True)
 class PlanConfig:
     """What to plan for: a budget (fraction of the dense prediction, or milliseconds) on a profile."""
@@ -41,8 +49,8 @@ class PlanConfig:
     min_keep: float = 0.1          # a group keeps at least this fraction of its classes
     bins: int = 3000               # latency resolution of the dynamic programme
     iterations: int = 14
-    objective: str = "log"         # "log": sum_g channels_g * log(importance fraction kept) (balanced);
-    seed: int = 0                  # "linear": total normalised importance kept (HALP's)
+    objective: str = "log-latency" # see OBJECTIVES
+    seed: int = 0
 
     def validate(self) -> None:
         if (self.latency_budget is None) == (self.latency_ms is None):
@@ -51,8 +59,8 @@ class PlanConfig:
             raise CompressError(f"--latency-budget must be a positive fraction of dense latency, got {self.latency_budget}")
         if self.latency_ms is not None and not self.latency_ms > 0:
             raise CompressError(f"--latency-ms must be positive, got {self.latency_ms}")
-        if self.objective not in ("log", "linear"):
-            raise CompressError(f"objective must be log or linear, got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise CompressError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not 0 < self.min_keep <= 1:
             raise CompressError(f"min_keep must be in (0, 1], got {self.min_keep}")
 
@@ -205,6 +213,10 @@ class CostModel:
 
     def total(self, k: dict[int, int]) -> float:
         return self.overhead + sum(self.layer_ms(i, k) for i in range(len(self.costed)))
+
+    def carried(self, g: int, k: dict[int, int]) -> float:
+        """Predicted latency of every layer group g sizes (its input, output channels or heads), at k."""
+        return sum(self.layer_ms(i, k) for i in self.by_group.get(g, []))
 
     def group_costs(self, g: int, cands: np.ndarray, k: dict[int, int]) -> np.ndarray:
         """Latency of the layers group g sizes, for each candidate count (the others held at k)."""
@@ -376,21 +388,26 @@ def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=Non
     order = {g.id: np.lexsort((np.arange(g.size), -scores[g.id])) for g in graph.groups}
     block = channel_block(profile, target)
     cands, values = {}, {}
+    costed = costed_layers(layers, ep, ctx, graph, order, active)
+    cost = CostModel(costed, profile, profile.calibration(layers)[0])
+    dense = {g.id: g.size for g in graph.groups}
+    # what a group's log fraction kept is weighted by: its channels, or the latency of the layers it sizes
+    # (a residual stream sizes every block of its stage, an expansion one block); kept > 0 so that a
+    # group that costs nothing is never cut for nothing
+    weight = {g.id: max(cost.carried(g.id, dense), 1e-12) if config.objective == "log-latency" else float(g.channels)
+              for g in graph.groups}
     for g in graph.groups:
         if g.id not in active:
             continue
         s = np.abs(scores[g.id])
         s = s / (float(s.mean()) or 1.0) * g.width          # per-group normalised, per channel
         cum = np.concatenate([[0.0], np.cumsum(s[order[g.id]])])
-        cands[g.id] = candidates(g.size, class_step(g.width, block), config.min_keep)
+        cands[g.id] = candidates(g.size, class_step(g.width, block, g.spread), config.min_keep)
         if config.objective == "linear":
             values[g.id] = cum[cands[g.id]]
         else:
             frac = np.maximum(cum[cands[g.id]] / max(cum[-1], 1e-12), 1e-6)
-            values[g.id] = g.channels * np.log(frac)
-    costed = costed_layers(layers, ep, ctx, graph, order, active)
-    cost = CostModel(costed, profile, profile.calibration(layers)[0])
-    dense = {g.id: g.size for g in graph.groups}
+            values[g.id] = weight[g.id] * np.log(frac)
     return Prepared(graph, cost, cands, values, order, active, block, dense)
 
 

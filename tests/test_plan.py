@@ -221,6 +221,21 @@ def test_round_to_counts_whole_heads():
     assert res.model.attn.num_heads == 2 and res.model.attn.q_proj.out_features == 8
 
 
+def test_round_to_applies_per_conv_group_in_two_group_convs():
+    """A 2-group conv removes the same local channels from both groups; with round_to=16 each group
+    keeps a multiple of 16 (the runtime's blocked layout needs it per group): 22.4 of 32 per group
+    rounds to 16, where a total step of 16 channels would keep 24 per group."""
+    m = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=2), nn.ReLU(),
+                      nn.Conv2d(64, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    res = prune(copy.deepcopy(m), (torch.randn(1, 3, 8, 8),), PruneConfig(ratio=0.3), 16, SOURCE)
+    assert res.model[2].groups == 2
+    assert res.model[2].in_channels == 32 and res.model[2].out_channels == 32     # 16 per group kept of 32
+    assert (res.model[2].out_channels // 2) % 16 == 0
+    graph = build_graph(copy.deepcopy(m), (torch.randn(1, 3, 8, 8),))
+    assert any(g.spread for g in graph.groups) and not all(g.spread for g in graph.groups)
+    assert class_step(np.array([2] * 32), 16, spread=True) == 16 and class_step(np.array([2] * 32), 16) == 8
+
+
 def test_round_keep_and_class_step():
     assert _round_keep(3, 1.5, 4) == 3          # smaller than a step: untouched
     assert _round_keep(16, 0.4, 4) == 4         # never below one step

@@ -157,3 +157,73 @@ def test_formats_report_prices_2_4_on_a_gpu_profile_and_never_on_cpu(one_thread)
             assert rep["mixed"]["importance_kept"] >= rep["mixed"]["structured_importance_kept"] - 1e-9
         else:
             assert rep["layers"] == [] and rep["winner"] == "structured"
+
+
+class Stream(nn.Module):
+    """A residual stream of `width` channels, produced and read by every one of `blocks` blocks."""
+
+    def __init__(self, width=32, hidden=32, blocks=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(width, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, width, 1))
+                                    for _ in range(blocks))
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = x + b(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_latency_weight_is_the_latency_of_the_layers_a_group_sizes(one_thread):
+    from compress.planner import prepare
+
+    m = Net().eval()
+    old = prepare(copy.deepcopy(m), _inputs(), _profile(), PlanConfig(latency_budget=0.5, objective="log"))
+    new = prepare(copy.deepcopy(m), _inputs(), _profile(), PlanConfig(latency_budget=0.5, objective="log-latency"))
+    cost, dense = new.cost, new.dense
+    weights = {}
+    for g in new.graph.groups:
+        # every layer this group sizes has all its channels in it, so what it carries is exactly the
+        # latency that vanishes when the group is removed
+        weights[g.id] = cost.total(dense) - cost.total({**dense, g.id: 0})
+        assert weights[g.id] > 0
+        assert cost.carried(g.id, dense) == pytest.approx(weights[g.id], rel=1e-9)
+        # the value of a candidate is that latency times log(importance fraction kept); "log": channels times it
+        assert np.array_equal(new.cands[g.id], old.cands[g.id])
+        np.testing.assert_allclose(new.values[g.id] * g.channels, old.values[g.id] * weights[g.id], rtol=1e-9)
+    stream = next(g.id for g in new.graph.groups if len(g.producers) > 1)
+    # the residual stream is read and written by more layers than the block's hidden channels
+    hidden = next(g.id for g in new.graph.groups if g.producers == [("a.0.weight", 0)])
+    assert weights[stream] > weights[hidden]
+
+
+def test_latency_weighting_prunes_a_residual_stream_less(one_thread):
+    from compress.planner import finish, prepare
+
+    m = Stream(width=64, hidden=64, blocks=4).eval()
+    x = (torch.randn(1, 3, 16, 16),)
+    d = copy.deepcopy(PROFILE)
+    d["overhead"] = {"per_inference_ms": 0.0, "per_op_ms": 0.0}   # all latency in the layers the plan sizes
+    kept = {}
+    for obj in ("log", "log-latency"):
+        cfg = PlanConfig(latency_budget=0.5, objective=obj)
+        prep = prepare(copy.deepcopy(m), x, DeviceProfile(copy.deepcopy(d)), cfg)
+        plan, res, graph = finish(prep, cfg, {"model": "stream"})
+        assert res.predicted_ms <= res.target_ms + 1e-9
+        stream = next(g for g in graph.groups if len(g.producers) > 1)
+        assert stream.size == 64 and len(stream.producers) == 5     # the stem and every block's last conv
+        hidden = [res.keep_counts[g.id] for g in graph.groups if g.id != stream.id]
+        kept[obj] = (res.keep_counts[stream.id], sum(hidden))
+    # weighting by channels alone starves the stream that 9 layers share (and keeps the blocks' hidden
+    # channels); weighting by the latency each group carries keeps more of the stream, less hidden
+    assert kept["log-latency"][0] > kept["log"][0], kept
+    assert kept["log-latency"][1] < kept["log"][1], kept
+
+
+def test_unknown_objective_is_refused():
+    from compress.errors import CompressError
+
+    with pytest.raises(CompressError, match="log-latency"):
+        PlanConfig(latency_budget=0.5, objective="nope").validate()

@@ -25,6 +25,7 @@ class Group:
     producers: list[tuple[str, int]]
     modules: list[str]           # every module with a parameter in this group
     blocked_reason: str | None = None
+    spread: bool = False         # a class's channels sit apart, one per conv group (2-3 group convs)
 
     @property
     def size(self) -> int:
@@ -33,6 +34,18 @@ class Group:
     @property
     def channels(self) -> int:
         return int(self.width.sum()) if len(self.width) else 0
+
+
+def _spread(dims, keys, prunable) -> bool:
+    """Whether a class's elementary channels are apart in some producer dim (the same local position
+    in each group of a 2-3 group conv) rather than one contiguous run (a head, a single channel)."""
+    for k in keys:
+        roots = dims[k]
+        for r in prunable[:4]:
+            pos = np.flatnonzero(roots == r)
+            if len(pos) > 1 and pos[-1] - pos[0] != len(pos) - 1:
+                return True
+    return False
 
 
 @dataclass
@@ -137,7 +150,7 @@ def build_graph_traced(model: torch.nn.Module, example_inputs: tuple):
         width = np.array([max(int((dims[k] == r).sum()) for k in keys) for r in prunable], dtype=np.int64)
         groups.append(Group(
             id=len(groups), classes=np.array(prunable, dtype=np.int64), width=width, fixed=fixed,
-            producers=keys, modules=mods,
+            producers=keys, modules=mods, spread=_spread(dims, keys, prunable),
         ))
     graph = ChannelGraph(groups=groups, dims=dims, roles=roles, unsupported=list(ctx.unsupported),
                          blocked=blocked_list)
