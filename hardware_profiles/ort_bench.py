@@ -384,10 +384,23 @@ def context_pairs(units, batch: int, warmup: int, reps: int, threads: int = 0) -
     return out
 
 
-def model_ms(model, example_inputs, warmup: int, reps: int, threads: int = 0) -> float:
+def node_sum_ms(model, feeds: dict, warmup: int, reps: int, threads: int = 0) -> tuple[float, int]:
+    """(ms, nodes): the kernel time of every node of `model` summed per run (onnxruntime's node
+    profiler), the robust statistic over the timed runs (see `robust`), and how many nodes ran."""
+    ms = profile_nodes(model, feeds, 1, warmup, reps, threads, match=lambda e: 0)[0]
+    with tempfile.TemporaryDirectory(prefix="compress-profile-") as tmp:
+        sess = _session(model, tmp, threads)
+        sess.run(None, feeds)
+        events = json.load(open(sess.end_profiling()))
+    nodes = sum(1 for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"))
+    return ms, nodes
+
+
+def model_ms(model, example_inputs, warmup: int, reps: int, threads: int = 0) -> dict:
     """A whole model's end-to-end latency as a user runs it: exported to ONNX (compress.export.onnx)
-    and timed in a fresh process (no torch, no earlier sessions in it): session.run wall time, the
-    best of 3 robust medians (see e2e_ms)."""
+    and timed in a fresh process (no torch, no earlier sessions in it): `wall_ms`, session.run wall
+    time, the best of 3 robust medians (see e2e_ms); and, in the same process, `node_ms`, the sum of
+    its nodes' kernel times under the node profiler (what the tables measure), with `nodes`."""
     import subprocess
     import sys
 
@@ -402,7 +415,7 @@ def model_ms(model, example_inputs, warmup: int, reps: int, threads: int = 0) ->
                             str(warmup), str(reps), str(threads)], capture_output=True, text=True)
     if p.returncode != 0:
         raise CompressError(f"timing the exported model failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
-    return float(p.stdout.strip().splitlines()[-1])
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":   # model_ms's timing process: PATH SHAPES WARMUP REPS THREADS
@@ -420,4 +433,6 @@ if __name__ == "__main__":   # model_ms's timing process: PATH SHAPES WARMUP REP
         _int = _i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
         _feeds[_i.name] = (np.ones(_dims, np.int64 if _i.type.tensor_type.elem_type == onnx.TensorProto.INT64
                                    else np.int32) if _int else _rng.standard_normal(_dims, dtype=np.float32))
-    print(min(e2e_ms(_m, _feeds, int(_warm), int(_reps), int(_threads)) for _ in range(3)))
+    _wall = min(e2e_ms(_m, _feeds, int(_warm), int(_reps), int(_threads)) for _ in range(3))
+    _node, _n = min(node_sum_ms(_m, _feeds, int(_warm), max(int(_reps) // 3, 7), int(_threads)) for _ in range(2))
+    print(json.dumps({"wall_ms": _wall, "node_ms": _node, "nodes": _n}))

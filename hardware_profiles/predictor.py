@@ -3,8 +3,8 @@
     predicted ms = overhead.per_inference_ms + sum over costed layers of (layer_ms + per_op_ms)
 
 With a `context` line in the profile (measured profiles since the chain calibration), layer_ms is the
-layer's in-network cost, max(a x table ms + b, floor x table ms) with b the line's value for the
-layer's class (compute or memory ops), and per_op_ms is 0 (b carries the per-node dispatch); without one, layer_ms is the table time and per_op_ms the measured overhead.
+layer's in-network cost, max(a x table ms + b, floor x table ms) with b the line's b_network
+(measured inside the profiled networks) or else its value for the layer's class (compute or memory), and per_op_ms is 0 (b carries the per-node dispatch); without one, layer_ms is the table time and per_op_ms the measured overhead.
 
 layer_ms interpolates the measured (cin, cout) grid of the layer's table bilinearly after rounding
 channel counts up to the op's block (the staircase: a kernel processes whole blocks), multiplies by
@@ -196,7 +196,7 @@ class DeviceProfile:
                     ms *= s.get("unaligned_factor", 1.0)
         ctx = self.data.get("context")
         if ctx:
-            b = (ctx.get("b_by_class") or {}).get("memory" if sig.op == MEMORY else "compute", ctx["b"])
+            b = ctx.get("b_network", (ctx.get("b_by_class") or {}).get("memory" if sig.op == MEMORY else "compute", ctx["b"]))
             ms = max(ctx["a"] * ms + b, ctx["floor"] * ms)
         self._cache[sig] = ms
         return ms

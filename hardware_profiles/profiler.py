@@ -244,8 +244,9 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
     finally:
         bar.close()
     prof = assemble(part.data, tables, kinds, cfg, name, layers)
-    prof["calibration"] = calibration(prof, {spec: (v[0], part.data["extra"].get(f"model:{spec}"))
-                                             for spec, v in dense_models.items()})
+    measured = {spec: (v[0], part.data["extra"].get(f"model:{spec}")) for spec, v in dense_models.items()}
+    network_context(prof, measured)
+    prof["calibration"] = calibration(prof, measured)
     prof["measurement"]["wall_seconds"] = round(time.time() - t0, 1)
     prof["measurement"]["load_average_start_end"] = [list(load_start), list(os.getloadavg())]
     prof["measurement"]["resumed_measurements"] = part.resumed
@@ -367,6 +368,37 @@ def context_fit(pairs: list[dict] | None) -> dict | None:
             "pairs": pairs}
 
 
+NETWORK_MAX_MS = 5.0   # networks whose per-node effects stand out of run-to-run noise
+
+
+def _wall(v) -> float | None:
+    """A model measurement: {"wall_ms", "node_ms", "nodes"} (or a bare wall ms from older partial files)."""
+    return v.get("wall_ms") if isinstance(v, dict) else v
+
+
+def network_context(prof: dict, measured: dict) -> None:
+    """The context line's b measured inside real networks: for each profiled dense model under
+    NETWORK_MAX_MS, (its end-to-end wall time - the per-inference overhead - the sum of its nodes'
+    profiled kernel times in the same process) / its costed layers. In networks the profiler's
+    per-node bookkeeping (worker threads parked between profiled nodes) costs more than in the
+    synthetic chains (about 4 us per node on this machine against 1.5-3.4 us), and the networks are
+    what is predicted; the median over the models becomes `b_network`, which the predictor charges
+    every layer. Dense models only: no pruned variant is measured."""
+    ctx = prof.get("context")
+    if not ctx:
+        return
+    rows = []
+    for spec, (layers, v) in measured.items():
+        if not isinstance(v, dict) or not v.get("node_ms") or v["wall_ms"] > NETWORK_MAX_MS or not layers:
+            continue
+        b = (v["wall_ms"] - prof["overhead"]["per_inference_ms"] - v["node_ms"]) / len(layers)
+        rows.append({"model": spec, "wall_ms": round(v["wall_ms"], 5), "node_ms": round(v["node_ms"], 5),
+                     "nodes": v["nodes"], "layers": len(layers), "b_ms": round(b, 5)})
+    if rows:
+        ctx["b_network"] = round(statistics.median(r["b_ms"] for r in rows), 5)
+        ctx["network"] = rows
+
+
 def calibration(prof: dict, measured: dict) -> list[dict]:
     """Per profiled model: its dense end-to-end latency measured here against the tables' prediction
     of it. A network runs slower than the sum of its layers timed alone (cold weights and
@@ -377,7 +409,8 @@ def calibration(prof: dict, measured: dict) -> list[dict]:
 
     p = DeviceProfile({k: v for k, v in prof.items() if k != "calibration"})
     out = []
-    for spec, (layers, ms) in measured.items():
+    for spec, (layers, v) in measured.items():
+        ms = _wall(v)
         if not ms:
             continue
         pred = p.total_ms(layers)

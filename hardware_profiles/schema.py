@@ -89,6 +89,8 @@ def validate(d, path="<profile>") -> dict:
     if ctx is not None and not (isinstance(ctx.get("b_by_class", {}), dict) and all(
             k in ("compute", "memory") and _num(v) for k, v in ctx.get("b_by_class", {}).items())):
         raise _bad(path, "context.b_by_class must map 'compute'/'memory' to numbers")
+    if ctx is not None and "b_network" in ctx and not _num(ctx["b_network"]):
+        raise _bad(path, "context.b_network must be a number")
     for i, t in enumerate(d["tables"]):
         where = f"tables[{i}]"
         if not isinstance(t, dict) or not isinstance(t.get("key"), str):

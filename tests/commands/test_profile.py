@@ -51,6 +51,15 @@ def test_profile_writes_a_valid_profile(tiny_profile):
     (cal,) = prof.data["calibration"]
     assert cal["model"] == "tests.models:tiny_cnn" and cal["measured_ms"] > 0 and cal["predicted_ms"] > 0
     assert cal["factor"] == pytest.approx(cal["measured_ms"] / cal["predicted_ms"], rel=1e-3)
+    # and profiled in the same process: its nodes' kernel sum against its wall time gives the
+    # context line's in-network b, which the predictor charges every layer
+    ctx = prof.data["context"]
+    (row,) = ctx["network"]
+    assert row["model"] == cal["model"] and row["wall_ms"] == cal["measured_ms"] and row["node_ms"] > 0
+    assert row["nodes"] >= 2 and row["layers"] >= 2
+    per_inf = prof.data["overhead"]["per_inference_ms"]
+    assert row["b_ms"] == pytest.approx((row["wall_ms"] - per_inf - row["node_ms"]) / row["layers"], abs=2e-5)
+    assert ctx["b_network"] == row["b_ms"]
 
 
 def test_predict_with_the_profile(tiny_profile):

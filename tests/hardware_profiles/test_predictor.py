@@ -155,6 +155,9 @@ def test_context_line_charges_each_op_class_its_own_b(one_thread):
     raw = DeviceProfile(constructed()).layer_ms(mem)
     assert raw - 0.003 > 0.15 * raw
     assert p.layer_ms(mem) == pytest.approx(raw - 0.003)                     # memory: no class b, so b
+    d["context"]["b_network"] = -0.004                                          # measured in networks: every layer
+    p = DeviceProfile(d)
+    assert ms(p, 32, 32) == pytest.approx(0.001 * 32 * 32 - 0.004) and p.layer_ms(mem) == pytest.approx(raw - 0.004)
 
 
 def test_context_fit_per_class():
