@@ -83,6 +83,30 @@ def prune_latency_section(d: dict) -> list[str]:
     for r in d.get("remeasured", []):
         out[-1] += (f" {', '.join(r['models'])} re-measured by `{r['command']}` on {r['date'][:16].replace('T', ' ')} "
                     "UTC (its first measurement overlapped other jobs).")
+    ceil = RESULTS / "efficiency_ceiling.json"
+    if ceil.is_file():
+        out += [""] + ceiling_rows(json.loads(ceil.read_text()), rows)
+    return out
+
+
+def ceiling_rows(c: dict, measured: dict) -> list[str]:
+    """What each model's op mix allows (bench/efficiency_ceiling.py, `nodes` estimate) beside the
+    efficiencies measured above."""
+    out = ["What the op mix allows: the efficiency if every dense node kept its throughput at its pruned "
+           "work (`bench/efficiency_ceiling.py`, node-profiled dense model; m = share of kernel time in ops "
+           "whose cost falls linearly with channels: depthwise and grouped convs, element-wise, pooling, "
+           "concat, reorders). Read to about ±0.05.",
+           "",
+           "| model | batch | m | allows at 0.3 | ours 0.3 | allows at 0.5 | ours 0.5 |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for e in c["entries"]:
+        cells = []
+        for r in ("0.3", "0.5"):
+            ours = measured.get((e["model"], float(r), e["batch"]), {}).get("ours", {}).get("efficiency")
+            cells += [_f(e["ceilings"][r]["nodes"]), _f(ours)]
+        out.append(f"| {e['model']} | {e['batch']} | {e['m']:.2f} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(f"Produced by `{c['command']}` on {_machine(c)}.")
     return out
 
 
@@ -221,11 +245,13 @@ def results_summary_section(results: Path) -> list[str]:
         rows.append(f"| fmnist-cnn at {b['mac_reduction']:.2f}x fewer MACs, 1 epoch FT (`accuracy_cnn.py`) | ours "
                     f"{b['best_ours_accuracy']:.2%} vs dense {b['dense_accuracy']:.2%}, Torch-Pruning magnitude "
                     f"{b['tp_magnitude_accuracy']:.2%} |")
-    d = load("planner_accuracy")
-    if d:
+    for d in (load("planner_accuracy"), load("planner_accuracy_lite0")):
+        if not d:
+            continue
+        ft = f"{d.get('epochs', 1):g} epoch FT" + (f" on {d['ft_samples']} samples" if d.get("ft_samples") else "")
         for e in d["entries"]:
             rows.append(f"| {e['model']} at budget {e['budget']} vs Torch-Pruning round_to=16 (`planner_accuracy.py`, batch "
-                        f"{d['batch']}, 1 epoch FT) | ours {e['ours']['accuracy']:.2%} at {e['ours']['ms']:.3f} ms; TP "
+                        f"{d['batch']}, {ft}, objective {d.get('objective', 'log')}) | ours {e['ours']['accuracy']:.2%} at {e['ours']['ms']:.3f} ms; TP "
                         f"ratio {e['tp16']['ratio']} {e['tp16']['accuracy']:.2%} at {e['tp16']['ms']:.3f} ms "
                         f"(TP {e['latency_gap']:+.0%} latency; equal within 5%: "
                         f"{'yes' if e['equal_latency_within_5pct'] else 'no'}) |")

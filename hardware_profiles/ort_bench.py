@@ -384,23 +384,38 @@ def context_pairs(units, batch: int, warmup: int, reps: int, threads: int = 0) -
     return out
 
 
-def node_sum_ms(model, feeds: dict, warmup: int, reps: int, threads: int = 0) -> tuple[float, int]:
-    """(ms, nodes): the kernel time of every node of `model` summed per run (onnxruntime's node
-    profiler), the robust statistic over the timed runs (see `robust`), and how many nodes ran."""
-    ms = profile_nodes(model, feeds, 1, warmup, reps, threads, match=lambda e: 0)[0]
+def network_ms(model, feeds: dict, runs: int, threads: int = 0) -> dict:
+    """A whole network as a user runs it and as the tables see it, in this process: `wall_ms`, the
+    median session.run wall time over `runs` runs after runs // 3 warm-up runs (no profiler); and
+    `node_ms`, the sum over its nodes of each node's median kernel time under the node profiler
+    (runs // 3 warm-up, then `runs`), with `nodes`. Plain medians over many runs: a small network's
+    runs are short and its first profiled runs slow (the profiler's buffers grow)."""
+    sess = _session(model, None, threads)
+    for _ in range(runs // 3):
+        sess.run(None, feeds)
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    del sess
     with tempfile.TemporaryDirectory(prefix="compress-profile-") as tmp:
         sess = _session(model, tmp, threads)
-        sess.run(None, feeds)
+        for _ in range(runs // 3 + runs):
+            sess.run(None, feeds)
         events = json.load(open(sess.end_profiling()))
-    nodes = sum(1 for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"))
-    return ms, nodes
+        del sess
+    per: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per.setdefault(e["name"], []).append(e["dur"] / 1e3)
+    node = sum(statistics.median(v[runs // 3:] or v) for v in per.values())
+    return {"wall_ms": statistics.median(ts), "node_ms": node, "nodes": len(per)}
 
 
 def model_ms(model, example_inputs, warmup: int, reps: int, threads: int = 0) -> dict:
     """A whole model's end-to-end latency as a user runs it: exported to ONNX (compress.export.onnx)
-    and timed in a fresh process (no torch, no earlier sessions in it): `wall_ms`, session.run wall
-    time, the best of 3 robust medians (see e2e_ms); and, in the same process, `node_ms`, the sum of
-    its nodes' kernel times under the node profiler (what the tables measure), with `nodes`."""
+    and timed in a fresh process (no torch, no earlier sessions in it): see network_ms."""
     import subprocess
     import sys
 
@@ -433,6 +448,6 @@ if __name__ == "__main__":   # model_ms's timing process: PATH SHAPES WARMUP REP
         _int = _i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
         _feeds[_i.name] = (np.ones(_dims, np.int64 if _i.type.tensor_type.elem_type == onnx.TensorProto.INT64
                                    else np.int32) if _int else _rng.standard_normal(_dims, dtype=np.float32))
-    _wall = min(e2e_ms(_m, _feeds, int(_warm), int(_reps), int(_threads)) for _ in range(3))
-    _node, _n = min(node_sum_ms(_m, _feeds, int(_warm), max(int(_reps) // 3, 7), int(_threads)) for _ in range(2))
-    print(json.dumps({"wall_ms": _wall, "node_ms": _node, "nodes": _n}))
+    _first = e2e_ms(_m, _feeds, int(_warm), int(_reps), int(_threads))
+    # about two seconds of runs (at least the asked count, at most 600)
+    print(json.dumps(network_ms(_m, _feeds, min(max(int(2000 / max(_first, 1e-3)), int(_reps)), 600), int(_threads))))
