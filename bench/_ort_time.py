@@ -22,6 +22,10 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=0.0,
                     help="stop timing early once this much time is spent (at least --min-runs runs; 0: no cap)")
     ap.add_argument("--min-runs", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=0.3,
+                    help="a small model keeps running past --runs until this much time is timed (at most 50 x "
+                         "--runs); warm-up likewise lasts at least a third of it: a 0.1 ms network's 15 runs "
+                         "are 1.5 ms, too short to settle")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
     a = ap.parse_args()
 
@@ -35,12 +39,17 @@ def main() -> None:
     shape = [a.batch] + [int(d) for d in inp.shape[1:]]
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     feeds = {inp.name: x}
-    for _ in range(a.warmup):
+    w0, i = time.perf_counter(), 0
+    while i < a.warmup or (time.perf_counter() - w0 < a.min_seconds / 3 and i < 50 * max(a.warmup, 1)):
         sess.run(None, feeds)
+        i += 1
     times, cpu = [], []
     start = time.perf_counter()
-    for i in range(a.runs):
-        if a.max_seconds and i >= a.min_runs and time.perf_counter() - start > a.max_seconds:
+    for i in range(50 * a.runs):
+        spent = time.perf_counter() - start
+        if a.max_seconds and i >= a.min_runs and spent > a.max_seconds:
+            break
+        if i >= a.runs and spent >= a.min_seconds:
             break
         c0, t0 = time.process_time(), time.perf_counter()
         sess.run(None, feeds)

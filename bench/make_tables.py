@@ -78,7 +78,7 @@ def prune_latency_section(d: dict) -> list[str]:
                    else f"Pruning time (ResNet-50): {pt['cold_s']:.1f} s in a fresh process.")
         out.append("")
     out.append(f"Produced by `{d['command']}` ({p['rounds']} alternating rounds, {p['warmup']} warm-up + up to "
-               f"{p['runs']} timed runs per measurement, each in a fresh process; {d['wall_seconds'] / 60:.0f} min) "
+               f"{p['runs']} timed runs per measurement, more for small models until 0.3 s is timed, each in a fresh process; {d['wall_seconds'] / 60:.0f} min) "
                f"on {_machine(d)}. The machine is shared, so other load adds noise.")
     for r in d.get("remeasured", []):
         out[-1] += (f" {', '.join(r['models'])} re-measured by `{r['command']}` on {r['date'][:16].replace('T', ' ')} "

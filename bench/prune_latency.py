@@ -170,7 +170,8 @@ def main() -> None:
             "batches": a.batches,
             "measurement": "each (file, batch) measurement is a fresh subprocess (bench/_ort_time.py) reporting the "
                            "median of `runs` timed iterations after `warmup` (fewer, at least min_runs, once "
-                           "max_seconds of timing is spent); per model, all files x batches are "
+                           "max_seconds of timing is spent; more, up to 50 x runs, until 0.3 s is timed, after "
+                           "at least 0.1 s of warm-up: _ort_time.py --min-seconds); per model, all files x batches are "
                            "timed round-robin for `rounds` rounds (start rotated each round); reported latency is "
                            "the median over rounds, with min/max over rounds as the spread. efficiency_best uses "
                            "best_ms (median over rounds of each measurement's fastest iteration) instead: contention "
