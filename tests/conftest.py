@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from compress.zoo import randomize_norms  # noqa: F401 - tests import it from here
+
+# `tests.*` modules (shared test models, `tests.models:...` model specs) import from the repository root,
+# under `pytest` as under `python -m pytest`
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,6 @@ import copy
 import math
 import os
 import pickle
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +27,6 @@ import pytest
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `tests.models:...` specs import from the repository root
-    sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from compress import models  # noqa: E402

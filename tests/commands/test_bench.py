@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress.cli import main  # noqa: E402
+from compress.cli import main
 
 
 def test_bench_cpu_artifact(tmp_path, capsys):

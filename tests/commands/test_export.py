@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress.cli import main  # noqa: E402
-from tests.export.export_models import mask_24, tiny_cnn, write_plan  # noqa: E402
+from compress.cli import main
+from tests.export.export_models import mask_24, tiny_cnn, write_plan
 
 M = "tests.export.export_models:"
 

@@ -3,20 +3,13 @@ packaging of a model that calls torch.ops.compress.bsr_linear, real parity input
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress import models  # noqa: E402
-from compress.export import aoti  # noqa: E402
-from compress.export import inputs as inp  # noqa: E402
+from compress import models
+from compress.export import aoti
+from compress.export import inputs as inp
 
 
 def test_tensorrt_engine_builds_with_fp16_and_sparsity(tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import onnx
 import pytest
@@ -12,15 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress import models  # noqa: E402
-from compress.errors import CompressError  # noqa: E402
-from compress.export.onnx import export_onnx, ort_parity  # noqa: E402
-from compress.plan import PruneConfig  # noqa: E402
-from compress.pruner import prune  # noqa: E402
+from compress import models
+from compress.errors import CompressError
+from compress.export.onnx import export_onnx, ort_parity
+from compress.plan import PruneConfig
+from compress.pruner import prune
 
 SPECS = ["tests.models:tiny_cnn", "tests.models:tiny_gqa", "tests.models:tiny_gqa_sdpa"]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +13,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress.errors import CompressError  # noqa: E402
-from compress.export import manifest as mf  # noqa: E402
-from compress.export import sparsity  # noqa: E402
-from compress.export import tvm_relax as tvmx  # noqa: E402
-from compress.export.package import export  # noqa: E402
-from compress.export.targets import ExportConfig  # noqa: E402
-from tests.export.export_models import mask_24, tiny_cnn, write_plan  # noqa: E402
+from compress.errors import CompressError
+from compress.export import manifest as mf
+from compress.export import sparsity
+from compress.export import tvm_relax as tvmx
+from compress.export.package import export
+from compress.export.targets import ExportConfig
+from tests.export.export_models import mask_24, tiny_cnn, write_plan
 
 M = "tests.export.export_models:"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -4,20 +4,13 @@ the graph instead of failing the 2:4 check, and must still fail a used layer who
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress.export import sparsity  # noqa: E402
-from compress.export.package import export  # noqa: E402
-from compress.export.targets import ExportConfig  # noqa: E402
-from tests.export.export_models import mask_24, write_plan  # noqa: E402
+from compress.export import sparsity
+from compress.export.package import export
+from compress.export.targets import ExportConfig
+from tests.export.export_models import mask_24, write_plan
 
 
 class WithDeadPooler(nn.Module):

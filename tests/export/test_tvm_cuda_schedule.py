@@ -6,20 +6,13 @@ produce the aarch64 library."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress.export import tvm_relax as tvmx  # noqa: E402
-from compress.export.package import export  # noqa: E402
-from compress.export.targets import ExportConfig  # noqa: E402
+from compress.export import tvm_relax as tvmx
+from compress.export.package import export
+from compress.export.targets import ExportConfig
 
 
 class SqueezeExcite(nn.Module):

@@ -8,19 +8,13 @@ Run on a GPU machine: `python -m pytest -q -ra tests/gpu` (or everything: `pytho
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress.kernels import bsr_dense_mm, bsr_linear, bsr_linear_parts  # noqa: E402
-from compress.kernels import bsr_matmul as bm  # noqa: E402
-from tests.kernels._bsr_cases import TOL, bsr_from_mask, max_rel_err  # noqa: E402
+from compress.kernels import bsr_dense_mm, bsr_linear, bsr_linear_parts
+from compress.kernels import bsr_matmul as bm
+from tests.kernels._bsr_cases import TOL, bsr_from_mask, max_rel_err
 
 # one skip line for the whole module (pytest -ra prints the reason)
 if not torch.cuda.is_available():

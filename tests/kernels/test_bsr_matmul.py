@@ -20,13 +20,11 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from compress.errors import CompressError  # noqa: E402
-from compress.kernels import bsr_dense_mm, bsr_linear, check_block  # noqa: E402
-from compress.kernels import bsr_matmul as bm  # noqa: E402
-from tests.kernels._bsr_cases import TOL, bsr_from_mask, max_rel_err  # noqa: E402
+from compress.errors import CompressError
+from compress.kernels import bsr_dense_mm, bsr_linear, check_block
+from compress.kernels import bsr_matmul as bm
+from tests.kernels._bsr_cases import TOL, bsr_from_mask, max_rel_err
 
 SETTINGS = settings(max_examples=30, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

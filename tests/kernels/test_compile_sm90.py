@@ -4,16 +4,9 @@ autotune config, fp16 / bf16 / fp32. Catches what the interpreter accepts but a 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress.kernels import bsr_matmul as bm  # noqa: E402
+from compress.kernels import bsr_matmul as bm
 
 triton = pytest.importorskip("triton")
 pytest.importorskip("triton.backends.nvidia", reason="Triton without its NVIDIA backend (ptxas) cannot compile for sm_90")

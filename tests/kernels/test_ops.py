@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from compress.errors import CompressError  # noqa: E402
-from compress.kernels import bsr_linear, bsr_linear_parts, register_ops  # noqa: E402
-from tests.kernels._bsr_cases import TOL, bsr_from_mask, max_rel_err  # noqa: E402
+from compress.errors import CompressError
+from compress.kernels import bsr_linear, bsr_linear_parts, register_ops
+from tests.kernels._bsr_cases import TOL, bsr_from_mask, max_rel_err
 
 MASK = torch.tensor([[True, False, True], [False, False, False], [True, True, True], [False, True, False]])
 
