@@ -384,13 +384,20 @@ def context_pairs(units, batch: int, warmup: int, reps: int, threads: int = 0) -
     return out
 
 
-def network_ms(model, feeds: dict, runs: int, threads: int = 0) -> dict:
+def network_ms(model, feeds: dict, min_runs: int, threads: int = 0, seconds: float = 2.0, max_runs: int = 600) -> dict:
     """A whole network as a user runs it and as the tables see it, in this process: `wall_ms`, the
-    median session.run wall time over `runs` runs after runs // 3 warm-up runs (no profiler); and
-    `node_ms`, the sum over its nodes of each node's median kernel time under the node profiler
-    (runs // 3 warm-up, then `runs`), with `nodes`. Plain medians over many runs: a small network's
-    runs are short and its first profiled runs slow (the profiler's buffers grow)."""
+    median session.run wall time over `runs` runs (about `seconds` of them, at least min_runs, at most
+    max_runs) after runs // 3 warm-up runs (no profiler); and `node_ms`, the sum over its nodes of
+    each node's median kernel time under the node profiler (runs // 3 warm-up, then `runs`), with
+    `nodes`. Plain medians over many runs: a small network's runs are short and its first profiled
+    runs slow (the profiler's buffers grow)."""
     sess = _session(model, None, threads)
+    probe = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        probe.append((time.perf_counter() - t0) * 1e3)
+    runs = min(max(int(seconds * 1e3 / max(statistics.median(probe), 1e-3)), min_runs), max_runs)
     for _ in range(runs // 3):
         sess.run(None, feeds)
     ts = []
@@ -448,6 +455,4 @@ if __name__ == "__main__":   # model_ms's timing process: PATH SHAPES WARMUP REP
         _int = _i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
         _feeds[_i.name] = (np.ones(_dims, np.int64 if _i.type.tensor_type.elem_type == onnx.TensorProto.INT64
                                    else np.int32) if _int else _rng.standard_normal(_dims, dtype=np.float32))
-    _first = e2e_ms(_m, _feeds, int(_warm), int(_reps), int(_threads))
-    # about two seconds of runs (at least the asked count, at most 600)
-    print(json.dumps(network_ms(_m, _feeds, min(max(int(2000 / max(_first, 1e-3)), int(_reps)), 600), int(_threads))))
+    print(json.dumps(network_ms(_m, _feeds, max(int(_reps), int(_warm)), int(_threads))))
