@@ -83,15 +83,13 @@ def prune_latency_section(d: dict) -> list[str]:
     for r in d.get("remeasured", []):
         out[-1] += (f" {', '.join(r['models'])} re-measured by `{r['command']}` on {r['date'][:16].replace('T', ' ')} "
                     "UTC (its first measurement overlapped other jobs).")
-    ceil = RESULTS / "efficiency_ceiling.json"
-    if ceil.is_file():
-        out += [""] + ceiling_rows(json.loads(ceil.read_text()), rows)
     return out
 
 
-def ceiling_rows(c: dict, measured: dict) -> list[str]:
+def ceiling_rows(c: dict, pl: dict) -> list[str]:
     """What each model's op mix allows (bench/efficiency_ceiling.py, `nodes` estimate) beside the
-    efficiencies measured above."""
+    efficiencies prune_latency.json (`pl`) measured."""
+    ours = {(e["model"], e["ratio"], e["batch"]): e.get("efficiency") for e in pl["entries"] if e["variant"] == "ours"}
     out = ["What the op mix allows: the efficiency if every dense node kept its throughput at its pruned "
            "work (`bench/efficiency_ceiling.py`, node-profiled dense model; m = share of kernel time in ops "
            "whose cost falls linearly with channels: depthwise and grouped convs, element-wise, pooling, "
@@ -102,8 +100,7 @@ def ceiling_rows(c: dict, measured: dict) -> list[str]:
     for e in c["entries"]:
         cells = []
         for r in ("0.3", "0.5"):
-            ours = measured.get((e["model"], float(r), e["batch"]), {}).get("ours", {}).get("efficiency")
-            cells += [_f(e["ceilings"][r]["nodes"]), _f(ours)]
+            cells += [_f(e["ceilings"][r]["nodes"]), _f(ours.get((e["model"], float(r), e["batch"])))]
         out.append(f"| {e['model']} | {e['batch']} | {e['m']:.2f} | " + " | ".join(cells) + " |")
     out.append("")
     out.append(f"Produced by `{c['command']}` on {_machine(c)}.")
@@ -292,6 +289,9 @@ def section(results: Path = RESULTS) -> str:
         f = results / fname
         if f.is_file():
             parts += fn(json.loads(f.read_text())) + [""]
+            ceil = results / "efficiency_ceiling.json"
+            if fname == "prune_latency.json" and ceil.is_file():
+                parts += ceiling_rows(json.loads(ceil.read_text()), json.loads(f.read_text())) + [""]
     parts += results_summary_section(results) + [""]
     return "\n".join(parts)
 
