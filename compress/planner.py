@@ -171,17 +171,17 @@ def costed_layers(layers: list, ep, ctx, graph, order: dict[int, np.ndarray], ac
 class CostModel:
     """Predicted latency of any assignment of kept class counts, from the profile's tables."""
 
-    def __init__(self, costed: list[CostedLayer], profile, scale: float = 1.0) -> None:
+    def __init__(self, costed: list[CostedLayer], profile, fit=None) -> None:
         self.costed = costed
         self.profile = profile
-        self.scale = scale      # the profile's calibration factor for this network (DeviceProfile.calibration)
+        self.fit = fit          # how this network's layers add up on the profile (DeviceProfile.fit)
         self.by_group: dict[int, list[int]] = {}
         for i, cl in enumerate(costed):
             for g in cl.groups:
                 self.by_group.setdefault(g, []).append(i)
         self._cache: dict[tuple, float] = {}
         self.factors: dict[int, float] = {}     # layer index -> latency factor of its sparse format
-        self.overhead = scale * (profile.data["overhead"]["per_inference_ms"] + profile.per_op_ms() * len(costed))
+        self.overhead = profile.overhead_ms(fit, len(costed))
 
     def sig_at(self, i: int, k: dict[int, int]):
         cl = self.costed[i]
@@ -207,7 +207,7 @@ class CostModel:
         ms = self._cache.get(key)
         if ms is None:
             sig = self.sig_at(i, k)
-            ms = 0.0 if min(sig.cin, sig.cout, sig.groups) <= 0 else self.scale * self.profile.layer_ms(sig)
+            ms = 0.0 if min(sig.cin, sig.cout, sig.groups) <= 0 else self.profile.layer_ms(sig, self.fit)
             self._cache[key] = ms
         return ms * self.factors.get(i, 1.0) if self.factors else ms
 
@@ -389,7 +389,7 @@ def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=Non
     block = channel_block(profile, target)
     cands, values = {}, {}
     costed = costed_layers(layers, ep, ctx, graph, order, active)
-    cost = CostModel(costed, profile, profile.calibration(layers)[0])
+    cost = CostModel(costed, profile, profile.fit(layers))
     dense = {g.id: g.size for g in graph.groups}
     # what a group's log fraction kept is weighted by: its channels, or the latency of the layers it sizes
     # (a residual stream sizes every block of its stage, an expansion one block); kept > 0 so that a

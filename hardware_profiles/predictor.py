@@ -171,8 +171,8 @@ class DeviceProfile:
         blk = s["block"]
         return -(-v // blk) * blk
 
-    def layer_ms(self, sig: LayerSig) -> float:
-        """Predicted ms of one layer at this profile's batch size (cached per signature)."""
+    def table_ms(self, sig: LayerSig) -> float:
+        """The layer's kernel time as its table (or the roofline) says, alone, at this batch size (cached)."""
         hit = self._cache.get(sig)
         if hit is not None:
             return hit
@@ -194,12 +194,26 @@ class DeviceProfile:
                 s = self.data["steps"].get(sig.op)
                 if s and not sig.fixed_in and sig.cin % s.get("cin_block", s["block"]) and sig.op in (CONV, DWCONV):
                     ms *= s.get("unaligned_factor", 1.0)
-        ctx = self.data.get("context")
-        if ctx:
-            b = ctx.get("b_network", (ctx.get("b_by_class") or {}).get("memory" if sig.op == MEMORY else "compute", ctx["b"]))
-            ms = max(ctx["a"] * ms + b, ctx["floor"] * ms)
         self._cache[sig] = ms
         return ms
+
+    def _context_b(self, sig: LayerSig) -> float:
+        ctx = self.data["context"]
+        return ctx.get("b_network", (ctx.get("b_by_class") or {}).get("memory" if sig.op == MEMORY else "compute", ctx["b"]))
+
+    def layer_ms(self, sig: LayerSig, fit: "NetworkFit | None" = None) -> float:
+        """Predicted in-network ms of one layer at this profile's batch size: with a context line,
+        max(a x table ms + b, floor x a x table ms); `fit` (see `fit`) gives a network's own a and b
+        and its calibration scale (default: the profile's line, scale 1)."""
+        t = self.table_ms(sig)
+        ctx = self.data.get("context")
+        if fit is not None and fit.b_ms is not None:
+            floor = ctx["floor"] if ctx else 0.0
+            return max(fit.kernel_factor * t + fit.b_ms, floor * fit.kernel_factor * t)
+        scale = fit.scale if fit is not None else 1.0
+        if ctx:
+            return scale * max(ctx["a"] * t + self._context_b(sig), ctx["floor"] * t)
+        return scale * t        # per_op_ms is in overhead_ms
 
     def fell_back(self, layers) -> list:
         """The layers whose cost came from the roofline rather than a measured table."""
@@ -214,48 +228,124 @@ class DeviceProfile:
     def per_op_ms(self) -> float:
         return 0.0 if self.data.get("context") else self.data["overhead"]["per_op_ms"]
 
-    def calibration(self, layers) -> tuple[float, str]:
-        """(factor, source): the measured/predicted ratio of the profiled dense model with the same
-        layer structure as `layers`, else the median over the profiled models, else 1."""
+    def fit(self, layers) -> "NetworkFit":
+        """How `layers` add up on this profile. A profiled dense model with the same layer structure
+        (pruning keeps it) that carries an in-network fit (`kernel_factor`: its kernels' time inside the
+        network over their tables' time; `b_ms`: its per-layer dispatch cost) is predicted with those,
+        so that a pruned variant keeps the network's per-layer fixed cost while its kernels shrink;
+        one with only a `factor` scales the whole prediction; other models take the median factor."""
         cal = self.data.get("calibration") or []
         if not cal:
-            return 1.0, "none"
+            return NetworkFit(source="none")
         st = structure(layers)
         for c in cal:
             if c["structure"] == st:
-                return c["factor"], f"model {c['model']}"
-        return statistics.median(c["factor"] for c in cal), f"median of {len(cal)} profiled models"
+                if c.get("b_ms") is not None and self.data.get("context"):
+                    return NetworkFit(kernel_factor=c["kernel_factor"], b_ms=c["b_ms"],
+                                      source=f"model {c['model']}: in-network kernels x{c['kernel_factor']:.3f}, "
+                                             f"{c['b_ms'] * 1e3:+.2f} us per layer")
+                return NetworkFit(scale=c["factor"], source=f"model {c['model']}")
+        return NetworkFit(scale=statistics.median(c["factor"] for c in cal),
+                          source=f"median of {len(cal)} profiled models")
 
-    def total_ms(self, layers) -> float:
+    def calibration(self, layers) -> tuple[float, str]:
+        """(factor, source) of `fit` for tools that report one number: the whole-network scale, or 1
+        with the in-network fit named in the source."""
+        f = self.fit(layers)
+        return f.scale, f.source
+
+    def overhead_ms(self, fit: "NetworkFit | None" = None, layers: int = 0) -> float:
+        """Fixed cost of one inference over `layers` costed layers: the per-inference overhead, plus
+        per_op_ms a layer for a profile without a context line (scaled by the fit's whole-network scale)."""
+        o = self.data["overhead"]["per_inference_ms"] + self.per_op_ms() * layers
+        return o if fit is None or fit.b_ms is not None else o * fit.scale
+
+    def total_ms(self, layers, fit: "NetworkFit | None" = None) -> float:
         layers = list(layers)
-        raw = self.data["overhead"]["per_inference_ms"] + sum(self.layer_ms(s) + self.per_op_ms() for s in layers)
-        return raw * self.calibration(layers)[0]
+        fit = fit if fit is not None else self.fit(layers)
+        return self.overhead_ms(fit, len(layers)) + sum(self.layer_ms(s, fit) for s in layers)
+
+
+@dataclass(frozen=True)
+class NetworkFit:
+    """How one network's layers add up on a profile: a whole-network `scale` (the calibration factor of
+    the profiled dense model, or the median), or its own in-network line (`kernel_factor`, `b_ms`)."""
+    scale: float = 1.0
+    kernel_factor: float = 1.0
+    b_ms: float | None = None
+    source: str = ""
+
+
+def fit_network(prof: dict, layers, wall_ms: float, node_ms: float) -> tuple[float, float]:
+    """(kernel_factor, b_ms) of a dense network timed on this profile's device: kernel_factor = the sum
+    of its nodes' kernel times inside the network / the sum of its layers' table times; b_ms solves
+    overhead + sum max(kf x t + b, floor x kf x t) = wall_ms (bisection; the sum rises with b)."""
+    p = DeviceProfile({k: v for k, v in prof.items() if k != "calibration"})
+    ts = [p.table_ms(s) for s in layers]
+    kf = node_ms / max(sum(ts), 1e-12)
+    floor = prof["context"]["floor"]
+    over = prof["overhead"]["per_inference_ms"]
+
+    def total(b):
+        return over + sum(max(kf * t + b, floor * kf * t) for t in ts)
+
+    lo, hi = -kf * max(ts, default=0.0) - 1.0, wall_ms
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(mid) < wall_ms else (lo, mid)
+    return round(kf, 4), round(hi, 6)
 
 
 # ---------------------------------------------------------------------------- loading
+
+def _untagged(name: str) -> str:
+    for tag in ("-amd-avx512", "-amd-avx2", "-intel-avx512", "-intel-avx2", "-avx512", "-avx2"):
+        name = name.removesuffix(tag)
+    return name
+
 
 def shipped() -> list[str]:
     """Names of the profiles shipped in this package (files *.json other than defaults.json)."""
     return sorted(p.stem for p in HERE.glob("*.json") if p.name != "defaults.json")
 
 
+def _cpuinfo_field(key: str) -> str:
+    try:
+        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(key))
+    except (OSError, StopIteration):
+        return ""
+    return line.split(":", 1)[1].strip()
+
+
 def host_isa() -> str:
     """The x86 vector ISA of this machine as the shipped CPU profiles name it: avx512 or avx2."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "avx2"
-    return "avx512" if "avx512f" in flags.split() else "avx2"
+    return "avx512" if "avx512f" in _cpuinfo_field("flags").split() else "avx2"
+
+
+def host_vendor() -> str:
+    """amd, intel, or '' (not an x86 /proc/cpuinfo)."""
+    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(_cpuinfo_field("vendor_id"), "")
+
+
+def host_tags() -> list[str]:
+    """File-name tags of shipped CPU profiles that fit this machine, most specific first:
+    VENDOR-ISA (e.g. amd-avx512: an AMD EPYC with AVX-512), then ISA alone. Two CPUs with the same
+    ISA still differ (caches, memory, vector units), so a vendor's own file wins when shipped."""
+    isa, vendor = host_isa(), host_vendor()
+    return ([f"{vendor}-{isa}"] if vendor else []) + [isa]
 
 
 def _candidates(name: str, batch) -> list[Path]:
-    """Files for a shipped name: one measured on a CPU with this machine's ISA first
-    (NAME-avx512-bN.json), then NAME-bN.json, NAME.json, any NAME-b*.json."""
+    """Files for a shipped name: one measured on a CPU like this machine first
+    (NAME-amd-avx512-bN.json, then NAME-avx512-bN.json), then NAME-bN.json, NAME.json, any NAME-b*.json."""
     out = []
+    tags = host_tags()
     if batch is not None:
-        out += [HERE / f"{name}-{host_isa()}-b{batch}.json", HERE / f"{name}-b{batch}.json"]
+        out += [HERE / f"{name}-{t}-b{batch}.json" for t in tags] + [HERE / f"{name}-b{batch}.json"]
     out.append(HERE / f"{name}.json")
-    out += sorted(HERE.glob(f"{name}-{host_isa()}-b*.json")) + sorted(HERE.glob(f"{name}-b*.json"))
+    for t in tags:
+        out += sorted(HERE.glob(f"{name}-{t}-b*.json"))
+    out += sorted(HERE.glob(f"{name}-b*.json"))
     return out
 
 
@@ -269,7 +359,7 @@ def load_profile(name_or_path, runtime: str | None = None, dtype: str | None = N
     if not (p.suffix == ".json" or p.exists() or "/" in s):
         cands = [c for c in _candidates(s, batch) if c.is_file()]
         if not cands:
-            have = ", ".join(sorted({n.rsplit("-b", 1)[0].removesuffix("-avx512").removesuffix("-avx2")
+            have = ", ".join(sorted({_untagged(n.rsplit("-b", 1)[0])
                                      if n.rsplit("-b", 1)[-1].isdigit() else n for n in shipped()}))
             raise CompressError(f"no profile named {s!r} (shipped: {have}); {schema.HOWTO}")
         p = cands[0]

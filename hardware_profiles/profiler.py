@@ -247,6 +247,8 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
     measured = {spec: (v[0], part.data["extra"].get(f"model:{spec}")) for spec, v in dense_models.items()}
     network_context(prof, measured)
     prof["calibration"] = calibration(prof, measured)
+    for row in prof["calibration"]:   # what `refit` rebuilds the model's layers at (batch dimension dropped)
+        row["input_shape"] = [int(d) for d in dense_models[row["model"]][2][0].shape[1:]]
     prof["measurement"]["wall_seconds"] = round(time.time() - t0, 1)
     prof["measurement"]["load_average_start_end"] = [list(load_start), list(os.getloadavg())]
     prof["measurement"]["resumed_measurements"] = part.resumed
@@ -405,7 +407,7 @@ def calibration(prof: dict, measured: dict) -> list[dict]:
     activations, layout changes between kernels); the predictor scales a model's prediction by the
     factor of the profiled model with the same layer structure (its pruned variants keep it), or by
     the median factor for other models. Only dense models are measured: no pruned variant is."""
-    from compress.hardware_profiles.predictor import DeviceProfile, structure
+    from compress.hardware_profiles.predictor import DeviceProfile, fit_network, structure
 
     p = DeviceProfile({k: v for k, v in prof.items() if k != "calibration"})
     out = []
@@ -414,9 +416,47 @@ def calibration(prof: dict, measured: dict) -> list[dict]:
         if not ms:
             continue
         pred = p.total_ms(layers)
-        out.append({"model": spec, "structure": structure(layers), "measured_ms": round(ms, 5),
-                    "predicted_ms": round(pred, 5), "factor": round(ms / pred, 4)})
+        row = {"model": spec, "structure": structure(layers), "measured_ms": round(ms, 5),
+               "predicted_ms": round(pred, 5), "factor": round(ms / pred, 4)}
+        if prof.get("context") and isinstance(v, dict) and v.get("node_ms") and ms <= NETWORK_MAX_MS:
+            # a small network: per-layer fixed costs are a large part of it and do not shrink when it is
+            # pruned, so its own line (kernels x kernel_factor + b_ms per layer) replaces the scale
+            row["kernel_factor"], row["b_ms"] = fit_network(prof, layers, ms, v["node_ms"])
+        out.append(row)
     return out
+
+
+def refit(path: str, layers_of) -> dict:
+    """Recompute a measured profile's derived calibration (the per-model factors and in-network fits)
+    from the measurements stored in it: each calibration entry's measured wall time and, for the small
+    networks, the node-profiled kernel sum in context.network. No timing. `layers_of(spec)` gives a
+    model's layers (the dense architecture; weights do not matter) at the entry's input_shape
+    (None: the model's default). Written atomically."""
+    from compress.hardware_profiles.predictor import structure
+
+    outp = Path(path)
+    prof = schema.read(outp)
+    nodes = {r["model"]: r for r in (prof.get("context") or {}).get("network", [])}
+    measured = {}
+    shapes = {}
+    for c in prof.get("calibration") or []:
+        layers = layers_of(c["model"], c.get("input_shape"))
+        shapes[c["model"]] = c.get("input_shape")
+        if structure(layers) != c["structure"]:
+            raise CompressError(f"{path}: model {c['model']} no longer has the layer structure it was profiled with; "
+                                "profile it again")
+        r = nodes.get(c["model"])
+        measured[c["model"]] = (layers, {"wall_ms": c["measured_ms"], "node_ms": r["node_ms"], "nodes": r["nodes"]}
+                                if r else c["measured_ms"])
+    prof["calibration"] = calibration(prof, measured)
+    for row in prof["calibration"]:
+        if shapes.get(row["model"]):
+            row["input_shape"] = shapes[row["model"]]
+    schema.validate(prof, outp)
+    tmp = outp.with_name(outp.name + ".tmp")
+    tmp.write_text(json.dumps(prof, indent=1) + "\n")
+    os.replace(tmp, outp)
+    return prof
 
 
 def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str, layers) -> dict:

@@ -15,7 +15,11 @@ One file describes one device + runtime + dtype + batch size:
                            "points"?: [[elements, ms]]}},               # measured sizes, interpolated when present
      "context"?: {"a": float, "b": float, "floor": float, "pairs": [...]},  # in-network cost of a layer (see predictor)
      "tables": [{"key": str, "op": str, "cin": [int], "cout": [int], "ms": [[float]]}],   # ms[i][j]: cin[i], cout[j]
-     "sparse": {"runtime": str, "note": str, "entries": [{...}]}}       # optional
+     "sparse": {"runtime": str, "note": str, "entries": [{...}]},       # optional
+     "calibration"?: [{"model": str, "structure": str, "measured_ms": float, "predicted_ms": float,
+                       "factor": float,                                  # measured / predicted, dense
+                       "kernel_factor"?: float, "b_ms"?: float,          # a small network's in-network line
+                       "input_shape"?: [int]}]}
 """
 
 from __future__ import annotations
@@ -106,6 +110,11 @@ def validate(d, path="<profile>") -> dict:
             raise _bad(path, f"{where} ({t['key']}): 'ms' must be a {len(cin)}x{len(cout)} grid of positive numbers")
     if len({t["key"] for t in d["tables"]}) != len(d["tables"]):
         raise _bad(path, "duplicate table keys")
+    for c in d.get("calibration") or []:
+        if not isinstance(c, dict) or not isinstance(c.get("structure"), str) or not _num(c.get("factor")) \
+                or any(k in c and not _num(c[k]) for k in ("kernel_factor", "b_ms")):
+            raise _bad(path, "calibration entries need a 'structure' string and numeric 'factor' "
+                             "(and numeric 'kernel_factor' / 'b_ms' when present)")
     return d
 
 

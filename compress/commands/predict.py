@@ -28,23 +28,26 @@ def run(args) -> dict:
     lm = models.load(args.model, args.weights)
     shape = models.parse_shape(args.input_shape) if args.input_shape else None
     layers = extract_layers(lm.model, models.example_inputs(lm, shape))
-    total = prof.total_ms(layers)
+    fit = prof.fit(layers)
+    total = prof.total_ms(layers, fit)
     fb = prof.fell_back(layers)
     rows = [{"module": s.module, "op": s.op if s.op != "memory" else f"memory:{s.kind}", "fusion": s.fusion,
-             "cin": s.cin, "cout": s.cout, "key": table_key(s), "ms": round(prof.layer_ms(s), 5),
+             "cin": s.cin, "cout": s.cout, "key": table_key(s), "ms": round(prof.layer_ms(s, fit), 5),
              "roofline": s in fb} for s in layers]
-    fb_ms = sum(prof.layer_ms(s) for s in fb)
-    factor, cal_src = prof.calibration(layers)
+    fb_ms = sum(prof.layer_ms(s, fit) for s in fb)
+    factor, cal_src = fit.scale, fit.source
     out = {"model": args.model, "profile": prof.path, "profile_name": prof.name, "source": prof.data["source"],
            "runtime": prof.runtime, "dtype": prof.dtype, "batch": prof.batch, "predicted_ms": round(total, 4),
-           "overhead_ms": round(prof.data["overhead"]["per_inference_ms"] + prof.per_op_ms() * len(layers), 4),
+           "overhead_ms": round(prof.overhead_ms(fit, len(layers)), 4),
            "layers": len(layers), "roofline_layers": len(fb), "roofline_ms": round(fb_ms, 4),
-           "calibration": {"factor": factor, "source": cal_src}}
+           "calibration": {"factor": factor, "source": cal_src, "kernel_factor": fit.kernel_factor if fit.b_ms is not None
+                           else None, "b_ms": fit.b_ms}}
     if args.layers:
         out["per_layer"] = rows
     text = (f"{args.model}: predicted {total:.3f} ms at batch {prof.batch} on {prof.name} "
             f"({prof.data['source']}, {prof.runtime} {prof.data['runtime'].get('version', '')}, {prof.dtype}); "
-            f"{len(layers)} costed layers" + (f", x{factor:.3f} network calibration ({cal_src})" if cal_src != "none" else ""))
+            f"{len(layers)} costed layers" + ("" if cal_src == "none" else f", network fit: {cal_src}" if fit.b_ms is not None
+                                              else f", x{factor:.3f} network calibration ({cal_src})"))
     if fb:
         text += f", {len(fb)} from the roofline fallback ({fb_ms:.3f} ms)"
     if args.layers:

@@ -6,7 +6,7 @@ HELP = "measure per-layer latency tables for this device (a profile for `compres
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--target", required=True, choices=["cpu", "gpu", "jetson"], help="the device kind being profiled")
+    p.add_argument("--target", choices=["cpu", "gpu", "jetson"], help="the device kind being profiled (required unless --refit)")
     p.add_argument("--runtime", default="ort", choices=["ort", "torch", "tvm", "tensorrt"])
     p.add_argument("--model", nargs="+", default=[], metavar="MODEL",
                    help="profile the layers (and prunable channel range) of these models (default: a generic grid)")
@@ -23,7 +23,10 @@ def add_arguments(p) -> None:
                    help="per measurement session, stop waiting for undisturbed runs after this long")
     p.add_argument("--no-staircase", action="store_true", help="skip the one-channel-at-a-time staircase scan")
     p.add_argument("--no-sparse", action="store_true", help="skip the dense vs block-sparse Linear/1x1 table")
-    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--out", metavar="FILE", help="the profile to write (required unless --refit)")
+    p.add_argument("--refit", metavar="FILE",
+                   help="no timing: recompute FILE's per-model calibration from the measurements stored in it "
+                        "(after a change to how the predictor uses them), in place")
 
 
 def _layers(args) -> tuple[list, dict]:
@@ -54,6 +57,10 @@ def run(args) -> dict:
     from compress.errors import CompressError
     from compress.hardware_profiles.profiler import ProfileConfig, run as run_profile
 
+    if args.refit:
+        return _refit(args.refit)
+    if not args.target or not args.out:
+        raise CompressError("compress profile needs --target and --out (or --refit FILE)")
     if args.runtime in ("tvm", "tensorrt"):
         raise CompressError(f"--runtime {args.runtime} is not supported by this profiler yet; use --runtime ort or torch")
     if args.target in ("gpu", "jetson"):
@@ -83,3 +90,28 @@ def run(args) -> dict:
     return {"text": text, "json": {"out": args.out, "name": name, "tables": len(prof["tables"]), "points": n_pts,
                                    "wall_seconds": m["wall_seconds"], "resumed": m["resumed_measurements"],
                                    "peak": prof["peak"], "overhead": prof["overhead"]}}
+
+
+def _refit(path: str) -> dict:
+    from pathlib import Path
+
+    from compress.errors import CompressError
+    from compress.hardware_profiles.profiler import refit
+
+    if not Path(path).is_file():
+        raise CompressError(f"--refit {path}: no such profile file")
+
+    def layers_of(spec: str, input_shape):
+        from compress import models
+        from compress.hardware_profiles.layers import extract_layers
+
+        lm = models._build_source(spec, pretrained=False)    # the architecture; weights do not matter
+        shape = (1, *input_shape) if input_shape else None
+        return extract_layers(lm.model, models.example_inputs(lm, shape))
+
+    prof = refit(path, layers_of)
+    rows = prof["calibration"]
+    text = f"refitted {path}: " + "; ".join(
+        f"{c['model']} x{c['factor']}" + (f" (in-network: kernels x{c['kernel_factor']}, {c['b_ms'] * 1e3:+.2f} us/layer)"
+                                          if c.get("b_ms") is not None else "") for c in rows)
+    return {"text": text, "json": {"out": path, "calibration": rows}}

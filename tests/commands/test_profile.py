@@ -68,10 +68,35 @@ def test_predict_with_the_profile(tiny_profile):
     assert p.returncode == 0, p.stderr[-2000:]
     js = json.loads(p.stdout)
     assert js["predicted_ms"] > 0 and js["batch"] == 1 and js["roofline_layers"] == 0
-    # the profiled model itself: its layers plus overhead, scaled by its own calibration factor
-    assert js["calibration"]["source"] == "model tests.models:tiny_cnn"
-    raw = sum(r["ms"] for r in js["per_layer"]) + js["overhead_ms"]
-    assert abs(raw * js["calibration"]["factor"] - js["predicted_ms"]) < 1e-3
+    # the profiled model itself (a small network): its own in-network line, kernels x kernel_factor
+    # plus b_ms per layer, which reproduces its measured dense latency
+    cal = js["calibration"]
+    assert cal["source"].startswith("model tests.models:tiny_cnn: in-network kernels x")
+    assert cal["factor"] == 1.0 and cal["b_ms"] is not None and cal["kernel_factor"] > 0
+    assert abs(sum(r["ms"] for r in js["per_layer"]) + js["overhead_ms"] - js["predicted_ms"]) < 1e-3
+    from compress.hardware_profiles import load_profile
+
+    (entry,) = load_profile(out).data["calibration"]
+    assert entry["b_ms"] == cal["b_ms"] and js["predicted_ms"] == pytest.approx(entry["measured_ms"], rel=1e-3, abs=1e-4)
+
+
+def test_refit_recomputes_the_calibration_in_place(tiny_profile, tmp_path):
+    import shutil
+
+    out, _ = tiny_profile
+    copy = tmp_path / "p.json"
+    shutil.copy(out, copy)
+    d = json.loads(copy.read_text())
+    want = json.loads(json.dumps(d["calibration"]))
+    for c in d["calibration"]:
+        c.pop("kernel_factor", None), c.pop("b_ms", None)
+    copy.write_text(json.dumps(d))
+    p = cli("profile", "--refit", str(copy), "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(copy.read_text())["calibration"]
+    assert got == want and "in-network" in cli("profile", "--refit", str(copy)).stdout
+    bad = cli("profile", "--refit", str(tmp_path / "missing.json"))
+    assert bad.returncode == 2 and "no such profile file" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("args, words", [

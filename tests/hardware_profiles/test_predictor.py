@@ -190,12 +190,35 @@ def test_context_line_replaces_the_per_op_overhead(one_thread):
 def test_shipped_cpu_profile_follows_the_host_isa(monkeypatch):
     from compress.hardware_profiles import load_profile, predictor
 
-    monkeypatch.setattr(predictor, "host_isa", lambda: "avx512")
+    monkeypatch.setattr(predictor, "host_tags", lambda: ["intel-avx512", "avx512"])
     p = load_profile("cpu-x86-2core-ort", batch=1)
     assert p.path.endswith("cpu-x86-2core-ort-avx512-b1.json") and "avx512f" in p.data["device"]["isa"]
-    monkeypatch.setattr(predictor, "host_isa", lambda: "avx2")
+    monkeypatch.setattr(predictor, "host_tags", lambda: ["amd-avx2", "avx2"])
     p = load_profile("cpu-x86-2core-ort", batch=8)
     assert p.path.endswith("cpu-x86-2core-ort-b8.json") and "avx512f" not in p.data["device"]["isa"]
+
+
+def test_shipped_cpu_profile_prefers_the_hosts_vendor(monkeypatch):
+    """An AMD EPYC with AVX-512 gets the file measured on one, not the Intel AVX-512 file."""
+    from compress.hardware_profiles import load_profile, predictor
+
+    monkeypatch.setattr(predictor, "host_tags", lambda: ["amd-avx512", "avx512"])
+    for batch in (1, 8):
+        p = load_profile("cpu-x86-2core-ort", batch=batch)
+        assert p.path.endswith(f"cpu-x86-2core-ort-amd-avx512-b{batch}.json")
+        assert "AMD" in p.data["device"]["name"] and "avx512f" in p.data["device"]["isa"] and p.batch == batch
+
+
+def test_host_tags_read_vendor_and_isa(monkeypatch, tmp_path):
+    from compress.hardware_profiles import predictor
+
+    info = {"vendor_id": "AuthenticAMD", "flags": "fpu sse avx2 avx512f"}
+    monkeypatch.setattr(predictor, "_cpuinfo_field", lambda key: info.get(key, ""))
+    assert predictor.host_tags() == ["amd-avx512", "avx512"]
+    info = {"vendor_id": "GenuineIntel", "flags": "fpu sse avx2"}
+    assert predictor.host_tags() == ["intel-avx2", "avx2"]
+    info = {}
+    assert predictor.host_tags() == ["avx2"]
 
 
 def test_network_calibration_scales_the_profiled_structure(one_thread):
@@ -218,6 +241,35 @@ def test_network_calibration_scales_the_profiled_structure(one_thread):
     # another network: the median factor over the profiled models
     deeper = extract_layers(nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.Conv2d(16, 16, 3, 2, 1)).eval(), x)
     assert p.calibration(deeper) == (1.2, "median of 3 profiled models")
+
+
+def test_small_network_fit_keeps_its_per_layer_cost_when_pruned(one_thread):
+    """A profiled small network carries its own in-network line: kernels x kernel_factor + b_ms per
+    layer (the floor below). fit_network solves b so that the dense network is predicted at its
+    measured time; a pruned variant keeps b per layer while its kernels shrink, where one
+    whole-network factor would shrink the fixed cost with them."""
+    from compress.hardware_profiles.predictor import fit_network, structure
+
+    x = (torch.randn(1, 16, 8, 8),)
+    dense = extract_layers(nn.Sequential(nn.Conv2d(16, 64, 3, 1, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, 1, 1)).eval(), x)
+    pruned = extract_layers(nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 64, 3, 1, 1)).eval(), x)
+    d = constructed()
+    d["context"] = {"a": 1.0, "b": -0.001, "floor": 0.15}
+    p0 = DeviceProfile(d)
+    t_dense = [p0.table_ms(s) for s in dense]
+    wall, node = 2.0, 1.2 * sum(t_dense)
+    kf, b = fit_network(d, dense, wall, node)
+    assert kf == pytest.approx(1.2, rel=1e-3)
+    d["calibration"] = [{"model": "m", "structure": structure(dense), "factor": 1.1, "kernel_factor": kf, "b_ms": b}]
+    p = DeviceProfile(d)
+    fit = p.fit(dense)
+    assert fit.b_ms == b and fit.scale == 1.0 and p.calibration(dense)[0] == 1.0
+    assert p.total_ms(dense) == pytest.approx(wall, rel=1e-4)
+    expect = d["overhead"]["per_inference_ms"] + sum(max(kf * p.table_ms(s) + b, 0.15 * kf * p.table_ms(s)) for s in pruned)
+    assert p.total_ms(pruned) == pytest.approx(expect)
+    # the planner's cost model sums the same costs
+    from compress.planner import CostModel
+    assert CostModel([], p, fit).overhead == p.overhead_ms(fit, 0)
 
 
 def test_each_jetson_device_has_its_own_expected_latency(one_thread):

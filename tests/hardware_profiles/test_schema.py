@@ -37,6 +37,8 @@ def test_constructed_profile_is_valid(tmp_path):
     (lambda d: d["tables"][0]["ms"][0].__setitem__(0, "fast"), "grid"),
     (lambda d: d["steps"]["conv"].pop("block"), "steps.conv"),
     (lambda d: d["memory_ops"]["unary"].pop("ms"), "memory_ops.unary"),
+    (lambda d: d.update(calibration=[{"model": "m", "structure": "ab", "factor": 1.0, "b_ms": "fast"}]), "calibration"),
+    (lambda d: d.update(calibration=[{"model": "m", "factor": 1.0}]), "calibration"),
 ])
 def test_schema_errors_name_file_and_problem(tmp_path, mutate, words):
     d = constructed()
