@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (its batch is replaced by --batch)")
     p.add_argument("--weights", help="weights for MODEL (.safetensors, or a state_dict loaded with weights_only)")
+    p.add_argument("--measure", action="store_true",
+                   help="--target cpu on the machine the plan is for: time each candidate plan next to the dense model "
+                        "in onnxruntime and re-plan at a corrected budget until the measured latency meets it")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
@@ -63,7 +66,12 @@ def run(args) -> dict:
     bad = [f for f in formats if f not in ("structured", "2:4", "block")]
     if bad:
         raise CompressError(f"--formats: unknown format {bad[0]!r}; use a comma list of structured,2:4,block")
+    if args.measure and (args.target != "cpu" or formats != ("structured",)):
+        raise CompressError("--measure times plans with onnxruntime on this machine: it needs --target cpu and "
+                            "--formats structured (a gpu or jetson plan can only be predicted here)")
     prof = _profile(args)
+    if args.measure and prof.runtime != "ort":
+        raise CompressError(f"--measure times with onnxruntime; profile {prof.name} is for {prof.runtime}")
     config = PlanConfig(latency_budget=args.latency_budget, latency_ms=args.latency_ms, criterion=args.criterion,
                         ignore=tuple(args.ignore), min_keep=args.min_keep, seed=args.seed)
     config.validate()
@@ -84,12 +92,22 @@ def run(args) -> dict:
     from compress import planner_formats
     from compress.planner import finish, prepare
 
-    bar = Progress(["tracing", "scoring", "solving"])
-    log = lambda m: bar(m) if not m.startswith("iteration") else None  # noqa: E731
+    bar = Progress(["tracing", "scoring", "solving"] + (["measuring"] if args.measure else []))
+    log = lambda m: bar(m) if not m.startswith(("iteration", "candidate", "a budget")) else None  # noqa: E731
     fmt_report = None
     try:
         prep = prepare(lm.model, inputs, prof, config, calib=calib, target=args.target, log=log)
         plan, res, graph = finish(prep, config, source, log=log)
+        measured = None
+        if plan is not None and args.measure:
+            from compress.planner_measure import refine
+
+            bar("measuring")
+            measured = refine(lm.model, inputs, prep, config, source, prof.batch, log=log)
+            if measured is None:
+                plan = None
+            else:
+                plan, res = measured.plan, measured.result
         sparse = tuple(f for f in formats if f != "structured")
         if plan is not None and sparse:
             fmt_report, mixed = planner_formats.report(prep, config, source, res, sparse)
@@ -107,9 +125,15 @@ def run(args) -> dict:
               "predicted_ms": round(res.predicted_ms, 4), "predicted_speedup": round(res.dense_ms / res.predicted_ms, 4),
               "smallest_ms": round(res.min_ms, 4), "iterations": res.iterations,
               "roofline_fallback_layers": res.fallback_layers, "formats": list(formats)}
+    if measured is not None:
+        report["measured"] = {"runtime": "onnxruntime CPUExecutionProvider (this machine)", "batch": prof.batch,
+                              "target_ratio": measured.target_ratio, "measured_ratio": measured.measured_ratio,
+                              "dense_ms": measured.dense_ms, "measured_ms": measured.measured_ms,
+                              "meets_budget": measured.meets, "candidates": measured.candidates}
     if plan is None:
         text = (f"nothing to do: the budget {res.target_ms:.3f} ms is at or above the dense model's predicted "
-                f"{res.dense_ms:.3f} ms on {prof.name}")
+                f"{res.dense_ms:.3f} ms on {prof.name}" if not args.measure else
+                "nothing to do: the dense model already meets the budget on this machine")
         return {"text": text, "json": {**report, "plan": None}, "code": 0}
     groups = [{"producers": g.producers[:2], "channels_before": g.channels_before, "channels_after": g.channels_after}
               for g in plan.groups]
@@ -127,6 +151,11 @@ def run(args) -> dict:
              f"{len(groups)} groups, mean kept fraction {kept:.2f}",
              f"plan: {os.path.join(args.out, 'plan.json')}  (apply: compress prune {args.model} "
              f"--plan {os.path.join(args.out, 'plan.json')} --out DIR)"]
+    if measured is not None:
+        lines.insert(2, f"measured here: {measured.measured_ratio:.3f} of dense ({measured.measured_ms:.3f} vs "
+                        f"{measured.dense_ms:.3f} ms, target {measured.target_ratio:.3f}) after "
+                        f"{len(measured.candidates)} timed candidate(s)"
+                        + ("" if measured.meets else "; no candidate met the budget: the fastest is kept"))
     if fmt_report is not None:
         fr = fmt_report
         lines.append(f"formats ({', '.join(fr['formats'])}): structured {fr['structured']['speedup']:.2f}x, "
@@ -137,4 +166,7 @@ def run(args) -> dict:
     if res.fallback_layers:
         lines.insert(1, f"warning: no measured table for {len(res.fallback_layers)} layer kinds, roofline used: "
                         + ", ".join(res.fallback_layers[:6]))
-    return {"text": "\n".join(lines), "json": {**report, "out": args.out}}
+    out = {"text": "\n".join(lines), "json": {**report, "out": args.out}}
+    if measured is not None and not measured.meets:
+        out["code"] = 1      # a requested check (the measured budget) failed; the fastest plan is still written
+    return out
