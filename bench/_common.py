@@ -196,6 +196,48 @@ def alternate(jobs: list[tuple], proto: dict) -> dict:
     return samples
 
 
+def alternate_workers(jobs: list[tuple], proto: dict, passes: int = 2) -> dict:
+    """Like `alternate`, but each job (key, path, batch) gets a timing worker, its own process with
+    its session loaded once (_ort_time.py --serve), and the workers time one block each in turn,
+    round-robin, `proto["rounds"]` rounds per pass; every pass starts fresh workers (a process's own
+    placement and allocations can bias it). Only one session runs at a time, and a drift of the
+    machine's speed over minutes (seen on shared VMs: the same file 30% faster a few minutes later)
+    falls on neighbouring blocks of every job alike, which fresh-process rounds cannot promise.
+    Returns key -> list of per-block measurements (passes x rounds)."""
+    import subprocess
+
+    samples: dict = {j[0]: [] for j in jobs}
+    n = len(jobs)
+    for _ in range(passes):
+        workers = []
+        try:
+            for key, path, batch in jobs:
+                cmd = [sys.executable, str(TIMER), str(path), "--batch", str(batch), "--warmup", str(proto["warmup"]),
+                       "--runs", str(proto["runs"]), "--max-seconds", str(proto.get("max_seconds", 0)),
+                       "--min-runs", str(proto.get("min_runs", 3)), "--threads", str(proto.get("threads", 0)), "--serve"]
+                w = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                workers.append(w)
+                if w.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"timing worker for {path.name} batch {batch} failed: {w.stderr.read()[-500:]}")
+            for r in range(proto["rounds"]):
+                for i in range(n):
+                    j = (i + r) % n
+                    workers[j].stdin.write("block\n")
+                    workers[j].stdin.flush()
+                    line = workers[j].stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"timing worker for {jobs[j][1].name} died: {workers[j].stderr.read()[-500:]}")
+                    m = json.loads(line)
+                    m["load1"] = loadavg()[:1]
+                    samples[jobs[j][0]].append(m)
+        finally:
+            for w in workers:
+                if w.stdin:
+                    w.stdin.close()
+                w.wait()
+    return samples
+
+
 def summarize(meas: list[dict]) -> dict:
     """Median over rounds of the per-measurement medians, min/max over rounds as the spread;
     `best_ms` is the median over rounds of the per-measurement fastest iteration (less noise-sensitive)."""
@@ -207,16 +249,23 @@ def summarize(meas: list[dict]) -> dict:
             "load1": [m["load1"][0] if m["load1"] else None for m in meas]}
 
 
-def derived(dense: dict, lat: dict, dense_macs: int, macs: int) -> dict:
-    """efficiency: from medians over rounds (the headline). efficiency_min: from the fastest round of
-    each (contention only adds time and the shared machine switches between quiet and loaded
-    phases, so the fastest round estimates unloaded latency). efficiency_best: from the median
-    over rounds of each measurement's fastest iteration."""
+def derived(dense: dict, lat: dict, dense_macs: int, macs: int, pairs: list | None = None) -> dict:
+    """efficiency: from medians over rounds (the headline), or with `pairs` ((dense block, variant
+    block) of the same round, from alternate_workers) from the median over rounds of their speedup.
+    efficiency_min: from the fastest round of each (contention only adds time and the shared machine
+    switches between quiet and loaded phases, so the fastest round estimates unloaded latency).
+    efficiency_best: from the median over rounds of each measurement's fastest iteration."""
     red = dense_macs / macs
     speedup = dense["median_ms"] / lat["median_ms"]
-    return {"mac_reduction": round(red, 4), "speedup": round(speedup, 4), "efficiency": round(speedup / red, 4),
-            "efficiency_min": round(dense["min_ms"] / lat["min_ms"] / red, 4),
-            "efficiency_best": round(dense["best_ms"] / lat["best_ms"] / red, 4)}
+    out = {"mac_reduction": round(red, 4)}
+    if pairs:
+        paired = statistics.median(d["median_ms"] / v["median_ms"] for d, v in pairs)
+        out |= {"speedup_of_medians": round(speedup, 4), "speedup_per_round": [
+            round(d["median_ms"] / v["median_ms"], 4) for d, v in pairs]}
+        speedup = paired
+    return out | {"speedup": round(speedup, 4), "efficiency": round(speedup / red, 4),
+                  "efficiency_min": round(dense["min_ms"] / lat["min_ms"] / red, 4),
+                  "efficiency_best": round(dense["best_ms"] / lat["best_ms"] / red, 4)}
 
 
 def loadavg() -> list[float]:

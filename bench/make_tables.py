@@ -77,8 +77,13 @@ def prune_latency_section(d: dict) -> list[str]:
                    f"{pt['warm_median_s']:.1f} s warm (target < {pt['target_s']:.0f} s)." if pt.get("warm_median_s")
                    else f"Pruning time (ResNet-50): {pt['cold_s']:.1f} s in a fresh process.")
         out.append("")
-    out.append(f"Produced by `{d['command']}` ({p['rounds']} alternating rounds, {p['warmup']} warm-up + up to "
-               f"{p['runs']} timed runs per measurement, more for small models until 0.3 s is timed, each in a fresh process; {d['wall_seconds'] / 60:.0f} min) "
+    how = (f"per model and batch, each file in its own worker process, the workers timing one block each in turn, "
+           f"{p['rounds']} rounds x {p['passes']} passes of fresh workers; speedup = median over rounds of neighbouring "
+           f"dense / variant blocks; a block: up to {p['runs']} timed runs, more for small models until 0.3 s is timed"
+           if p.get("passes") else
+           f"{p['rounds']} alternating rounds, {p['warmup']} warm-up + up to {p['runs']} timed runs per measurement, more "
+           f"for small models until 0.3 s is timed, each in a fresh process")
+    out.append(f"Produced by `{d['command']}` ({how}; {d['wall_seconds'] / 60:.0f} min) "
                f"on {_machine(d)}. The machine is shared, so other load adds noise.")
     for r in d.get("remeasured", []):
         out[-1] += (f" {', '.join(r['models'])} re-measured by `{r['command']}` on {r['date'][:16].replace('T', ' ')} "
@@ -147,19 +152,39 @@ def channel_step_section(d: dict) -> list[str]:
     return out
 
 
-def planner_budget_section(d: dict) -> list[str]:
+def planner_budget_section(d: dict, dm: dict | None = None) -> list[str]:
+    """`d`: plans predicted only (planner_budget.json); `dm`: the same budgets planned with
+    `compress plan --measure` (planner_budget_measured.json), when present."""
     out = ["### Latency-budget plans: measured vs budget (onnxruntime CPU)", "",
-           "| model | batch | budget | predicted | measured (median) | error | within 10% |",
-           "|---|---:|---:|---:|---:|---:|:---:|"]
-    for e in d["entries"]:
+           "Measured: the plan's latency over the dense model's, timed side by side (per round, neighbouring blocks "
+           "of the two in their own processes; the median over rounds). *predicted only*: `compress plan` on the "
+           "profile; *--measure*: `compress plan --measure` (candidates timed and the budget corrected on this "
+           "machine), then timed again by the benchmark, independently.", "",
+           "| model | batch | budget | predicted | measured | error | within 10% |"
+           + (" --measure: candidates | measured | error | within 10% |" if dm else ""),
+           "|---|---:|---:|---:|---:|---:|:---:|" + ("---:|---:|---:|:---:|" if dm else "")]
+    other = {(e["model"], e["batch"], e["budget"]): e for e in (dm or {}).get("entries", [])}
+
+    def cells(e, measure=False):
         if "measured_ratio" not in e:
-            out.append(f"| {e['model']} | {e['batch']} | {e['budget']} | - | failed: {e.get('error', '')[:60]} | | |")
-            continue
-        out.append(f"| {e['model']} | {e['batch']} | {e['budget']} | {e['predicted_ratio']:.3f} | "
-                   f"{e['measured_ratio']:.3f} | {e['rel_error']:+.1%} | {'yes' if e['within_10pct'] else 'no'} |")
+            return (["-", f"failed: {e.get('error', '')[:60]}", "", ""] if not measure else
+                    ["-", f"failed: {e.get('error', '')[:40]}", "", ""])
+        first = str(len(e["refine"]["candidates"])) if measure else f"{e['predicted_ratio']:.3f}"
+        return [first, f"{e['measured_ratio']:.3f}", f"{e['rel_error']:+.1%}", "yes" if e["within_10pct"] else "no"]
+
+    for e in d["entries"]:
+        row = [e["model"], str(e["batch"]), str(e["budget"])] + cells(e)
+        m = other.get((e["model"], e["batch"], e["budget"]))
+        if dm:
+            row += cells(m, True) if m else ["-"] * 4
+        out.append("| " + " | ".join(row) + " |")
     s = d["summary"]
-    out += ["", f"{s['within_10pct']}/{s['measured']} within 10% of the budget, median |error| "
+    out += ["", f"Predicted only: {s['within_10pct']}/{s['measured']} within 10% of the budget, median |error| "
             f"{s['median_abs_error']:.1%}. Produced by `{d['command']}` on {_machine(d)}."]
+    if dm:
+        s = dm["summary"]
+        out += ["", f"With --measure: {s['within_10pct']}/{s['measured']} within 10%, median |error| "
+                f"{s['median_abs_error']:.1%}. Produced by `{dm['command']}` on {_machine(dm)}."]
     return out
 
 
@@ -235,7 +260,11 @@ def results_summary_section(results: Path) -> list[str]:
         s = d["summary"]["batch1"]["headline (fastest round)"]
         rows.append(f"| latency model vs measurement (`predict_accuracy.py`) | {s['n']} pruned variants, batch 1: "
                     f"median |error| {s['median_abs_error']:.1%}, worst {s['max_abs_error']:.0%} "
-                    f"(bar 10% / 25%: {'met' if s['median_abs_error'] <= .1 and s['max_abs_error'] <= .25 else 'not met'}) |")
+                    f"(bar 10% / 25%: {'met' if s['median_abs_error'] <= .1 and s['max_abs_error'] <= .25 else 'not met'})"
+                    + "".join(f"; fraction of dense, batch {b}: median |error| {r['median_abs_error']:.1%}, worst "
+                              f"{r['max_abs_error']:.0%}" for b in (1, 8)
+                              for r in [d["summary"].get(f"batch{b}", {}).get("ratio to dense (median of rounds)")]
+                              if r and r.get("n")) + f" ({_machine(d).split(',')[0]}) |")
     d = load("accuracy_cnn")
     if d:
         b = d["bars"]
@@ -288,6 +317,10 @@ def section(results: Path = RESULTS) -> str:
                       ("planner_budget.json", planner_budget_section), ("export_zoo.json", export_zoo_section)):
         f = results / fname
         if f.is_file():
+            extra = results / "planner_budget_measured.json"
+            if fname == "planner_budget.json" and extra.is_file():
+                parts += planner_budget_section(json.loads(f.read_text()), json.loads(extra.read_text())) + [""]
+                continue
             parts += fn(json.loads(f.read_text())) + [""]
             ceil = results / "efficiency_ceiling.json"
             if fname == "prune_latency.json" and ceil.is_file():

@@ -2,11 +2,11 @@
 
 For each zoo CNN (random weights) and channel ratio: ONNX files for the dense model, ours
 (compress.pruner.prune, l1, uniform ratio, round_to = the cpu channel step), Torch-Pruning's
-uniform magnitude pruner without rounding (tp) and with round_to=16 (tp16). Every file is timed
-at each batch size in its own fresh subprocess, variants alternated round-robin over several
-rounds; we report the median over rounds and the min/max spread.
+uniform magnitude pruner without rounding (tp) and with round_to=16 (tp16). Per model and batch
+size, every file is timed in its own worker process, the workers timing one block each in turn
+(round-robin rounds, two passes of fresh workers: _common.alternate_workers).
 
-    speedup        = dense latency / variant latency
+    speedup        = dense latency / variant latency  (median over rounds of neighbouring blocks)
     mac_reduction  = dense MACs / variant MACs       (MACs at batch 1)
     efficiency     = speedup / mac_reduction         (1.0: latency falls exactly as MACs do)
 
@@ -101,7 +101,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=c.ZOO, metavar="NAME")
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--rounds", type=int, default=4, help="round-robin rounds (median over rounds is reported)")
+    ap.add_argument("--rounds", type=int, default=6, help="round-robin rounds per pass (blocks per file)")
+    ap.add_argument("--passes", type=int, default=2, help="fresh sets of timing workers (see _common.alternate_workers)")
     ap.add_argument("--runs", type=int, default=10, help="timed iterations per measurement (median)")
     ap.add_argument("--max-seconds", type=float, default=2.5,
                     help="per measurement, stop timing after this many seconds (but at least 3 runs; 0: no cap)")
@@ -119,7 +120,7 @@ def main() -> None:
 
     step = channel_step("cpu")
     proto = {"warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "min_runs": 3,
-             "rounds": a.rounds, "threads": a.threads}
+             "rounds": a.rounds, "passes": a.passes, "threads": a.threads}
     t_start = time.time()
     load_start = c.loadavg()
     c.TMP.mkdir(parents=True, exist_ok=True)
@@ -137,8 +138,10 @@ def main() -> None:
             c.log(f"{name}: building variants")
             files, entries = build_files(tmpdir, name, a.ratios, step)
             jobs = [((k, b), path, b) for k, path in files.items() for b in a.batches]
-            c.log(f"{name}: timing {len(jobs)} jobs x {a.rounds} rounds")
-            samples = c.alternate(jobs, proto)
+            c.log(f"{name}: timing {len(jobs)} jobs x {a.rounds} rounds x {a.passes} passes")
+            samples = {}
+            for b in a.batches:   # per batch: dense and its variants in workers timed in turn
+                samples |= c.alternate_workers([j for j in jobs if j[2] == b], proto, passes=a.passes)
             for b in a.batches:
                 dense = c.summarize(samples[((name, None, "dense"), b)])
                 for e in entries:
@@ -148,7 +151,8 @@ def main() -> None:
                         failures.append(f"{name} r={e['ratio']} {e['variant']}: {e['error']}")
                     elif key in samples:
                         lat = c.summarize(samples[key])
-                        row |= {"latency": lat} | c.derived(dense, lat, e["dense_macs"], e["macs"])
+                        pairs = list(zip(samples[((name, None, "dense"), b)], samples[key]))
+                        row |= {"latency": lat} | c.derived(dense, lat, e["dense_macs"], e["macs"], pairs)
                     entries_out.append(row)
                 c.log(f"{name} b={b}: dense {dense['median_ms']:.1f} ms; " + ", ".join(
                     f"{r['variant']}@{r['ratio']} eff {r['efficiency']:.2f}" for r in entries_out
@@ -166,14 +170,17 @@ def main() -> None:
             "runtime": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, intra-op threads "
                        + (str(a.threads) if a.threads else "default (= cores)"),
             "onnx": "compress.export.onnx.export_onnx (opset 18, dynamic batch), fp32, input 3x224x224",
-            "warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "min_runs": 3, "rounds": a.rounds,
+            "warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "min_runs": 3, "rounds": a.rounds, "passes": a.passes,
             "batches": a.batches,
-            "measurement": "each (file, batch) measurement is a fresh subprocess (bench/_ort_time.py) reporting the "
-                           "median of `runs` timed iterations after `warmup` (fewer, at least min_runs, once "
-                           "max_seconds of timing is spent; more, up to 50 x runs, until 0.3 s is timed, after "
-                           "at least 0.1 s of warm-up: _ort_time.py --min-seconds); per model, all files x batches are "
-                           "timed round-robin for `rounds` rounds (start rotated each round); reported latency is "
-                           "the median over rounds, with min/max over rounds as the spread. efficiency_best uses "
+            "measurement": "per model and batch, every file (dense and its variants) gets a timing worker "
+                           "(bench/_ort_time.py --serve: its own process, session loaded once, `warmup` runs); the "
+                           "workers time one block each in turn, round-robin (start rotated each round), `rounds` "
+                           "rounds per pass, `passes` passes of fresh workers (_common.alternate_workers). A block is "
+                           "the median of `runs` timed iterations after 2 untimed ones (fewer, at least min_runs, once "
+                           "max_seconds is spent; more, up to 50 x runs, until 0.3 s is timed). speedup = median over "
+                           "rounds of dense block / variant block of the same round (speedup_of_medians: of the "
+                           "medians over blocks); reported latency is the median over blocks, with min/max over "
+                           "blocks as the spread. efficiency_best uses "
                            "best_ms (median over rounds of each measurement's fastest iteration) instead: contention "
                            "only ever adds time, so it is the less noise-sensitive estimate",
             "noise": "shared 2-core VM: other processes (tests by other workers) may run concurrently; alternation "
