@@ -53,6 +53,7 @@ class Target:
     lr: float | None = None
     seed: int = 0
     require_measured: bool = False  # a latency budget that cannot be measured here fails instead of skipping
+    measure_plan: bool = False  # cpu latency_budget: `compress plan --measure` (candidates timed here)
     budgets: Budgets = field(default_factory=Budgets)
 
     @property
@@ -88,7 +89,7 @@ _SCHEMA = {
 }
 _TARGET_KEYS = {"ratio": float, "ratios": list, "latency_budget": float, "profile": str, "device": str,
                 "criterion": str, "finetune": float, "distill": bool, "lr": float, "seed": int,
-                "require_measured": bool}
+                "require_measured": bool, "measure_plan": bool}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
                dict: "a table"}
 
@@ -201,6 +202,9 @@ def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tupl
         profile, problem = _profile_file(profile, base)
         if problem:
             err.add(f"{path}.profile", problem)
+    if t.get("measure_plan") and (name != "cpu" or "latency_budget" not in raw):
+        err.add(f"{path}.measure_plan", "times candidate plans on this machine: only for the cpu target with a "
+                "latency_budget")
     crit = t.get("criterion", "l1")
     if "criterion" in t and crit not in criteria:
         err.add(f"{path}.criterion", f"unknown criterion {crit!r} (choose from {', '.join(criteria)})")
@@ -224,6 +228,7 @@ def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tupl
     return Target(name=name, ratios=tuple(ratios), latency_budget=lb, profile=profile, device=device,
                   criterion=crit, finetune=t.get("finetune", 0.0), distill=t.get("distill", False),
                   lr=t.get("lr"), seed=t.get("seed", 0), require_measured=t.get("require_measured", False),
+                  measure_plan=t.get("measure_plan", False),
                   budgets=Budgets(**b))
 
 

@@ -93,6 +93,35 @@ def test_latency_budget_plan_needs_a_profile(tmp_path):
                                "profile (compress profile --target cpu --out FILE)"]
 
 
+def test_measure_plan_is_for_a_cpu_latency_budget(tmp_path):
+    head = """\
+        [model]
+        spec = "compress:fmnist-cnn"
+        [data]
+        spec = "fashion-mnist"
+        """
+    ok = _write(tmp_path, head + """\
+        [targets.cpu]
+        latency_budget = 0.6
+        profile = "cpu-x86-2core-ort"
+        measure_plan = true
+        """)
+    (t,) = config.load(ok).targets
+    assert t.measure_plan and t.latency_budget == 0.6
+    bad = _write(tmp_path, head + """\
+        [targets.cpu]
+        ratio = 0.5
+        measure_plan = true
+        [targets.jetson]
+        device = "orin-nano"
+        latency_budget = 0.6
+        measure_plan = true
+        """)
+    probs = _problems(bad)
+    assert [q.split(":")[0] for q in probs] == ["targets.cpu.measure_plan", "targets.jetson.measure_plan"]
+    assert all("only for the cpu target with a latency_budget" in q for q in probs)
+
+
 def test_profiles_by_shipped_name_or_device(tmp_path):
     path = _write(tmp_path, """\
         [model]
