@@ -203,39 +203,17 @@ def alternate_workers(jobs: list[tuple], proto: dict, passes: int = 2) -> dict:
     placement and allocations can bias it). Only one session runs at a time, and a drift of the
     machine's speed over minutes (seen on shared VMs: the same file 30% faster a few minutes later)
     falls on neighbouring blocks of every job alike, which fresh-process rounds cannot promise.
-    Returns key -> list of per-block measurements (passes x rounds)."""
-    import subprocess
+    Returns key -> list of per-block measurements (passes x rounds). The lockstep itself is
+    compress.measure.lockstep, which `compress plan --measure` uses too."""
+    from compress.measure import lockstep
 
-    samples: dict = {j[0]: [] for j in jobs}
-    n = len(jobs)
-    for _ in range(passes):
-        workers = []
-        try:
-            for key, path, batch in jobs:
-                cmd = [sys.executable, str(TIMER), str(path), "--batch", str(batch), "--warmup", str(proto["warmup"]),
-                       "--runs", str(proto["runs"]), "--max-seconds", str(proto.get("max_seconds", 0)),
-                       "--min-runs", str(proto.get("min_runs", 3)), "--threads", str(proto.get("threads", 0)), "--serve"]
-                w = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                workers.append(w)
-                if w.stdout.readline().strip() != "ready":
-                    raise RuntimeError(f"timing worker for {path.name} batch {batch} failed: {w.stderr.read()[-500:]}")
-            for r in range(proto["rounds"]):
-                for i in range(n):
-                    j = (i + r) % n
-                    workers[j].stdin.write("block\n")
-                    workers[j].stdin.flush()
-                    line = workers[j].stdout.readline()
-                    if not line:
-                        raise RuntimeError(f"timing worker for {jobs[j][1].name} died: {workers[j].stderr.read()[-500:]}")
-                    m = json.loads(line)
-                    m["load1"] = loadavg()[:1]
-                    samples[jobs[j][0]].append(m)
-        finally:
-            for w in workers:
-                if w.stdin:
-                    w.stdin.close()
-                w.wait()
-    return samples
+    def argv(path, batch):
+        return [sys.executable, str(TIMER), str(path), "--batch", str(batch), "--warmup", str(proto["warmup"]),
+                "--runs", str(proto["runs"]), "--max-seconds", str(proto.get("max_seconds", 0)),
+                "--min-runs", str(proto.get("min_runs", 3)), "--threads", str(proto.get("threads", 0)), "--serve"]
+
+    return lockstep([(key, argv(path, batch), f"{path.name} batch {batch}") for key, path, batch in jobs],
+                    proto["rounds"], passes, annotate=lambda m: m | {"load1": loadavg()[:1]})
 
 
 def summarize(meas: list[dict]) -> dict:

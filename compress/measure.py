@@ -44,42 +44,60 @@ class Paired:
     dense_ms: float
 
 
-def _worker(path: str, batch: int, cfg: MeasureConfig) -> subprocess.Popen:
-    w = subprocess.Popen([sys.executable, "-m", "compress.measure", path, str(batch), str(cfg.block_seconds),
-                          str(cfg.min_runs), str(cfg.threads)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(argv: list[str], what: str) -> subprocess.Popen:
+    w = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if w.stdout.readline().strip() != "ready":
         err = w.stderr.read().strip().splitlines()
         w.kill()
-        raise CompressError(f"cannot time {path} in onnxruntime: {(err or ['no output'])[-1]}")
+        raise CompressError(f"cannot time {what} in onnxruntime: {(err or ['no output'])[-1]}")
     return w
 
 
-def _block(w: subprocess.Popen, path: str) -> float:
+def _block(w: subprocess.Popen, what: str) -> dict:
     w.stdin.write("block\n")
     w.stdin.flush()
     line = w.stdout.readline()
     if not line:
-        raise CompressError(f"the timing process for {path} died: {(w.stderr.read().strip().splitlines() or ['?'])[-1]}")
-    return json.loads(line)["median_ms"]
+        raise CompressError(f"the timing process for {what} died: {(w.stderr.read().strip().splitlines() or ['?'])[-1]}")
+    return json.loads(line)
+
+
+def lockstep(jobs: list[tuple], rounds: int, passes: int, annotate=None) -> dict:
+    """Time several files in lockstep. `jobs`: (key, argv of a timing process, what it times); a
+    timing process loads its session, prints "ready", then prints one JSON block per stdin line. Per
+    pass every job gets a fresh process; per round each process times one block in turn, the start
+    rotated each round. Returns key -> the blocks' JSON (passes x rounds), each passed through
+    `annotate` when given."""
+    out: dict = {key: [] for key, _, _ in jobs}
+    n = len(jobs)
+    for p in range(passes):
+        ws = []
+        try:
+            for _, argv, what in jobs:
+                ws.append(_start(argv, what))
+            for r in range(rounds):
+                for i in range(n):
+                    j = (i + r + p) % n
+                    m = _block(ws[j], jobs[j][2])
+                    out[jobs[j][0]].append(annotate(m) if annotate else m)
+        finally:
+            for w in ws:
+                w.stdin.close()
+                w.wait()
+    return out
+
+
+def _argv(path: str, batch: int, cfg: MeasureConfig) -> list[str]:
+    return [sys.executable, "-m", "compress.measure", path, str(batch), str(cfg.block_seconds),
+            str(cfg.min_runs), str(cfg.threads)]
 
 
 def paired_ratio(candidate: str, dense: str, batch: int, cfg: MeasureConfig = MeasureConfig()) -> Paired:
-    cand_ms, dense_ms, ratios = [], [], []
-    for p in range(cfg.passes):
-        ws = {}
-        try:
-            ws = {"c": _worker(candidate, batch, cfg), "d": _worker(dense, batch, cfg)}
-            for r in range(cfg.rounds):
-                order = ("c", "d") if (r + p) % 2 == 0 else ("d", "c")
-                got = {k: _block(ws[k], candidate if k == "c" else dense) for k in order}
-                cand_ms.append(got["c"])
-                dense_ms.append(got["d"])
-                ratios.append(got["c"] / got["d"])
-        finally:
-            for w in ws.values():
-                w.stdin.close()
-                w.wait()
+    got = lockstep([("c", _argv(candidate, batch, cfg), candidate), ("d", _argv(dense, batch, cfg), dense)],
+                   cfg.rounds, cfg.passes)
+    cand_ms = [m["median_ms"] for m in got["c"]]
+    dense_ms = [m["median_ms"] for m in got["d"]]
+    ratios = [c / d for c, d in zip(cand_ms, dense_ms)]
     return Paired(statistics.median(ratios), ratios, statistics.median(cand_ms), statistics.median(dense_ms))
 
 

@@ -246,18 +246,22 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
     prof = assemble(part.data, tables, kinds, cfg, name, layers)
     measured = {spec: (v[0], part.data["extra"].get(f"model:{spec}")) for spec, v in dense_models.items()}
     network_context(prof, measured)
-    prof["calibration"] = calibration(prof, measured)
-    for row in prof["calibration"]:   # what `refit` rebuilds the model's layers at (batch dimension dropped)
-        row["input_shape"] = [int(d) for d in dense_models[row["model"]][2][0].shape[1:]]
+    prof["calibration"] = calibration(prof, measured, {spec: [int(d) for d in v[2][0].shape[1:]]
+                                                        for spec, v in dense_models.items()})
     prof["measurement"]["wall_seconds"] = round(time.time() - t0, 1)
     prof["measurement"]["load_average_start_end"] = [list(load_start), list(os.getloadavg())]
     prof["measurement"]["resumed_measurements"] = part.resumed
-    schema.validate(prof, out)
+    _write(prof, outp)
+    part.path.unlink(missing_ok=True)
+    return prof
+
+
+def _write(prof: dict, outp: Path) -> None:
+    """Validate, then write atomically (a temporary file renamed into place)."""
+    schema.validate(prof, outp)
     tmp = outp.with_name(outp.name + ".tmp")
     tmp.write_text(json.dumps(prof, indent=1) + "\n")
     os.replace(tmp, outp)
-    part.path.unlink(missing_ok=True)
-    return prof
 
 
 def staircase(be, layers, cfg) -> dict:
@@ -401,12 +405,13 @@ def network_context(prof: dict, measured: dict) -> None:
         ctx["network"] = rows
 
 
-def calibration(prof: dict, measured: dict) -> list[dict]:
+def calibration(prof: dict, measured: dict, shapes: dict | None = None) -> list[dict]:
     """Per profiled model: its dense end-to-end latency measured here against the tables' prediction
     of it. A network runs slower than the sum of its layers timed alone (cold weights and
     activations, layout changes between kernels); the predictor scales a model's prediction by the
     factor of the profiled model with the same layer structure (its pruned variants keep it), or by
-    the median factor for other models. Only dense models are measured: no pruned variant is."""
+    the median factor for other models. Only dense models are measured: no pruned variant is.
+    `shapes`: spec -> the input shape (batch dimension dropped) it was traced at, recorded for `refit`."""
     from compress.hardware_profiles.predictor import DeviceProfile, fit_network, structure
 
     p = DeviceProfile({k: v for k, v in prof.items() if k != "calibration"})
@@ -415,13 +420,16 @@ def calibration(prof: dict, measured: dict) -> list[dict]:
         ms = _wall(v)
         if not ms:
             continue
+        ms = round(ms, 5)          # as stored: `refit` recomputes from the stored values, to the same result
         pred = p.total_ms(layers)
-        row = {"model": spec, "structure": structure(layers), "measured_ms": round(ms, 5),
+        row = {"model": spec, "structure": structure(layers), "measured_ms": ms,
                "predicted_ms": round(pred, 5), "factor": round(ms / pred, 4)}
         if prof.get("context") and isinstance(v, dict) and v.get("node_ms") and ms <= NETWORK_MAX_MS:
             # a small network: per-layer fixed costs are a large part of it and do not shrink when it is
             # pruned, so its own line (kernels x kernel_factor + b_ms per layer) replaces the scale
-            row["kernel_factor"], row["b_ms"] = fit_network(prof, layers, ms, v["node_ms"])
+            row["kernel_factor"], row["b_ms"] = fit_network(prof, layers, ms, round(v["node_ms"], 5))
+        if (shapes or {}).get(spec):
+            row["input_shape"] = shapes[spec]
         out.append(row)
     return out
 
@@ -438,24 +446,17 @@ def refit(path: str, layers_of) -> dict:
     prof = schema.read(outp)
     nodes = {r["model"]: r for r in (prof.get("context") or {}).get("network", [])}
     measured = {}
-    shapes = {}
     for c in prof.get("calibration") or []:
         layers = layers_of(c["model"], c.get("input_shape"))
-        shapes[c["model"]] = c.get("input_shape")
         if structure(layers) != c["structure"]:
             raise CompressError(f"{path}: model {c['model']} no longer has the layer structure it was profiled with; "
                                 "profile it again")
         r = nodes.get(c["model"])
         measured[c["model"]] = (layers, {"wall_ms": c["measured_ms"], "node_ms": r["node_ms"], "nodes": r["nodes"]}
                                 if r else c["measured_ms"])
-    prof["calibration"] = calibration(prof, measured)
-    for row in prof["calibration"]:
-        if shapes.get(row["model"]):
-            row["input_shape"] = shapes[row["model"]]
-    schema.validate(prof, outp)
-    tmp = outp.with_name(outp.name + ".tmp")
-    tmp.write_text(json.dumps(prof, indent=1) + "\n")
-    os.replace(tmp, outp)
+    prof["calibration"] = calibration(prof, measured, {c["model"]: c.get("input_shape")
+                                                        for c in prof.get("calibration") or []})
+    _write(prof, outp)
     return prof
 
 
