@@ -275,12 +275,20 @@ def results_summary_section(results: Path) -> list[str]:
         if not d:
             continue
         ft = f"{d.get('epochs', 1):g} epoch FT" + (f" on {d['ft_samples']} samples" if d.get("ft_samples") else "")
+        seeds = d.get("seeds", [0])
+        if len(seeds) > 1:
+            ft += f", mean of {len(seeds)} fine-tune seeds"
+        if d.get("criterion", "l1") != "l1":
+            ft += f", ours scored by {d['criterion']}"
         for e in d["entries"]:
             rows.append(f"| {e['model']} at budget {e['budget']} vs Torch-Pruning round_to=16 (`planner_accuracy.py`, batch "
                         f"{d['batch']}, {ft}, objective {d.get('objective', 'log')}) | ours {e['ours']['accuracy']:.2%} at {e['ours']['ms']:.3f} ms; TP "
                         f"ratio {e['tp16']['ratio']} {e['tp16']['accuracy']:.2%} at {e['tp16']['ms']:.3f} ms "
                         f"(TP {e['latency_gap']:+.0%} latency; equal within 5%: "
-                        f"{'yes' if e['equal_latency_within_5pct'] else 'no'}) |")
+                        f"{'yes' if e['equal_latency_within_5pct'] else 'no'})"
+                        + (f"; ours ahead in {e['ours_wins_seeds']}/{len(seeds)} seeds, per seed "
+                           + ", ".join(f"{x:+.2f}" for x in e["ours_minus_tp16_points_per_seed"]) + " points"
+                           if len(seeds) > 1 else "") + " |")
     d = load("minilm_distill")
     if d:
         a = d["after_distill"]

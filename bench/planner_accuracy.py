@@ -4,12 +4,14 @@ with round_to=16, both fine-tuned with the same budget, side by side in one run.
 For each model and budget: our plan (`compress.planner`, the shipped CPU onnxruntime profile at
 --batch) is applied; Torch-Pruning (MetaPruner, L1 magnitude, uniform ratio, round_to=16, the
 classifier kept) is run over a grid of ratios. Dense, ours and every Torch-Pruning candidate are
-timed in onnxruntime (fresh subprocess per measurement, alternated over rounds); the Torch-Pruning
+timed in onnxruntime (one worker process per file, timing blocks in turn: `_common.alternate_workers`); the Torch-Pruning
 ratio whose measured latency is closest to ours is the baseline; ours is then re-planned at a budget
 scaled by the measured latency ratio and both re-timed alternately until they are within 4% (the
 bar's "equal latency" is 5%; --match-iters rounds at most). Both are then fine-tuned with the same recipe (compress.train.finetune: same
-epochs, samples, LR curve, distillation from the dense model, seed) and evaluated on the
-Fashion-MNIST test split.
+epochs, samples, LR curve, distillation from the dense model), once per --seeds seed, and evaluated
+on the Fashion-MNIST test split; the accuracy is the mean over seeds, with the per-seed difference.
+Data-driven criteria (--criterion taylor|fisher|activation|apoz) score on --calib-samples training
+images; Torch-Pruning stays L1 (its uniform pruner's default).
 
     nice -n 19 python bench/planner_accuracy.py                                  # fmnist-cnn, 0.5 and 0.7
     nice -n 19 python bench/planner_accuracy.py --models efficientnet-lite0-fmnist --ft-samples 6000
@@ -41,6 +43,11 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.7])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--criterion", default="l1")
+    ap.add_argument("--calib-samples", type=int, default=256,
+                    help="training images the data-driven criteria (taylor, fisher, activation, apoz) score on")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="fine-tune seeds: ours and Torch-Pruning are each fine-tuned once per seed (same "
+                         "seeds), accuracies are reported per seed and as the mean")
     ap.add_argument("--objective", default="log-latency", choices=["log", "log-latency", "linear"])
     ap.add_argument("--tp-ratios", nargs="+", type=float,
                     default=[round(0.1 + 0.05 * i, 2) for i in range(14)])
@@ -72,7 +79,7 @@ def main() -> None:
                           "latency-budget plan more accurate than Torch-Pruning's uniform round_to=16 pruner "
                           "after the same fine-tuning?", t_start)
     out |= {"protocol": proto, "batch": a.batch, "epochs": a.epochs, "ft_samples": a.ft_samples or 60000,
-            "distill": a.distill, "criterion": a.criterion, "objective": a.objective, "entries": []}
+            "distill": a.distill, "criterion": a.criterion, "seeds": a.seeds, "objective": a.objective, "entries": []}
     outdir = c.TMP / "planner_accuracy"
     outdir.mkdir(parents=True, exist_ok=True)
     prof = load_profile("cpu-x86-2core-ort", batch=a.batch)
@@ -87,6 +94,10 @@ def main() -> None:
         if a.ft_samples:
             train = data.calibration_subset(train, a.ft_samples, seed=0)
         dense_acc = accuracy(predict(dense, test), test.labels)
+        calib = None
+        if a.criterion in ("taylor", "fisher", "activation", "apoz"):
+            cal = data.calibration_subset(data.load("fashion-mnist", "train", shape), a.calib_samples, seed=1)
+            calib = [(x,) for x, _ in cal.batches(a.batch, shuffle=False)]
         dpath = outdir / f"{name}_dense.onnx"
         export_onnx(dense, x1, str(dpath))
         jobs = [(("dense",), dpath, a.batch)]
@@ -104,7 +115,7 @@ def main() -> None:
             """Our plan at `budget`, applied and exported to `path`: (pruned model, result, plan)."""
             plan, res, _ = plan_model(copy.deepcopy(dense), xb, prof,
                                       PlanConfig(latency_budget=budget, criterion=a.criterion, objective=a.objective),
-                                      {"model": name})
+                                      {"model": name}, calib=calib)
             pm = apply_plan(copy.deepcopy(dense), x1, plan).model
             export_onnx(pm, x1, str(path))
             return pm, res, plan
@@ -115,7 +126,7 @@ def main() -> None:
             ours[b] = ours_at(b, path)
             jobs.append((("ours", b), path, a.batch))
         c.log(f"{name}: timing {len(jobs)} files")
-        samples = c.alternate(jobs, proto)
+        samples = c.alternate_workers(jobs, proto)
         lat = {k: c.summarize(v) for k, v in samples.items()}
         d_ms = lat[("dense",)]["median_ms"]
         for b, (pm, res, plan) in ours.items():
@@ -133,7 +144,7 @@ def main() -> None:
                 used = round(min(used * t_ms / o_ms, 0.98), 4)
                 path = outdir / f"{name}_ours{b}_match{it}.onnx"
                 pm, res, plan = ours_at(used, path)
-                again = c.alternate([(("ours",), path, a.batch), (("tp",), outdir / f"{name}_tp{r_best}.onnx", a.batch)], proto)
+                again = c.alternate_workers([(("ours",), path, a.batch), (("tp",), outdir / f"{name}_tp{r_best}.onnx", a.batch)], proto)
                 o_ms, t_ms = c.summarize(again[("ours",)])["median_ms"], c.summarize(again[("tp",)])["median_ms"]
                 history.append({"budget": used, "ours_ms": o_ms, "tp16_ms": t_ms})
                 c.log(f"{name} budget {b}: matching, budget {used} -> ours {o_ms:.3f} ms vs tp16 {t_ms:.3f} ms")
@@ -146,14 +157,23 @@ def main() -> None:
                           "macs": count_macs(tp_models[r_best], x1)},
                  "latency_gap": round(t_ms / o_ms - 1, 4), "equal_latency_within_5pct": abs(t_ms / o_ms - 1) <= 0.05,
                  "tp_grid_ms": {str(r): lat[("tp", r)]["median_ms"] for r in tp_models}}
-            for key, model in (("ours", copy.deepcopy(pm)), ("tp16", copy.deepcopy(tp_models[r_best]))):
-                e[key]["accuracy_before_finetune"] = accuracy(predict(model, test), test.labels)
-                t0 = time.time()
-                finetune(model, train, a.epochs, teacher=dense if a.distill else None, seed=0)
-                e[key]["accuracy"] = accuracy(predict(model.eval(), test), test.labels)
-                e[key]["finetune_seconds"] = round(time.time() - t0, 1)
-                c.log(f"{name} budget {b} {key}: {e[key]['accuracy_before_finetune']:.4f} -> {e[key]['accuracy']:.4f}")
+            for key, pruned in (("ours", pm), ("tp16", tp_models[r_best])):
+                e[key]["accuracy_before_finetune"] = accuracy(predict(copy.deepcopy(pruned), test), test.labels)
+                e[key]["accuracy_per_seed"], t0 = [], time.time()
+                for seed in a.seeds:
+                    model = copy.deepcopy(pruned)
+                    finetune(model, train, a.epochs, teacher=dense if a.distill else None, seed=seed)
+                    e[key]["accuracy_per_seed"].append(accuracy(predict(model.eval(), test), test.labels))
+                    c.log(f"{name} budget {b} {key} seed {seed}: {e[key]['accuracy_before_finetune']:.4f} -> "
+                          f"{e[key]['accuracy_per_seed'][-1]:.4f}")
+                accs = e[key]["accuracy_per_seed"]
+                e[key]["accuracy"] = round(sum(accs) / len(accs), 5)
+                e[key]["accuracy_spread"] = [min(accs), max(accs)]
+                e[key]["finetune_seconds"] = round((time.time() - t0) / len(a.seeds), 1)
+            diffs = [100 * (o - t) for o, t in zip(e["ours"]["accuracy_per_seed"], e["tp16"]["accuracy_per_seed"])]
             e["ours_minus_tp16_points"] = round(100 * (e["ours"]["accuracy"] - e["tp16"]["accuracy"]), 2)
+            e["ours_minus_tp16_points_per_seed"] = [round(d, 2) for d in diffs]
+            e["ours_wins_seeds"] = sum(d > 0 for d in diffs)
             out["entries"].append(e)
             out["wall_seconds"] = round(time.time() - t_start, 1)
             c.write_json(c.Path(a.out), out)

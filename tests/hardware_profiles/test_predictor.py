@@ -193,9 +193,16 @@ def test_shipped_cpu_profile_follows_the_host_isa(monkeypatch):
     monkeypatch.setattr(predictor, "host_tags", lambda: ["intel-avx512", "avx512"])
     p = load_profile("cpu-x86-2core-ort", batch=1)
     assert p.path.endswith("cpu-x86-2core-ort-avx512-b1.json") and "avx512f" in p.data["device"]["isa"]
-    monkeypatch.setattr(predictor, "host_tags", lambda: ["amd-avx2", "avx2"])
+    monkeypatch.setattr(predictor, "host_tags", lambda: ["intel-avx2", "avx2"])
     p = load_profile("cpu-x86-2core-ort", batch=8)
     assert p.path.endswith("cpu-x86-2core-ort-b8.json") and "avx512f" not in p.data["device"]["isa"]
+    monkeypatch.setattr(predictor, "host_tags", lambda: ["amd-avx2", "avx2"])
+    for batch in (1, 8):
+        p = load_profile("cpu-x86-2core-ort", batch=batch)
+        assert p.path.endswith(f"cpu-x86-2core-ort-amd-avx2-b{batch}.json") and p.batch == batch
+        assert "AMD" in p.data["device"]["name"] and "avx512f" not in p.data["device"]["isa"]
+        # the Lite0 was profiled on that CPU: its calibration is its own, not the median factor
+        assert any(c["model"] == "compress:efficientnet-lite0-fmnist" for c in p.data["calibration"])
 
 
 def test_shipped_cpu_profile_prefers_the_hosts_vendor(monkeypatch):
