@@ -68,6 +68,7 @@ def main() -> None:
     from compress.evaluate import accuracy, predict
     from compress.export.onnx import export_onnx
     from compress.hardware_profiles import load_profile
+    from compress.importance import DATA_CRITERIA
     from compress.metrics import count_macs
     from compress.planner import PlanConfig, plan_model
     from compress.pruner import apply_plan
@@ -94,10 +95,8 @@ def main() -> None:
         if a.ft_samples:
             train = data.calibration_subset(train, a.ft_samples, seed=0)
         dense_acc = accuracy(predict(dense, test), test.labels)
-        calib = None
-        if a.criterion in ("taylor", "fisher", "activation", "apoz"):
-            cal = data.calibration_subset(data.load("fashion-mnist", "train", shape), a.calib_samples, seed=1)
-            calib = [(x,) for x, _ in cal.batches(a.batch, shuffle=False)]
+        calib = (data.calib_batches("fashion-mnist", a.calib_samples, shape, a.batch, seed=1)
+                 if a.criterion in DATA_CRITERIA else None)
         dpath = outdir / f"{name}_dense.onnx"
         export_onnx(dense, x1, str(dpath))
         jobs = [(("dense",), dpath, a.batch)]
