@@ -118,11 +118,19 @@ def plan_tables(layers, cfg: ProfileConfig) -> dict:
 
     out = {}
     for k, sp in sorted(spans.items()):
-        if sp["t"].op == DWCONV:
-            out[k] = (sp["t"], [1], axis(max(sp["co"], sp["ci"]), sp["fco"] | sp["fci"]))  # cin == cout == groups
+        t = sp["t"]
+        if t.op == DWCONV:
+            out[k] = (t, [1], axis(max(sp["co"], sp["ci"]), sp["fco"] | sp["fci"]))  # cin == cout == groups
+        elif t.groups > 1:   # a grouped conv keeps its groups when pruned: counts split evenly into them
+            out[k] = (t, on_groups(axis(sp["ci"], sp["fci"]), t.groups), on_groups(axis(sp["co"], sp["fco"]), t.groups))
         else:
-            out[k] = (sp["t"], axis(sp["ci"], sp["fci"]), axis(sp["co"], sp["fco"]))
+            out[k] = (t, axis(sp["ci"], sp["fci"]), axis(sp["co"], sp["fco"]))
     return out
+
+
+def on_groups(vals: list[int], groups: int) -> list[int]:
+    """Channel counts of a grouped conv: each to the nearest multiple of its groups, at least one per group."""
+    return sorted({max(groups, int(round(v / groups)) * groups) for v in vals})
 
 
 class _Partial:
@@ -267,7 +275,7 @@ def _write(prof: dict, outp: Path) -> None:
 def staircase(be, layers, cfg) -> dict:
     """Time a typical 3x3 conv one channel at a time around 64 (cout, then cin): multiples of the
     block run at full speed; input channels off the block leave the blocked layout."""
-    convs = [s for s in layers if s.op == CONV and s.kernel == (3, 3) and not s.fixed_in]
+    convs = [s for s in layers if s.op == CONV and s.kernel == (3, 3) and s.groups == 1 and not s.fixed_in]
     base = max(convs, key=lambda s: s.macs()) if convs else DEFAULT_LAYERS[1]
     base = replace(base, cin=64, cout=64)
     lo, hi = 48, 80

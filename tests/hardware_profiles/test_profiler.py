@@ -84,3 +84,23 @@ def test_unsupported_runtime():
 
     with pytest.raises(CompressError, match="not supported by this profiler yet"):
         run(LAYERS, replace(TINY, runtime="tensorrt"), "/tmp/never.json", "x", progress=False)
+
+
+def test_grouped_conv_is_measured_with_its_groups():
+    import numpy as np
+
+    from compress.hardware_profiles import ort_bench, table_key, torch_bench
+
+    sig = LayerSig("conv", 64, 64, (3, 3), (1, 1), (1, 1), 4, 8, 8)   # 4 groups of 16 channels
+    _, cins, couts = plan_tables([sig], ProfileConfig(batch=1, grid_step=6, max_points=4))[table_key(sig)]
+    assert cins[-1] == couts[-1] == 64 and all(v % 4 == 0 for v in cins + couts)   # counts split into the groups
+    m = ort_bench._conv_model(sig, 64, [32, 64], 1, np.random.default_rng(0))
+    groups = [a.i for n in m.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    assert groups == [4, 4]
+    assert {i.name: list(i.dims) for i in m.graph.initializer}["P0_w"] == [32, 16, 3, 3]
+    # both backends run the grouped layer (onnxruntime rejects a weight that does not match `group`)
+    for be in (ort_bench, torch_bench):
+        ms = be.conv_points(sig, [(64, 32), (64, 64)], 1, 1, 2, threads=1, max_seconds=0.5)
+        assert set(ms) == {(64, 32), (64, 64)} and all(v > 0 for v in ms.values())
+    with pytest.raises(ValueError, match="do not split into 4 groups"):
+        ort_bench.conv_groups(sig, 64, 30)
