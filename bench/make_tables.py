@@ -112,6 +112,24 @@ def ceiling_rows(c: dict, pl: dict) -> list[str]:
     return out
 
 
+def plan_vs_uniform_rows(d: dict) -> list[str]:
+    """The latency planner at the latency the uniform ratio reaches (bench/plan_vs_uniform.py)."""
+    out = ["At the latency the uniform ratio reaches, the latency planner (`compress plan`, budget = the profile's "
+           "prediction for the uniform model over dense) on the models whose op mix holds the uniform ratio "
+           "back: MAC reduction, speedup and efficiency of each, both timed beside dense in the same run "
+           "(batch " + str(d["entries"][0]["batch"]) + ").",
+           "",
+           "| model | ratio | budget | MAC red. uniform | planned | speedup uniform | planned | eff. uniform | planned | planned / uniform ms |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in d["entries"]:
+        u, p = e["uniform"], e["planned"]
+        out.append(f"| {e['model']} | {e['ratio']} | {e['budget']:.3f} | {u['mac_reduction']:.2f} | {p['mac_reduction']:.2f} | "
+                   f"{u['speedup']:.2f} | {p['speedup']:.2f} | {u['efficiency']:.2f} | {p['efficiency']:.2f} | "
+                   f"{e['planned_over_uniform_ms']:.3f} |")
+    out += ["", f"Produced by `{d['command']}` (profile {d['entries'][0]['profile']}) on {_machine(d)}."]
+    return out
+
+
 def _round_to(d: dict) -> str:
     for e in d["entries"]:
         if e.get("variant") == "ours" and e.get("round_to"):
@@ -333,6 +351,9 @@ def section(results: Path = RESULTS) -> str:
             ceil = results / "efficiency_ceiling.json"
             if fname == "prune_latency.json" and ceil.is_file():
                 parts += ceiling_rows(json.loads(ceil.read_text()), json.loads(f.read_text())) + [""]
+            pvu = results / "plan_vs_uniform.json"
+            if fname == "prune_latency.json" and pvu.is_file():
+                parts += plan_vs_uniform_rows(json.loads(pvu.read_text())) + [""]
     parts += results_summary_section(results) + [""]
     return "\n".join(parts)
 
