@@ -445,6 +445,37 @@ def calibration(prof: dict, measured: dict, shapes: dict | None = None) -> list[
     return out
 
 
+def merge_into(base: dict, new: dict) -> tuple[dict, dict]:
+    """`base` extended with what `new` (a profile of the same device, runtime, dtype and batch) adds:
+    its tables whose key `base` lacks, and the dense timings (calibration rows, with their
+    context.network rows) of models `base` has not calibrated. Everything else is `base`'s: its tables,
+    memory-op fits, overheads and context line stay as measured. The calibration factors of the added
+    models must then be recomputed against the merged tables (`refit`). Returns (merged, what was added)."""
+    for k in ("dtype", "batch"):
+        if base.get(k) != new.get(k):
+            raise CompressError(f"cannot extend a {k} {base.get(k)!r} profile with a {k} {new.get(k)!r} measurement")
+    if base["runtime"].get("name") != new["runtime"].get("name") or base["device"].get("kind") != new["device"].get("kind"):
+        raise CompressError(f"cannot extend a {base['device'].get('kind')}/{base['runtime'].get('name')} profile with a "
+                            f"{new['device'].get('kind')}/{new['runtime'].get('name')} measurement")
+    out = json.loads(json.dumps(base))
+    keys = {t["key"] for t in out["tables"]}
+    tables = [t for t in new["tables"] if t["key"] not in keys]
+    out["tables"] = sorted(out["tables"] + tables, key=lambda t: t["key"])
+    have = {c["model"] for c in out.get("calibration") or []}
+    rows = [c for c in new.get("calibration") or [] if c["model"] not in have]
+    out["calibration"] = (out.get("calibration") or []) + rows
+    added = {c["model"] for c in rows}
+    net = [r for r in (new.get("context") or {}).get("network", []) if r["model"] in added]
+    if net and out.get("context"):
+        out["context"]["network"] = out["context"].get("network", []) + net
+    info = {"date": new["measurement"].get("date"), "models": sorted(added), "tables": len(tables),
+            "device": new["device"].get("name"), "wall_seconds": new["measurement"].get("wall_seconds")}
+    out["measurement"]["extensions"] = out["measurement"].get("extensions", []) + [info]
+    out["source_detail"] += (f"; extended {str(info['date'])[:16]} UTC by `compress profile --extend` on {info['device']}: "
+                             f"{len(tables)} layer tables and the dense timings of {', '.join(sorted(added)) or 'no new model'}")
+    return out, info
+
+
 def refit(path: str, layers_of) -> dict:
     """Recompute a measured profile's derived calibration (the per-model factors and in-network fits)
     from the measurements stored in it: each calibration entry's measured wall time and, for the small

@@ -180,3 +180,14 @@ def tiny_cnn() -> nn.Module:
             m.running_var.copy_(0.5 + 1.5 * torch.rand(m.num_features, generator=g))
     model.compress_input_shape = (1, 3, 32, 32)
     return model.eval()
+
+
+def tiny_grouped_cnn() -> nn.Module:
+    """A stem, a grouped 3x3 conv (3 groups of 8 channels, as in ResNeXt/RegNet), a 1x1 conv and a
+    linear head (input 1,3,16,16), seeded."""
+    model = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+                          nn.Conv2d(24, 24, 3, 1, 1, groups=3, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+                          nn.Conv2d(24, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    model = _init(model, seed=0)
+    model.compress_input_shape = (1, 3, 16, 16)
+    return model.eval()

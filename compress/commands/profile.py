@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-staircase", action="store_true", help="skip the one-channel-at-a-time staircase scan")
     p.add_argument("--no-sparse", action="store_true", help="skip the dense vs block-sparse Linear/1x1 table")
     p.add_argument("--out", metavar="FILE", help="the profile to write (required unless --refit)")
+    p.add_argument("--extend", metavar="FILE",
+                   help="add the tables and dense timings of --model that FILE lacks to FILE (same device, runtime, "
+                        "batch), keeping everything FILE has, then recompute its calibration; in place")
     p.add_argument("--refit", metavar="FILE",
                    help="no timing: recompute FILE's per-model calibration from the measurements stored in it "
                         "(after a change to how the predictor uses them), in place")
@@ -59,8 +62,12 @@ def run(args) -> dict:
 
     if args.refit:
         return _refit(args.refit)
-    if not args.target or not args.out:
-        raise CompressError("compress profile needs --target and --out (or --refit FILE)")
+    if args.extend and args.out:
+        raise CompressError("give --out FILE (a new profile) or --extend FILE (add to one), not both")
+    if args.extend and not args.model:
+        raise CompressError("--extend needs --model: the models whose layers the profile should gain")
+    if not args.target or not (args.out or args.extend):
+        raise CompressError("compress profile needs --target and --out (or --extend FILE, or --refit FILE)")
     if args.runtime in ("tvm", "tensorrt"):
         raise CompressError(f"--runtime {args.runtime} is not supported by this profiler yet; use --runtime ort or torch")
     if args.target in ("gpu", "jetson"):
@@ -71,15 +78,25 @@ def run(args) -> dict:
             raise CompressError(f"--{k.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         raise CompressError("--warmup must be >= 0")
-    if not Path(args.out).resolve().parent.is_dir():
+    if args.extend:
+        from compress.hardware_profiles import schema
+
+        if not Path(args.extend).is_file():
+            raise CompressError(f"--extend {args.extend}: no such profile file")
+        base = schema.read(args.extend)
+        if base["batch"] != args.batch:
+            raise CompressError(f"--extend {args.extend}: that profile is for batch {base['batch']}; pass --batch {base['batch']}")
+    elif not Path(args.out).resolve().parent.is_dir():
         raise CompressError(f"--out {args.out}: directory {Path(args.out).resolve().parent} does not exist")
     cfg = ProfileConfig(target=args.target, runtime=args.runtime, batch=args.batch, grid_step=args.grid_step,
                         max_points=max(args.grid_points, 2), rounds=args.rounds, warmup=args.warmup, reps=args.reps,
                         threads=args.threads, max_seconds=args.max_seconds,
                         staircase=not args.no_staircase, sparse=not args.no_sparse,
                         models=tuple(args.model))
-    name = args.name or Path(args.out).stem
     layers, dense = _layers(args)
+    if args.extend:
+        return _extend(args, base, layers, dense, cfg)
+    name = args.name or Path(args.out).stem
     prof = run_profile(layers, cfg, args.out, name, progress=sys.stderr.isatty(), dense_models=dense)
     n_pts = sum(len(t["cin"]) * len(t["cout"]) for t in prof["tables"])
     m = prof["measurement"]
@@ -92,6 +109,41 @@ def run(args) -> dict:
                                    "peak": prof["peak"], "overhead": prof["overhead"]}}
 
 
+def _extend(args, base: dict, layers, dense, cfg) -> dict:
+    """Measure the --model layers into a temporary profile, merge what `base` lacks into it, recompute
+    the calibration, and replace --extend FILE (atomically: nothing changes if any step fails)."""
+    import os
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from compress.hardware_profiles.profiler import _write, merge_into, refit, run as run_profile
+
+    dest = Path(args.extend)
+    with tempfile.TemporaryDirectory(prefix="compress-extend-", dir=dest.resolve().parent) as tmp:
+        new = run_profile(layers, cfg, str(Path(tmp) / "new.json"), base["name"], progress=sys.stderr.isatty(),
+                          dense_models=dense)
+        merged, info = merge_into(base, new)
+        staged = Path(tmp) / dest.name
+        _write(merged, staged)
+        prof = refit(str(staged), _layers_of)
+        os.replace(staged, dest)
+    cal = {c["model"]: c["factor"] for c in prof["calibration"]}
+    text = (f"extended {dest}: {info['tables']} layer tables added; calibrated "
+            + (", ".join(f"{m} x{cal[m]}" for m in info["models"]) or "no new model (all were calibrated already)"))
+    return {"text": text, "json": {"out": str(dest), "added": info, "calibration": prof["calibration"]}}
+
+
+def _layers_of(spec: str, input_shape):
+    """A model's layers at its profiled input shape (the architecture; weights do not matter)."""
+    from compress import models
+    from compress.hardware_profiles.layers import extract_layers
+
+    lm = models._build_source(spec, pretrained=False)
+    shape = (1, *input_shape) if input_shape else None
+    return extract_layers(lm.model, models.example_inputs(lm, shape))
+
+
 def _refit(path: str) -> dict:
     from pathlib import Path
 
@@ -100,16 +152,7 @@ def _refit(path: str) -> dict:
 
     if not Path(path).is_file():
         raise CompressError(f"--refit {path}: no such profile file")
-
-    def layers_of(spec: str, input_shape):
-        from compress import models
-        from compress.hardware_profiles.layers import extract_layers
-
-        lm = models._build_source(spec, pretrained=False)    # the architecture; weights do not matter
-        shape = (1, *input_shape) if input_shape else None
-        return extract_layers(lm.model, models.example_inputs(lm, shape))
-
-    prof = refit(path, layers_of)
+    prof = refit(path, _layers_of)
     rows = prof["calibration"]
     text = f"refitted {path}: " + "; ".join(
         f"{c['model']} x{c['factor']}" + (f" (in-network: kernels x{c['kernel_factor']}, {c['b_ms'] * 1e3:+.2f} us/layer)"

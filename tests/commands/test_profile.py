@@ -114,3 +114,37 @@ def test_profile_bad_input(tmp_path, capsys, args, words):
 def test_profile_out_dir_missing(tmp_path, capsys):
     code, err, _ = main(capsys, "profile", "--target", "cpu", "--out", tmp_path / "no" / "x.json")
     assert code == 2 and "does not exist" in err
+
+
+def test_extend_adds_another_models_tables_and_calibration(tiny_profile, tmp_path):
+    import shutil
+
+    out, _ = tiny_profile
+    copy = tmp_path / "p.json"
+    shutil.copy(out, copy)
+    before = json.loads(copy.read_text())
+    ext = ["--model", "tests.models:tiny_grouped_cnn", "--input-shape", "1,3,16,16", *TINY[4:]]
+    p = cli("profile", "--target", "cpu", *ext, "--extend", copy, "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    js, after = json.loads(p.stdout), json.loads(copy.read_text())
+    old = {t["key"]: t for t in before["tables"]}
+    new = {t["key"]: t for t in after["tables"]}
+    assert all(new[k] == t for k, t in old.items())          # what the profile had stays as it was measured
+    assert after["memory_ops"] == before["memory_ops"] and after["overhead"] == before["overhead"]
+    # the grouped conv got its own table, its channel counts splitting into its 3 groups
+    grouped = [t for k, t in new.items() if k not in old and " g3 " in k]
+    assert grouped and all(c % 3 == 0 for t in grouped for c in t["cin"] + t["cout"])
+    assert js["added"]["tables"] == len(new) - len(old) > 0
+    assert js["added"]["models"] == ["tests.models:tiny_grouped_cnn"]
+    cal = {c["model"]: c for c in after["calibration"]}
+    assert cal["tests.models:tiny_cnn"] == before["calibration"][0]
+    g = cal["tests.models:tiny_grouped_cnn"]
+    assert g["measured_ms"] > 0 and g["factor"] == pytest.approx(g["measured_ms"] / g["predicted_ms"], rel=1e-3)
+    assert [e["models"] for e in after["measurement"]["extensions"]] == [["tests.models:tiny_grouped_cnn"]]
+    # bad input: one line, exit 2, the file untouched
+    for args, words in ((["--batch", "8"], "pass --batch 1"), (["--out", tmp_path / "x.json"], "not both")):
+        b = cli("profile", "--target", "cpu", *ext, "--extend", copy, *args)
+        assert b.returncode == 2 and words in b.stderr and "Traceback" not in b.stderr
+    missing = cli("profile", "--target", "cpu", *ext, "--extend", tmp_path / "none.json")
+    assert missing.returncode == 2 and "no such profile file" in missing.stderr
+    assert json.loads(copy.read_text()) == after and not list(tmp_path.glob("compress-extend-*"))
