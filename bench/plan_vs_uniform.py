@@ -90,8 +90,8 @@ def main() -> None:
             d = c.summarize(s["dense"])
             e["dense"] = d
             for v in ("uniform", "planned"):
-                e[v] = c.summarize(s[v]) | c.derived(d, c.summarize(s[v]), dense_macs, e["macs"][v],
-                                                     list(zip(s["dense"], s[v])))
+                sv = c.summarize(s[v])
+                e[v] = sv | c.derived(d, sv, dense_macs, e["macs"][v], list(zip(s["dense"], s[v])))
             e["planned_over_uniform_ms"] = round(statistics.median(
                 p["median_ms"] / u["median_ms"] for p, u in zip(s["planned"], s["uniform"])), 4)
             c.log(f"  efficiency uniform {e['uniform']['efficiency']:.2f} planned {e['planned']['efficiency']:.2f}; "

@@ -69,6 +69,15 @@ class LayerSig:
         return ((self.h + 2 * self.padding[0] - kh) // self.stride[0] + 1,
                 (self.w + 2 * self.padding[1] - kw) // self.stride[1] + 1)
 
+    def conv_groups(self, cin: int, cout: int) -> int:
+        """The Conv `group` of this layer at (cin, cout) channels: depthwise: one group per channel;
+        grouped: its own groups (pruning a grouped conv keeps its groups, each group narrower)."""
+        g = cout if self.op == DWCONV else max(int(self.groups), 1)
+        if cin % g or cout % g:
+            raise ValueError(f"{self.op} k{self.kernel[0]}x{self.kernel[1]} g{self.groups}: ({cin}, {cout}) channels "
+                             f"do not split into {g} groups")
+        return g
+
     def macs(self) -> int:
         """Multiply-accumulates per sample."""
         if self.op in (CONV, DWCONV):

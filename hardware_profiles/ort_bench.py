@@ -113,17 +113,6 @@ def profile_nodes(model, feeds: dict, n_points: int, warmup: int, reps: int, thr
     return [robust(p[warmup:], ok[warmup:len(p)]) if len(p) > warmup else float("nan") for p in per]
 
 
-def conv_groups(sig, cin: int, cout: int) -> int:
-    """The Conv `group` a measurement of `sig` at (cin, cout) uses: depthwise: one group per channel;
-    grouped: the layer's own groups (pruning a grouped conv keeps its groups, each group narrower)."""
-    g = cout if sig.op == "dwconv" else max(int(sig.groups), 1)
-    if cin % g or cout % g:
-        from compress.hardware_profiles.predictor import table_key
-
-        raise ValueError(f"{table_key(sig)}: ({cin}, {cout}) channels do not split into {g} groups")
-    return g
-
-
 def _conv_model(sig, ci: int, couts: list[int], batch: int, rng):
     """One model with a Conv(+Relu) per output count in `couts`, all reading the same input."""
     from onnx import helper
@@ -131,7 +120,7 @@ def _conv_model(sig, ci: int, couts: list[int], batch: int, rng):
     kh, kw = sig.kernel
     nodes, inits, outs = [_warm("x", "xw")], [], []
     for i, co in enumerate(couts):
-        g = conv_groups(sig, ci, co)
+        g = sig.conv_groups(ci, co)
         w = rng.standard_normal((co, ci // g, kh, kw), dtype=np.float32) * 0.05
         inits += [_init(f"P{i}_w", w), _init(f"P{i}_b", np.zeros(co, np.float32))]
         nodes.append(helper.make_node("Conv", ["xw", f"P{i}_w", f"P{i}_b"], [f"P{i}_c"], name=f"P{i}_conv",
@@ -145,7 +134,7 @@ def _conv_model(sig, ci: int, couts: list[int], batch: int, rng):
 def conv_points(sig, points: list[tuple[int, int]], batch: int, warmup: int, reps: int,
                 max_weight_mb: float = 64.0, threads: int = 0, max_seconds: float = 20.0) -> dict:
     """(cin, cout) -> kernel ms of Conv(+Relu) with `sig`'s kernel/stride/padding/spatial size and
-    groups (conv_groups). One session per input channel count."""
+    groups (LayerSig.conv_groups). One session per input channel count."""
     rng = np.random.default_rng(0)
     kh, kw = sig.kernel
     by_cin: dict[int, list[int]] = {}
@@ -155,7 +144,7 @@ def conv_points(sig, points: list[tuple[int, int]], batch: int, warmup: int, rep
     for ci, couts in sorted(by_cin.items()):
         chunks, cur, size = [], [], 0.0
         for co in sorted(couts):
-            wmb = co * (ci // conv_groups(sig, ci, co)) * kh * kw * 4 / 2**20
+            wmb = co * (ci // sig.conv_groups(ci, co)) * kh * kw * 4 / 2**20
             if cur and size + wmb > max_weight_mb:
                 chunks.append(cur)
                 cur, size = [], 0.0

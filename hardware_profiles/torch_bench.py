@@ -33,14 +33,12 @@ def conv_points(sig, points, batch, warmup, reps, max_weight_mb=64.0, threads=0,
     import torch
     import torch.nn.functional as F
 
-    from compress.hardware_profiles.ort_bench import conv_groups
-
     _threads(threads)
     g = torch.Generator().manual_seed(0)
     out = {}
     with torch.no_grad():
         for ci, co in points:
-            grp = conv_groups(sig, ci, co)
+            grp = sig.conv_groups(ci, co)
             x = torch.randn(batch, ci, sig.h, sig.w, generator=g)
             w = torch.randn(co, ci // grp, *sig.kernel, generator=g) * 0.05
             b = torch.zeros(co)

@@ -115,11 +115,13 @@ def _extend(args, base: dict, layers, dense, cfg) -> dict:
     import os
     import sys
     import tempfile
+    from dataclasses import replace
     from pathlib import Path
 
     from compress.hardware_profiles.profiler import _write, merge_into, refit, run as run_profile
 
     dest = Path(args.extend)
+    cfg = replace(cfg, staircase=False, sparse=False)   # the merge keeps FILE's staircase and sparse table
     with tempfile.TemporaryDirectory(prefix="compress-extend-", dir=dest.resolve().parent) as tmp:
         new = run_profile(layers, cfg, str(Path(tmp) / "new.json"), base["name"], progress=sys.stderr.isatty(),
                           dense_models=dense)

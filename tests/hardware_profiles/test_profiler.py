@@ -103,4 +103,4 @@ def test_grouped_conv_is_measured_with_its_groups():
         ms = be.conv_points(sig, [(64, 32), (64, 64)], 1, 1, 2, threads=1, max_seconds=0.5)
         assert set(ms) == {(64, 32), (64, 64)} and all(v > 0 for v in ms.values())
     with pytest.raises(ValueError, match="do not split into 4 groups"):
-        ort_bench.conv_groups(sig, 64, 30)
+        sig.conv_groups(64, 30)
