@@ -22,6 +22,25 @@ def load_manifest(d: str) -> dict:
         raise CompressError(f"{p} is not valid JSON ({e}); re-run compress export") from None
 
 
+def at_batch(d: str, man: dict, argv: list[str], batch: int | None) -> list[str]:
+    """`argv` (a manifest bench entry) with its `--shape` set to batch `batch` (None: as exported). A static-batch
+    artifact only runs at its own batch."""
+    if batch is None:
+        return argv
+    if batch < 1:
+        raise CompressError(f"--batch must be >= 1, got {batch}")
+    exported = man["source"]["input_shape"][0]
+    if not man.get("onnx", {}).get("dynamic_batch") and batch != exported:
+        raise CompressError(f"{d} was exported with a static batch of {exported}; time it at --batch {exported}, "
+                            f"or re-export with compress export --batch dynamic")
+    i = argv.index("--shape") + 1
+    return argv[:i] + [",".join([str(batch)] + argv[i].split(",")[1:])] + argv[i + 1:]
+
+
+def shape_of(argv: list[str]) -> list[int]:
+    return [int(s) for s in argv[argv.index("--shape") + 1].split(",")]
+
+
 def time_runtime(d: str, argv: list[str], runs: int, warmup: int, threads: int) -> dict:
     env = dict(os.environ)
     cmd = [sys.executable] + argv + ["--runs", str(runs), "--warmup", str(warmup)]
@@ -51,18 +70,20 @@ def runtimes(d: str, man: dict) -> list[dict]:
 
 
 def time_alternating(dirs: list[str], runtime: str, runs: int = 50, warmup: int = 5, threads: int = 0,
-                     rounds: int = 1) -> list[list[dict]]:
+                     rounds: int = 1, batch: int | None = None) -> list[list[dict]]:
     """Time runtime `runtime` (the first manifest entry whose name starts with it) of each artifact directory
-    as `compress bench` does (time_runtime: its own process, warm-up, median of `runs`), the directories taken
-    in turn, `rounds` times, so drifting machine load hits each alike. Returns out[i][r]: directory i, round r."""
+    as `compress bench` does (time_runtime: its own process, warm-up, median of `runs`, at `batch` or the
+    exported batch), the directories taken in turn, `rounds` times, so drifting machine load hits each alike.
+    Returns out[i][r]: directory i, round r."""
     if runs < 1 or warmup < 0 or rounds < 1:
         raise CompressError("runs and rounds must be >= 1 and warm-up >= 0")
     argvs = []
     for d in dirs:
-        found = [b for b in runtimes(d, load_manifest(d)) if b["runtime"].startswith(runtime)]
+        man = load_manifest(d)
+        found = [b for b in runtimes(d, man) if b["runtime"].startswith(runtime)]
         if not found:
             raise CompressError(f"{d}: the manifest lists no {runtime} runtime to time")
-        argvs.append(found[0]["argv"])
+        argvs.append(at_batch(d, man, found[0]["argv"], batch))
     out: list[list[dict]] = [[] for _ in dirs]
     for _ in range(rounds):
         for i, d in enumerate(dirs):
@@ -70,20 +91,27 @@ def time_alternating(dirs: list[str], runtime: str, runs: int = 50, warmup: int 
     return out
 
 
-def bench(d: str, runs: int = 50, warmup: int = 5, threads: int = 0) -> dict:
+def bench(d: str, runs: int = 50, warmup: int = 5, threads: int = 0, batch: int | None = None) -> dict:
     if runs < 1 or warmup < 0:
         raise CompressError("--runs must be >= 1 and --warmup >= 0")
     man = load_manifest(d)
     results = []
+    shape = man["source"]["input_shape"]
     for b in runtimes(d, man):
-        results.append({"runtime": b["runtime"], "command": " ".join(["python3"] + b["argv"])}
-                       | time_runtime(d, b["argv"], runs, warmup, threads))
+        argv = at_batch(d, man, b["argv"], batch)
+        shape = shape_of(argv)
+        results.append({"runtime": b["runtime"], "command": " ".join(["python3"] + argv)}
+                       | time_runtime(d, argv, runs, warmup, threads))
     nv = list(man.get("not_verified_here", []))
     if man["target"]["name"] != "cpu":
         nv.append(f"latency of the {man['target']['name']} runtimes (TensorRT, TVM CUDA): not measurable on this "
                   "machine; onnxruntime CPU timed as a host reference only")
     exp = man.get("expected_latency", {})
+    exp_ms, exp_reason = exp.get("ms"), exp.get("reason")
+    exported = man["source"]["input_shape"][0]
+    if batch is not None and batch != exported:
+        exp_ms, exp_reason = None, f"the manifest's expectation is for batch {exported}, not {batch}"
     return {"dir": d, "model": man["source"]["model"], "target": man["target"]["name"],
-            "shape": man["source"]["input_shape"], "runs": runs, "warmup": warmup, "threads": threads,
-            "expected_ms": exp.get("ms"), "expected_reason": exp.get("reason"), "results": results,
+            "shape": shape, "runs": runs, "warmup": warmup, "threads": threads,
+            "expected_ms": exp_ms, "expected_reason": exp_reason, "results": results,
             "loadavg": list(os.getloadavg()), "not_verified_here": nv}

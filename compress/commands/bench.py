@@ -1,4 +1,4 @@
-"""`compress bench DIR [--runs N]`: time an artifact directory's runtimes on this machine, each in its own
+"""`compress bench DIR [--runs N] [--batch B]`: time an artifact directory's runtimes on this machine, each in its own
 process (warm-up, then the median of N runs), next to the manifest's expected latency."""
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ def add_arguments(p) -> None:
     p.add_argument("--runs", type=int, default=50, help="timed runs per runtime (median reported)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="CPU threads per runtime (0: the runtime's default)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="time at this batch (default: the exported one; other batches need a dynamic-batch export)")
 
 
 def run(args) -> dict:
     from compress.export.bench import bench
 
-    res = bench(args.dir, runs=args.runs, warmup=args.warmup, threads=args.threads)
+    res = bench(args.dir, runs=args.runs, warmup=args.warmup, threads=args.threads, batch=args.batch)
     lines = [f"{res['model']} ({res['target']}), input {res['shape']}, {res['runs']} runs after {res['warmup']} "
              f"warm-up, each runtime in its own process:"]
     exp = res["expected_ms"]

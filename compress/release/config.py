@@ -5,7 +5,8 @@ together in one CompressError (exit 2). Paths in the file are relative to the fi
 
     [model]                       spec (required), weights, input_shape
     [data]                        spec (required): fashion-mnist or a directory
-    [measure]                     runs (latency repetitions per round), rounds (alternating dense/pruned)
+    [measure]                     runs (latency repetitions per round), rounds (alternating dense/pruned),
+                                  batch (the batch latency is measured at; default: the model's input shape)
     [targets.cpu|gpu|jetson]      the plan: ratio = R | ratios = [R, ...] (candidates) |
                                   latency_budget = F (fraction of dense latency, needs profile);
                                   profile, device, criterion, finetune (epochs), distill, lr, seed,
@@ -76,6 +77,7 @@ class ReleaseConfig:
     input_shape: str | None = None
     runs: int = 50
     rounds: int = 5
+    batch: int | None = None  # latency measured at this batch (the artifacts keep a dynamic batch)
     targets: tuple[Target, ...] = ()
 
     def target(self, name: str) -> Target:
@@ -85,7 +87,7 @@ class ReleaseConfig:
 _SCHEMA = {
     "model": {"spec": str, "weights": str, "input_shape": str},
     "data": {"spec": str},
-    "measure": {"runs": int, "rounds": int},
+    "measure": {"runs": int, "rounds": int, "batch": int},
 }
 _TARGET_KEYS = {"ratio": float, "ratios": list, "latency_budget": float, "profile": str, "device": str,
                 "criterion": str, "finetune": float, "distill": bool, "lr": float, "seed": int,
@@ -269,7 +271,7 @@ def load(path: str, only: str | None = None) -> ReleaseConfig:
         dspec = _resolve(base, dspec)
         if not os.path.isdir(dspec):
             err.add("data.spec", f"directory {dspec} does not exist (or use fashion-mnist)")
-    for k in ("runs", "rounds"):
+    for k in ("runs", "rounds", "batch"):
         if k in measure and measure[k] < 1:
             err.add(f"measure.{k}", f"must be >= 1, got {measure[k]}")
     targets = []
@@ -292,4 +294,4 @@ def load(path: str, only: str | None = None) -> ReleaseConfig:
         targets = [t for t in targets if t.name == only]
     return ReleaseConfig(path=os.path.abspath(path), model=model["spec"], data=dspec, weights=weights,
                          input_shape=model.get("input_shape"), runs=measure.get("runs", 50),
-                         rounds=measure.get("rounds", 5), targets=tuple(targets))
+                         rounds=measure.get("rounds", 5), batch=measure.get("batch"), targets=tuple(targets))

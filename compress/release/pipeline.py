@@ -11,7 +11,8 @@ Steps and what keys them (besides the tool version, see cache.py):
 - export   `compress export` of the pruned directory: its files (plan, weights, ONNX), target, device
 - verify   `compress eval` on the pruned directory: its files, dataset
 - measure  (cpu) dense and pruned latency as `compress bench` times it, alternating processes, median over
-           rounds: both artifacts' ONNX sha256, runs, rounds, the machine (CPU, cores, onnxruntime version)
+           rounds: both artifacts' ONNX sha256, runs, rounds, batch, the machine (CPU, cores, onnxruntime
+           version)
 - predict  (gpu, jetson: not measurable here) `compress predict` of dense and pruned against the target's
            profile: both ONNX sha256, the profile's sha256
 Budgets are not part of any key: changing a budget re-checks without re-running anything.
@@ -60,7 +61,7 @@ def _export_step(src: str, t: Target, tmp: str, model_args: list[str] | None = N
             "ok": bool(m.get("ok")), "parity": [{k: c.get(k) for k in ("runtime", "inputs", "ok", "max_abs_error")}
                                                  for c in m.get("parity", [])],
             "not_verified_here": list(m.get("not_verified_here", [])),
-            "files": sorted(m.get("files", {}))}
+            "files": sorted(m.get("files", {})), "batch": m["source"]["input_shape"][0]}
 
 
 def _candidate(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, data_id: dict,
@@ -109,7 +110,7 @@ def _candidate(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, 
         "eval_samples": ver["samples"],
         "accuracy_drop_points": (acc_dense - ver["accuracy"]) * 100 if acc_dense is not None else None,
         "latency_ms_dense": lat["dense_ms"], "latency_ms": lat["pruned_ms"], "latency_source": lat["source"],
-        "latency_measured": lat["measured"], "speedup": lat["dense_ms"] / lat["pruned_ms"],
+        "latency_measured": lat["measured"], "latency_batch": lat.get("batch"), "speedup": lat["dense_ms"] / lat["pruned_ms"],
         "size_mb_dense": dense["size_bytes"] / 1e6, "size_mb": ex["size_bytes"] / 1e6,
         "params": pr["params_after"], "params_dense": pr["params_before"], "macs": pr["macs_after"],
         "macs_dense": pr["macs_before"], "onnx_parity_ok": parity_ok, "export_parity": ex["parity"],
@@ -132,18 +133,22 @@ def _latency(cfg, t: Target, cache: StepCache, dense: dict, pruned: str, artifac
         return cache.run("predict", {"dense": dense["onnx_sha256"], "pruned": ex["onnx_sha256"],
                                      "profile": file_sha256(t.profile), "model": cfg.model}, predict)[1]
 
+    batch = cfg.batch or dense.get("batch", 1)   # (a dense step cached before "batch" was recorded: 1)
+
     def measure(tmp: str) -> dict:
         log(f"[{t.name}] {label}: measuring latency as compress bench does, dense vs pruned alternating "
-            f"({cfg.rounds} rounds x {cfg.runs} runs)")
-        d_ms, p_ms = tools.measure_ms([dense["_dir"], artifact], cfg.runs, cfg.rounds)
+            f"({cfg.rounds} rounds x {cfg.runs} runs, batch {batch})")
+        d_ms, p_ms = tools.measure_ms([dense["_dir"], artifact], cfg.runs, cfg.rounds, cfg.batch)
         return {"dense_ms": statistics.median(d_ms), "pruned_ms": statistics.median(p_ms),
-                "dense_rounds_ms": d_ms, "pruned_rounds_ms": p_ms, "measured": True,
-                "source": (f"measured on this machine (onnxruntime CPU as compress bench times it, batch 1, "
+                "dense_rounds_ms": d_ms, "pruned_rounds_ms": p_ms, "measured": True, "batch": batch,
+                "source": (f"measured on this machine (onnxruntime CPU as compress bench times it, batch {batch}, "
                            f"median over {cfg.rounds} alternating rounds of {cfg.runs} runs)")}
 
-    return cache.run("measure", {"dense": dense["onnx_sha256"], "pruned": ex["onnx_sha256"], "runs": cfg.runs,
-                                 "rounds": cfg.rounds, "machine": tools.machine(),
-                                 "measured_by": tools.MEASURED_BY}, measure)[1]
+    key = {"dense": dense["onnx_sha256"], "pruned": ex["onnx_sha256"], "runs": cfg.runs, "rounds": cfg.rounds,
+           "machine": tools.machine(), "measured_by": tools.MEASURED_BY}
+    if cfg.batch is not None:     # (kept out of the key when unset, so existing caches stay valid)
+        key["batch"] = cfg.batch
+    return cache.run("measure", key, measure)[1]
 
 
 def _plan(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict) -> dict:

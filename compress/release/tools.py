@@ -90,13 +90,14 @@ WARMUP = 5
 MEASURED_BY = "compress.export.bench.time_alternating onnxruntime"  # part of the measure step's key
 
 
-def measure_ms(dirs: list[str], runs: int, rounds: int) -> list[list[float]]:
+def measure_ms(dirs: list[str], runs: int, rounds: int, batch: int | None = None) -> list[list[float]]:
     """Median latency (ms) of each artifact directory's onnxruntime runner per round, timed as `compress bench`
-    times it (each measurement in its own process: WARMUP warm-up runs, then the median of `runs`), the
-    directories alternating round by round. Returns out[i][r] for directory i, round r."""
+    times it (each measurement in its own process: WARMUP warm-up runs, then the median of `runs`, at `batch`
+    or the exported batch), the directories alternating round by round. Returns out[i][r] for directory i,
+    round r."""
     from compress.export.bench import time_alternating
 
-    rows = time_alternating(dirs, "onnxruntime", runs=runs, warmup=WARMUP, threads=0, rounds=rounds)
+    rows = time_alternating(dirs, "onnxruntime", runs=runs, warmup=WARMUP, threads=0, rounds=rounds, batch=batch)
     for d, row in zip(dirs, rows):
         bad = [r for r in row if r.get("median_ms") is None]
         if bad:

@@ -80,6 +80,22 @@ def test_all_problems_reported_together_with_key_paths(tmp_path):
     assert len(got) == len(expected_starts), got
 
 
+def test_measure_batch(tmp_path):
+    body = """\
+        [model]
+        spec = "compress:fmnist-cnn"
+        [data]
+        spec = "fashion-mnist"
+        [measure]
+        batch = {}
+        [targets.cpu]
+        ratio = 0.5
+        """
+    assert config.load(_write(tmp_path, body.format(8))).batch == 8
+    assert _problems(_write(tmp_path, body.format(0))) == ["measure.batch: must be >= 1, got 0"]
+    assert config.load(_write(tmp_path, body.replace("batch = {}", "runs = 9"))).batch is None
+
+
 def test_latency_budget_plan_needs_a_profile(tmp_path):
     path = _write(tmp_path, """\
         [model]
