@@ -52,9 +52,17 @@ def _select(checked: list[dict]) -> int:
     return min(range(len(checked)), key=rank)
 
 
+def _rounds(c: dict, fmt: str = " (per round {}-{}x)") -> str:
+    """The range of the per-round speedups (dense and pruned timed in the same round), '' when not measured:
+    a wide range means a busy machine, not a slow model."""
+    r = c.get("speedup_rounds") or []
+    return fmt.format(f"{min(r):.2f}", f"{max(r):.2f}") if len(r) > 1 else ""
+
+
 def _failure(t: Target, c: dict, b: dict) -> str:
     if b["verified"]:
-        return (f"{t.name}: {b['budget']} ({_fmt(b['value'])} {b['unit']}, budget {b['op']} {_fmt(b['limit'])})")
+        rounds = _rounds(c, "; per round {}-{}x") if b["budget"] == "min_speedup" else ""
+        return f"{t.name}: {b['budget']} ({_fmt(b['value'])} {b['unit']}, budget {b['op']} {_fmt(b['limit'])}{rounds})"
     return (f"{t.name}: {b['budget']} {NOT_VERIFIED} (predicted {_fmt(b['value'])} {b['unit']}, budget {b['op']} "
             f"{_fmt(b['limit'])}; require_measured = true)")
 
@@ -124,7 +132,7 @@ def markdown(rep: dict) -> str:
                   "| | dense | pruned |", "|---|---:|---:|",
                   f"| accuracy | {_acc(c['accuracy_dense'])} | {_acc(c['accuracy'])} |",
                   f"| {lat} | {c['latency_ms_dense']:.3f} | {c['latency_ms']:.3f} |",
-                  f"| speedup{'' if measured else ', predicted'} | 1.00x | {c['speedup']:.2f}x |",
+                  f"| speedup{'' if measured else ', predicted'} | 1.00x | {c['speedup']:.2f}x{_rounds(c)} |",
                   f"| size (MB) | {c['size_mb_dense']:.3f} | {c['size_mb']:.3f} |",
                   f"| params | {c['params_dense']:,} | {c['params']:,} |",
                   f"| MACs | {c['macs_dense']:,} | {c['macs']:,} |", "",

@@ -102,6 +102,18 @@ def test_a_failing_budget_is_named_with_its_target(tmp_path):
     assert failed[0] in rep["summary"]
 
 
+def test_a_missed_speedup_shows_the_per_round_range(tmp_path):
+    """Dense and pruned are timed in the same round; the range of their per-round ratios tells a busy machine
+    (a wide range) from a model that is not fast enough (a tight one)."""
+    cfg = _cfg(tmp_path, "min_speedup = 2.5\n")
+    res = _results()
+    for c in res["cpu"]:
+        c["speedup_rounds"] = [c["speedup"] * f for f in (0.9, 1.0, 1.3)]
+    rep = report.build(cfg, res)
+    assert rep["summary"] == "release FAILED: cpu: min_speedup (2 x, budget >= 2.5; per round 1.80-2.60x)"
+    assert "| speedup | 1.00x | 2.00x (per round 1.80-2.60x) |" in report.markdown(rep)
+
+
 def test_markdown_table_and_files(tmp_path):
     cfg = _cfg(tmp_path, "max_accuracy_drop = 1.5\nmin_speedup = 1.2\nmax_size_mb = 0.5\n")
     rep = report.build(cfg, _results())
