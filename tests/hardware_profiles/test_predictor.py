@@ -289,3 +289,36 @@ def test_each_jetson_device_has_its_own_expected_latency(one_thread):
     agx = expected_latency_ms(model, x, "jetson-agx-orin", 1)
     assert nano is not None and agx is not None and agx < nano
     assert expected_latency_ms(model, x, "jetson", 1) == pytest.approx(nano)
+
+
+DW = LayerSig("dwconv", 64, 64, (3, 3), (1, 1), (1, 1), 64, 56, 56)
+
+
+def _dw_profile(ms_row, cout=(16, 32, 48, 64, 96, 128, 144)):
+    d = constructed()
+    d["tables"].append({"key": table_key(DW), "op": "dwconv", "cin": [1], "cout": list(cout), "ms": [list(ms_row)]})
+    return DeviceProfile(d)
+
+
+def test_depthwise_tables_are_read_as_linear_in_channels():
+    # a cache cliff as one shipped table has it (x5 between 64 and 96 channels at 56x56, batch 8): read as
+    # measured, the planner would cut 144 -> 64 for a 8.5x saving that the network does not show
+    cliff = [0.049, 0.098, 0.211, 0.239, 1.196, 1.758, 2.047]
+    p = _dw_profile(cliff)
+    got = {c: p.layer_ms(dataclasses.replace(DW, cin=c, cout=c, groups=c)) for c in (16, 32, 48, 64, 96, 128, 144)}
+    steps = [got[b] - got[a] for a, b in zip(list(got), list(got)[1:])]
+    per_ch = [s / (b - a) for s, (a, b) in zip(steps, zip(list(got), list(got)[1:]))]
+    assert all(x == pytest.approx(per_ch[0]) for x in per_ch)            # one slope: linear in channels
+    assert 2.0 < got[144] / got[64] <= 144 / 64 + 1e-9                     # no x8.5 cliff, never super-linear
+    assert cliff[0] < got[64] < cliff[-1] and 0.5 * cliff[-1] < got[144] < cliff[-1]
+    # a table that is already linear is read as measured
+    lin = [0.01 + 0.008 * c for c in (16, 32, 48, 64, 96, 128, 144)]
+    q = _dw_profile(lin)
+    for c, m in zip((16, 32, 48, 64, 96, 128, 144), lin):
+        assert q.layer_ms(dataclasses.replace(DW, cin=c, cout=c, groups=c)) == pytest.approx(m)
+
+
+def test_a_depthwise_cost_never_falls_as_channels_grow():
+    p = _dw_profile([0.5, 0.3, 0.2, 0.25, 0.4, 0.6, 0.8])   # noisy, even decreasing at first
+    costs = [p.layer_ms(dataclasses.replace(DW, cin=c, cout=c, groups=c)) for c in range(16, 145, 16)]
+    assert all(b >= a for a, b in zip(costs, costs[1:])) and min(costs) > 0
