@@ -37,10 +37,6 @@ def at_batch(d: str, man: dict, argv: list[str], batch: int | None) -> list[str]
     return argv[:i] + [",".join([str(batch)] + argv[i].split(",")[1:])] + argv[i + 1:]
 
 
-def shape_of(argv: list[str]) -> list[int]:
-    return [int(s) for s in argv[argv.index("--shape") + 1].split(",")]
-
-
 def time_runtime(d: str, argv: list[str], runs: int, warmup: int, threads: int) -> dict:
     env = dict(os.environ)
     cmd = [sys.executable] + argv + ["--runs", str(runs), "--warmup", str(warmup)]
@@ -97,9 +93,10 @@ def bench(d: str, runs: int = 50, warmup: int = 5, threads: int = 0, batch: int 
     man = load_manifest(d)
     results = []
     shape = man["source"]["input_shape"]
+    if batch is not None:
+        shape = [batch, *shape[1:]]
     for b in runtimes(d, man):
         argv = at_batch(d, man, b["argv"], batch)
-        shape = shape_of(argv)
         results.append({"runtime": b["runtime"], "command": " ".join(["python3"] + argv)}
                        | time_runtime(d, argv, runs, warmup, threads))
     nv = list(man.get("not_verified_here", []))
