@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up .venv first (idempotent).
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench lock
 
 setup:
 	./scripts/setup.sh
@@ -16,3 +16,7 @@ test: setup
 bench: setup
 	.venv/bin/python bench/prune_latency.py
 	.venv/bin/python bench/make_tables.py
+
+# re-resolve every dependency, rewrite requirements.lock, rebuild .venv from it and run the tests
+lock:
+	./scripts/lock.sh

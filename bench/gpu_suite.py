@@ -5,11 +5,11 @@
     python bench/gpu_suite.py --only tests_gpu bsr_gpu
     python bench/gpu_suite.py --quick          # smoke run: quick variants, results under /tmp/gpu_suite/
 
-Works from a plain checkout without installing anything: the package-dir mapping of
-pyproject.toml (kernels/ -> compress.kernels, export/ -> compress.export, ...) is applied at
-start-up when `compress.kernels` does not already import (see `ensure_compress_packages`), and
-every step runs in its own subprocess through `python bench/gpu_suite.py --exec ...`, which
-applies it too. `pip install --no-deps --no-build-isolation -e .` works as well.
+Works from a plain checkout without installing anything: `ensure_compress_packages` puts the
+repository root on sys.path (compress.kernels, compress.export and compress.hardware_profiles find
+their top-level folders by themselves, see compress/_layout.py), and every step runs in its own
+subprocess through `python bench/gpu_suite.py --exec ...`, which does the same.
+`pip install --no-deps --no-build-isolation -e .` works as well.
 
 Add a measurement: append a Step to STEPS (a name, the argv run after the mapping is applied,
 where it writes its JSON, a timeout). The suite records each step's exit code, time, output tail
@@ -36,31 +36,13 @@ RESULTS = BENCH / "results" / "gpu"
 # --------------------------------------------------------------------------- import mapping
 
 def ensure_compress_packages() -> None:
-    """Make `compress.kernels`, `compress.export`, ... importable from a plain checkout by applying
-    pyproject.toml's [tool.setuptools] package-dir mapping (no-op when installed, e.g. editable)."""
-    import importlib.util
-
+    """Make `compress` importable from a plain checkout (the lent GPU machine does not pip-install it):
+    the repository root goes on sys.path, and compress.kernels, compress.export and
+    compress.hardware_profiles find their modules in the top-level folders by themselves
+    (compress/_layout.py). Those folders have no __init__.py, so the root on sys.path never makes
+    `import kernels` (which transformers does) find ours."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        return
-    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"].get("package-dir", {})
-    import compress
-
-    for name, folder in sorted(mapping.items()):
-        if name == "compress" or name in sys.modules:
-            continue
-        path = ROOT / folder
-        if importlib.util.find_spec(name) is not None and Path(importlib.util.find_spec(name).origin).parent == path:
-            continue
-        spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        parent, _, child = name.rpartition(".")
-        setattr(sys.modules[parent] if parent else compress, child, mod)
 
 
 def _exec(argv: list[str]) -> int:

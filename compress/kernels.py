@@ -13,12 +13,17 @@ Triton's interpreter when TRITON_INTERPRET=1 (tests). See docs/kernels.md.
 
 from __future__ import annotations
 
+from compress._layout import package_path
+
+# a package whose modules live in the top-level kernels/ folder (compress/kernels/ once installed): see compress/_layout.py
+__path__ = package_path(__file__)
+
 __all__ = ["bsr_dense_mm", "bsr_linear", "bsr_linear_parts", "check_block", "register_ops"]
 
 
 def check_block(block) -> int:
     """Return `block` if it is a power of two >= 16, else raise compress.errors.CompressError."""
-    from .bsr_matmul import check_block as _check
+    from compress.kernels.bsr_matmul import check_block as _check
 
     return _check(block)
 
@@ -28,7 +33,7 @@ def bsr_dense_mm(a, b, *, backend: str = "auto"):
 
     backend: "auto" (Triton on CUDA; on CPU torch's BSR matmul, or the Triton interpreter when
     TRITON_INTERPRET=1), "triton" or "torch"."""
-    from .bsr_matmul import bsr_dense_mm as _mm
+    from compress.kernels.bsr_matmul import bsr_dense_mm as _mm
 
     return _mm(a, b, backend=backend)
 
@@ -36,7 +41,7 @@ def bsr_dense_mm(a, b, *, backend: str = "auto"):
 def bsr_linear(x, weight_bsr, bias=None):
     """Y = x @ weight_bsr^T + bias for x (..., K) and a torch.sparse_bsr weight (N, K), through
     `torch.ops.compress.bsr_linear` (traceable by torch.export)."""
-    from .bsr_matmul import check_bsr
+    from compress.kernels.bsr_matmul import check_bsr
 
     check_bsr(weight_bsr, "weight")
     if getattr(x, "dim", lambda: 0)() < 1 or x.shape[-1] != weight_bsr.shape[1]:
@@ -59,4 +64,4 @@ def bsr_linear_parts(x, crow_indices, col_indices, values, out_features: int, bi
 
 def register_ops() -> None:
     """Register `torch.ops.compress.bsr_linear` (needed before torch.export.load of a program using it)."""
-    from . import ops  # noqa: F401  (registration happens at import)
+    from compress.kernels import ops  # noqa: F401  (registration happens at import)

@@ -8,13 +8,17 @@ Importing this package is cheap: torch and onnxruntime are imported only where u
 from __future__ import annotations
 
 import json
-from importlib import resources
+from pathlib import Path
 
+from compress._layout import package_path
 from compress.errors import CompressError
+
+# a package whose modules live in the top-level hardware_profiles/ folder (compress/hardware_profiles/ once installed): see compress/_layout.py
+__path__ = package_path(__file__)
 
 
 def _defaults() -> dict:
-    return json.loads(resources.files(__name__).joinpath("defaults.json").read_text())
+    return json.loads((Path(__path__[0]) / "defaults.json").read_text())
 
 
 def channel_step(target: str = "cpu") -> int:
