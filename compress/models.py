@@ -3,6 +3,7 @@ or a directory written by `compress prune`. Nothing is downloaded; weights never
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -74,6 +75,16 @@ def _hf_from_config(cfg: dict) -> nn.Module:
     return HFTensorOutput(tf.AutoModel.from_config(config)).eval()
 
 
+@contextlib.contextmanager
+def _seeded_init(seed: int = 0):
+    """Random weights drawn from a fixed seed, so the same command gives the same weights, plan and
+    ONNX every time (and `eval` can rebuild a randomly initialised dense source); the caller's RNG
+    state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
     if spec.startswith("compress:"):  # embedded model zoo (trained on first use, then cached)
         from compress import zoo
@@ -84,7 +95,8 @@ def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
         name = spec.split(":", 1)[1]
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise CompressError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()")
-        model = torchvision.models.get_model(name, weights=None)
+        with _seeded_init():
+            model = torchvision.models.get_model(name, weights=None)
         return LoadedModel(model.eval(), spec, "torchvision", (1, 3, 224, 224))
     if spec.startswith("hf:"):
         d = _hf_dir(spec[3:])
@@ -102,7 +114,8 @@ def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
             fn = getattr(importlib.import_module(mod_name), fn_name)
         except (ImportError, AttributeError) as e:
             raise CompressError(f"cannot import {spec!r} ({type(e).__name__}: {e}); use package.module:function") from None
-        model = fn()
+        with _seeded_init():
+            model = fn()
         if not isinstance(model, nn.Module):
             raise CompressError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
         shape = tuple(getattr(model, "compress_input_shape", (1, 3, 224, 224)))
