@@ -116,22 +116,10 @@ def check_runs(model, ref_shape) -> None:
 # --------------------------------------------------------------------------- metadata
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    from compress.machine import cpuinfo
+
+    info = cpuinfo()
+    cpu, flags = info.model_name("unknown"), set(info.flags)
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
     return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "platform": platform.platform()}
 
@@ -163,10 +151,10 @@ def command_line() -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
+    from compress.io import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------- timing

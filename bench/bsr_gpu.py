@@ -145,6 +145,7 @@ def sync(device: str) -> None:
 
 
 def run_point(x, w, bsr, density, args) -> dict:
+    from compress.errors import first_line
     from compress.kernels import bsr_matmul as bm
 
     ref = x.float() @ w.float().t()
@@ -160,7 +161,7 @@ def run_point(x, w, bsr, density, args) -> dict:
             entry["methods"][name] = {"what": desc, "max_rel_err": round(err, 6), "correct": ok[name]}
         except Exception as exc:  # torch's own path may reject a shape/dtype: record it, time the others
             ok[name] = False
-            entry["methods"][name] = {"what": desc, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            entry["methods"][name] = {"what": desc, "error": f"{type(exc).__name__}: {first_line(exc, 300, strip=False, empty='')}"}
     del ref
     timed = [k for k in ms if ok[k]]
     samples = {k: [] for k in timed}

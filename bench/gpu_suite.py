@@ -138,10 +138,11 @@ def run_step(step: Step, results: Path, quick: bool) -> dict:
 
 
 def json_write(path: Path, data) -> None:
+    ensure_compress_packages()
+    from compress.io import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------- 2:4 check
@@ -156,6 +157,8 @@ def measure_24(out: Path, quick: bool) -> int:
 
     sys.path.insert(0, str(BENCH))
     import _common as C
+
+    from compress.errors import first_line
 
     if not torch.cuda.is_available():
         print("--measure-24 needs a CUDA device", file=sys.stderr)
@@ -206,7 +209,7 @@ def measure_24(out: Path, quick: bool) -> int:
                             "tflops_effective": round(flops / med / 1e9, 2)}
                 e["speedup_vs_dense"] = round(e["dense"]["median_ms"] / e["sparse24"]["median_ms"], 3)
             except Exception as exc:  # a backend missing from this torch build: record it
-                e["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                e["error"] = f"{type(exc).__name__}: {first_line(exc, 300, strip=False, empty='')}"
             doc["entries"].append(e)
             C.log(f"2:4 {backend} {n}x{k}: {e.get('speedup_vs_dense', e.get('error'))}")
     SparseSemiStructuredTensor._FORCE_CUTLASS = False

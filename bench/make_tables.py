@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -391,9 +391,11 @@ def rewrite(readme: Path, body: str) -> None:
         sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
         new = text + sep + "## Benchmarks\n\n" + START + "\n" + body.strip("\n") + "\n" + END + "\n"
     if new != text:
-        tmp = readme.with_name(readme.name + ".bench.tmp")
-        tmp.write_text(new)
-        os.replace(tmp, readme)
+        if str(ROOT) not in sys.path:                # compress from this checkout, installed or not
+            sys.path.insert(0, str(ROOT))
+        from compress.io import write_text_atomic
+
+        write_text_atomic(readme, new)
 
 
 def main() -> None:

@@ -61,6 +61,7 @@ def main() -> None:
 
     import torch
 
+    from compress.errors import first_line
     from compress.export.onnx import export_onnx
     from compress.hardware_profiles import load_profile
     from compress.planner import PlanConfig, plan_model, prepare
@@ -113,7 +114,7 @@ def main() -> None:
                     c.log(f"{name} b{batch} budget {budget}: predicted {e['predicted_ratio']:.3f} of dense "
                           f"({e['plan_seconds']}s to plan), MACs x{e['mac_reduction']} fewer")
                 except Exception as ex:  # recorded, not fatal
-                    e["error"] = f"{type(ex).__name__}: {str(ex).strip().splitlines()[0][:300] if str(ex).strip() else ''}"
+                    e["error"] = f"{type(ex).__name__}: {first_line(ex, 300, empty='')}"
                     c.log(f"{name} b{batch} budget {budget}: FAILED {e['error']}")
                 entries.append(e)
                 gc.collect()

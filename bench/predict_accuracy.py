@@ -51,19 +51,19 @@ def prune_random(model, inputs, lo: float, hi: float, seed: int, round_to: int):
     import numpy as np
 
     from compress.graph.groups import build_graph
-    from compress.plan import PruneConfig, _cover, _layer_needs, _round_keep, build_plan, class_step
+    from compress.plan import PruneConfig, build_plan, class_step, cover, layer_needs, round_keep
     from compress.prune.structured import apply_keep
     from compress.pruner import ignored_groups, trace_inputs
 
     graph = build_graph(model, trace_inputs(inputs))
     ign = ignored_groups(model, graph, ())
     groups = [g for g in graph.groups if g.id not in ign]
-    needs = _layer_needs(graph, groups)
+    needs = layer_needs(graph, groups)
     rng = np.random.default_rng(seed)
     keep = {g.id: np.arange(g.size) for g in graph.groups}
     for g in groups:
-        k = _round_keep(g.size, g.size * (1 - rng.uniform(lo, hi)), class_step(g.width, round_to, g.spread))
-        keep[g.id] = _cover(rng.permutation(g.size), k, needs[g.id])
+        k = round_keep(g.size, g.size * (1 - rng.uniform(lo, hi)), class_step(g.width, round_to, g.spread))
+        keep[g.id] = cover(rng.permutation(g.size), k, needs[g.id])
     cfg = PruneConfig(ratio=(lo + hi) / 2, criterion="random", round_to=round_to, seed=seed)
     plan = build_plan(graph, keep, cfg, round_to, {"model": "bench"})
     return apply_keep(copy.deepcopy(model), plan.param_keep()).eval()

@@ -56,6 +56,8 @@ def prune_time_resnet50(repeats: int) -> dict:
 def build_files(outdir, name: str, ratios: list[float], step: int) -> tuple[dict, list[dict]]:
     """Export dense + variants for one model. Returns ({variant key: path}, entries without latency).
     Our pruner traces once per model: later ratios reuse the first call's channel graph."""
+    from compress.errors import first_line
+
     files, entries = {}, []
     graph = None
     dense = c.build(name)
@@ -89,7 +91,7 @@ def build_files(outdir, name: str, ratios: list[float], step: int) -> tuple[dict
                 c.log(f"{name} r={ratio} {variant}: MACs x{dense_macs / entry['macs']:.2f} fewer, "
                       f"pruned in {secs:.1f}s")
             except Exception as e:  # a failed variant is recorded, not fatal
-                entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+                entry["error"] = f"{type(e).__name__}: {first_line(e, 300, empty='')}"
                 c.log(f"{name} r={ratio} {variant}: FAILED {entry['error']}")
             entries.append(entry)
             gc.collect()

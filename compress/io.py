@@ -1,4 +1,4 @@
-"""Atomic output directories and the pruned-model directory format."""
+"""Atomic writes (output directories, single files) and the file names of the directories compress writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from compress.models import HF_CONFIG_FILE, PLAN_FILE, WEIGHTS_FILE
+# the files of the directories compress writes: prune (plan + weights), sparsify (sparse plan + encoded weights)
+PLAN_FILE, WEIGHTS_FILE, HF_CONFIG_FILE = "plan.json", "model.safetensors", "config.json"
+SPARSE_PLAN_FILE, SPARSE_WEIGHTS_FILE = "sparse_plan.json", "sparse_model.safetensors"
 
 
 @contextlib.contextmanager
@@ -35,12 +37,37 @@ def atomic_dir(out: str):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+@contextlib.contextmanager
+def atomic_file(path, suffix: str = ".tmp"):
+    """Yield a temporary file path beside `path` (its folder must exist) for the block to write; on success
+    the file gets mode 0o644 and replaces `path` in one rename, on failure it is removed and `path` is left
+    as it was. `suffix` ends the temporary name (a writer that picks the format by extension needs it)."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)                      # mkstemp creates 0600
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path, data: str | bytes) -> None:
+    """Write `data` (str: as UTF-8) to `path` atomically: readers see the old file or the whole new one."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+
+
+def json_text(obj) -> str:
+    """The JSON text compress writes: indent 1, keys sorted, a trailing newline."""
+    return json.dumps(obj, indent=1, sort_keys=True) + "\n"
+
+
+def write_json(path, obj) -> None:
+    write_text_atomic(path, json_text(obj))
 
 
 def save_pruned(d: str, model, plan, hf_config: dict | None = None) -> None:

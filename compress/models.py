@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 
-PLAN_FILE, WEIGHTS_FILE, HF_CONFIG_FILE = "plan.json", "model.safetensors", "config.json"
+from compress.io import HF_CONFIG_FILE, PLAN_FILE, SPARSE_PLAN_FILE, SPARSE_WEIGHTS_FILE, WEIGHTS_FILE  # noqa: F401
 
 
 @dataclass
@@ -141,8 +141,8 @@ def load_weights(model: nn.Module, path: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "mismatch"
-        raise CompressError(f"weights {path} do not fit the model: {first[:300]}") from None
+        raise CompressError(f"weights {path} do not fit the model: "
+                            f"{first_line(e, 300, strip=False, empty='mismatch')}") from None
 
 
 def load(spec: str, weights: str | None = None) -> LoadedModel:
@@ -150,8 +150,7 @@ def load(spec: str, weights: str | None = None) -> LoadedModel:
     from compress.graph.canonical import canonicalize
 
     if os.path.isdir(spec):
-        if os.path.isfile(os.path.join(spec, "sparse_plan.json")):  # compress sparsify, or prune of a mixed plan
-            from compress.lower.pipeline import load_sparse
+        if os.path.isfile(os.path.join(spec, SPARSE_PLAN_FILE)):  # compress sparsify, or prune of a mixed plan
             return load_sparse(spec)
         if os.path.isfile(os.path.join(spec, PLAN_FILE)):
             return load_pruned(spec)
@@ -229,3 +228,89 @@ def example_inputs(lm: LoadedModel, shape: tuple[int, ...] | None = None, seed: 
         high = lm.vocab_size or 1000
         return (torch.randint(0, high, shape, generator=g),)
     return (torch.randn(shape, generator=g),)
+
+
+def _sparse_source(d: str, plan) -> LoadedModel:
+    src = plan.source["model"]
+    if src.startswith("hf:"):
+        cfg = json.loads(Path(d, "config.json").read_text())
+        return LoadedModel(_hf_from_config(cfg), src, "hf", tuple(plan.source["input_shape"]),
+                                  "int64", cfg.get("vocab_size"), cfg)
+    return _build_source(src, pretrained=False)
+
+
+def load_sparse(d: str):
+    """A sparsify directory -> compress.models.LoadedModel holding the lowered model. With a plan.json
+    beside sparse_plan.json (`compress prune --plan` of a mixed plan) the source model is pruned by that
+    plan first and `lm.plan` holds it."""
+    from safetensors import safe_open
+
+    from compress.graph.canonical import canonicalize
+    from compress.lower import formats
+    from compress.lower.modules import BlockSparseLinear, Sparse24Linear, set_module, sparse_module
+    from compress.lower.plan import SparsePlan
+
+    plan_path, w_path = os.path.join(d, SPARSE_PLAN_FILE), os.path.join(d, SPARSE_WEIGHTS_FILE)
+    if not os.path.isfile(plan_path) or not os.path.isfile(w_path):
+        raise CompressError(f"{d} is not a sparsify directory (needs {SPARSE_PLAN_FILE} and {SPARSE_WEIGHTS_FILE})")
+    plan = SparsePlan.from_json(Path(plan_path).read_text(), plan_path)
+    lm = _sparse_source(d, plan)
+    model = lm.model
+    canonicalize(model)
+    pruned = _prune_plan(d)
+    if pruned is not None:                            # `compress prune --plan` of a mixed plan: structured first
+        from compress.prune.structured import apply_keep
+        try:
+            apply_keep(model, pruned.param_keep())
+        except (KeyError, RuntimeError, IndexError) as e:
+            raise CompressError(f"{d}: the prune plan does not fit {plan.source['model']} "
+                                f"({type(e).__name__}: {str(e)[:200]})") from None
+    try:
+        with safe_open(w_path, framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise CompressError(f"cannot read {w_path} ({type(e).__name__}: {str(e)[:200]})") from None
+    try:
+        for lp in plan.layers:
+            m = model.get_submodule(lp.name)
+            if tuple(m.weight.shape) != lp.shape:
+                raise CompressError(f"layer {lp.name}: the plan says weight {lp.shape}, the model has {tuple(m.weight.shape)}")
+            keys = [k for k in state if k.rsplit(".", 1)[0] == lp.name and k != f"{lp.name}.bias"]
+            enc = {k.rsplit(".", 1)[1]: state.pop(k) for k in keys}
+            if lp.module in ("Sparse24Linear", "BlockSparseLinear"):
+                if f"{lp.name}.bias" in state:
+                    with torch.no_grad():
+                        m.bias.copy_(state.pop(f"{lp.name}.bias"))
+                set_module(model, lp.name, sparse_module(m, lp.format, enc, lp.block))
+            else:
+                w2 = formats.decode(lp.format, enc, lp.shape_2d, lp.block)
+                state[f"{lp.name}.weight"] = formats.weight_from_2d(m, w2)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        sparse_keys = {k for k in model.state_dict() if isinstance(
+            model.get_submodule(k.rsplit(".", 1)[0]) if "." in k else model, (Sparse24Linear, BlockSparseLinear))}
+        missing = [k for k in missing if k not in sparse_keys]
+        if missing or unexpected:
+            raise CompressError(f"{w_path} does not fit {plan.source['model']}: "
+                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    except (KeyError, RuntimeError, AttributeError) as e:
+        raise CompressError(f"{d}: plan and weights do not fit {plan.source['model']} "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None
+    lm.model = model.eval()
+    lm.input_shape = tuple(plan.source["input_shape"])
+    lm.input_dtype = plan.source.get("input_dtype", lm.input_dtype)
+    lm.notes = [f"sparse: {plan.config['pattern']} ({len(plan.layers)} layers) from {d}"]
+    lm.plan = pruned
+    return lm
+
+
+def _prune_plan(d: str):
+    """The PrunePlan beside the sparse plan (a directory written by `compress prune --plan` from a
+    mixed plan: channels removed, then layers lowered), or None (a `compress sparsify` directory)."""
+    from compress.plan import PrunePlan
+
+    p = os.path.join(d, PLAN_FILE)
+    return PrunePlan.from_json(Path(p).read_text(), p) if os.path.isfile(p) else None
+
+
+def load_sparse_dir(d: str) -> nn.Module:
+    return load_sparse(d).model

@@ -91,7 +91,7 @@ def weights_source(path: str | None) -> dict | None:
     return {"path": os.path.abspath(path), "sha256": h.hexdigest()}
 
 
-def _round_keep(n: int, target: float, step: int) -> int:
+def round_keep(n: int, target: float, step: int) -> int:
     """Kept classes: nearest multiple of `step`, at least one step, never all removed."""
     if n <= step:
         return n
@@ -143,16 +143,16 @@ def select(graph: ChannelGraph, scores: dict[int, np.ndarray], config: PruneConf
         targets = {g.id: g.size - removed[g.id] for g in groups}
     else:
         targets = {g.id: g.size * (1.0 - config.ratio) for g in groups}
-    needs = _layer_needs(graph, groups)
+    needs = layer_needs(graph, groups)
     for g in groups:
         step = class_step(g.width, round_to, g.spread)
-        k = _round_keep(g.size, targets[g.id], step)
+        k = round_keep(g.size, targets[g.id], step)
         order = np.lexsort((np.arange(g.size), -scores[g.id]))  # stable: by score desc, then position
-        keep[g.id] = _cover(order, k, needs[g.id])
+        keep[g.id] = cover(order, k, needs[g.id])
     return keep
 
 
-def _layer_needs(graph: ChannelGraph, groups) -> dict[int, list[frozenset[int]]]:
+def layer_needs(graph: ChannelGraph, groups) -> dict[int, list[frozenset[int]]]:
     """Per group: the class positions of every parameter dimension that holds only this group's
     classes but not all of them (a conv whose outputs are one part of a concat that a residual,
     a squeeze-excite or a GroupNorm ties to other layers). Each must keep one class, or the
@@ -172,7 +172,7 @@ def _layer_needs(graph: ChannelGraph, groups) -> dict[int, list[frozenset[int]]]
     return {gid: sorted(n, key=sorted) for gid, n in needs.items()}
 
 
-def _cover(order: np.ndarray, k: int, needs: list[frozenset[int]]) -> np.ndarray:
+def cover(order: np.ndarray, k: int, needs: list[frozenset[int]]) -> np.ndarray:
     """The best `k` classes of `order`, swapping in the best class of any layer that would lose
     all of them for the worst kept class no other layer depends on (k grows only if none can go)."""
     kept = set(order[:k].tolist())

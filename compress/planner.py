@@ -414,7 +414,7 @@ def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=Non
 def finish(prep: Prepared, config: PlanConfig, source: dict, log=None, dense_ms: float | None = None):
     """Solve for the budget and turn the kept counts into a PrunePlan (see plan_model). `dense_ms`:
     the reference the budget fraction applies to (default: the cost model's dense prediction)."""
-    from compress.plan import _cover, _layer_needs, build_plan
+    from compress.plan import build_plan, cover, layer_needs
 
     log = log or (lambda msg: None)
     graph, cost, cands, values, order, active, block, dense = (
@@ -427,11 +427,11 @@ def finish(prep: Prepared, config: PlanConfig, source: dict, log=None, dense_ms:
     log("solving")
     res = solve(cost, cands, values, target_ms, config, dense, log=log)
     res.dense_ms = dense_ms
-    needs = _layer_needs(graph, [g for g in graph.groups if g.id in active])
+    needs = layer_needs(graph, [g for g in graph.groups if g.id in active])
     keep = {}
     for g in graph.groups:
         k = res.keep_counts[g.id]
-        keep[g.id] = np.arange(g.size) if k >= g.size else _cover(order[g.id], k, needs.get(g.id, []))
+        keep[g.id] = np.arange(g.size) if k >= g.size else cover(order[g.id], k, needs.get(g.id, []))
     plan = build_plan(graph, keep, config, block, source)
     plan.notes.append(f"planned for {profile.name} (batch {profile.batch}): dense {res.dense_ms:.3f} ms -> "
                       f"predicted {res.predicted_ms:.3f} ms (target {target_ms:.3f} ms)")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 from compress.graph.groups import ChannelGraph, build_graph
 from compress.importance import score
 from compress.plan import PruneConfig, PrunePlan, build_plan, removed_classes, select
@@ -70,7 +70,7 @@ def verify(model: nn.Module, pruned: nn.Module, graph: ChannelGraph, plan: Prune
     try:
         err = compare(ref, pruned, inputs)
     except RuntimeError as e:
-        raise CompressError(f"the pruned model does not run ({str(e).splitlines()[0][:200]}); "
+        raise CompressError(f"the pruned model does not run ({first_line(e, 200, strip=False)}); "
                             "a module hard-codes a channel count: --ignore it") from None
     if err > TOLERANCE:
         culprit = _find_culprit(model, graph, plan, inputs)
@@ -176,7 +176,7 @@ def apply_plan(model: nn.Module, example_inputs: tuple, plan: PrunePlan, log=Non
     try:
         err = compare(ref, pruned, inputs)
     except RuntimeError as e:
-        raise CompressError(f"the planned model does not run ({str(e).splitlines()[0][:200]})") from None
+        raise CompressError(f"the planned model does not run ({first_line(e, 200, strip=False)})") from None
     if err > TOLERANCE:
         raise CompressError(f"the plan changes the model's function beyond removing channels (relative error "
                             f"{err:.2e}): it was made for a different model or weights")

@@ -7,7 +7,7 @@
                       standardised on the training rows) trained on the embeddings of labelled training
                       sentences, top-1 accuracy on held-out ones; dense and pruned each get their own probe
 
-`compress eval hf:...|DIR --data tweets|FILE.csv` reports them (see `eval_verb`); for a directory
+`compress eval hf:...|DIR --data tweets|FILE.csv` reports them (see `eval_text`); for a directory
 written by `compress prune` it rebuilds the dense source and adds the cosine and the dense probe.
 """
 
@@ -134,33 +134,35 @@ def eval_sets(spec: str, n_train: int = PROBE_TRAIN, n_test: int = EVAL_SENTENCE
     return text.stratified(text.load(spec, "train"), n_train, seed), text.stratified(text.load(spec, "test"), n_test, seed)
 
 
-def eval_verb(args, lm) -> dict:
-    """`compress eval hf:...|DIR --data tweets|FILE.csv`: probe accuracy, and for a pruned directory
-    the mean cosine similarity to the dense source's embeddings and the dense probe accuracy."""
+def eval_text(lm, name: str, data: str, source_weights: str | None = None, batch_size: int = 256) -> dict:
+    """`compress eval hf:...|DIR --data tweets|FILE.csv` of the loaded text model `lm` (`name`: its
+    MODEL_OR_DIR as given): probe accuracy, and for a pruned directory the mean cosine similarity to
+    the dense source's embeddings (rebuilt with `source_weights`) and the dense probe accuracy.
+    Returns {"text", "json"}."""
     from compress import text
-    from compress.evaluate import dense_source
+    from compress.source import dense_source
 
     t0 = time.perf_counter()
     if lm.kind != "hf":
         raise CompressError(f"{lm.spec} takes token ids but is not a Hugging Face model (hf:DIR); "
                             "text evaluation needs its tokenizer")
-    tr, te = eval_sets(args.data)
+    tr, te = eval_sets(data)
     tok = text.tokenizer(lm.spec)
     tok_tr, tok_te = text.tokenize(tok, tr.texts), text.tokenize(tok, te.texts)
-    bs = min(args.batch_size, 256)
+    bs = min(batch_size, 256)
     try:
         e_tr = embed(lm.model, tok_tr, bs, "embed train")
     except (RuntimeError, TypeError, ValueError) as e:
         raise CompressError(f"{lm.spec} does not embed token ids with an attention mask ({str(e).splitlines()[0][:200]})") from None
     e_te = embed(lm.model, tok_te, bs, "embed test")
     acc = probe_accuracy(e_tr, tr.labels, e_te, te.labels, tr.num_classes)
-    res = {"model": args.model, "source": lm.spec, "pruned": lm.plan is not None, "data": args.data,
+    res = {"model": name, "source": lm.spec, "pruned": lm.plan is not None, "data": data,
            "task": "text", "classes": list(tr.classes), "probe_train_sentences": len(tr),
            "eval_sentences": len(te), "probe_accuracy": acc}
-    lines = [f"{args.model}: linear-probe accuracy {acc:.4f} on {len(te):,} held-out sentences of {args.data} "
+    lines = [f"{name}: linear-probe accuracy {acc:.4f} on {len(te):,} held-out sentences of {data} "
              f"({tr.num_classes} classes; probe fitted on {len(tr):,} training sentences)"]
     if lm.plan is not None:
-        dense, why = dense_source(lm.plan, getattr(args, "source_weights", None))
+        dense, why = dense_source(lm.plan, source_weights)
         if dense is None:
             res["dense_source"] = why
             lines.append(f"note: {why}")

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -279,17 +278,12 @@ def torch_threads(threads: int) -> int:
 def _save_atomic(model: nn.Module, path: Path, meta: dict) -> None:
     from safetensors.torch import save_file
 
+    from compress.io import atomic_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, tmp, metadata={"compress": json.dumps(meta, sort_keys=True)})
-        os.chmod(tmp, 0o644)                      # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def metadata(path: Path) -> dict:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from compress.errors import first_line
+
 NAMESPACE = "compress"
 
 
@@ -50,9 +52,9 @@ def package(ep, model, inputs, path: str) -> dict:
     except Exception as e:
         if os.path.exists(path):
             os.remove(path)
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return {"built": False, "verified": False,
-                "reason": f"not verified on this machine: AOTInductor CPU build failed ({type(e).__name__}: {msg[:200]})"}
+                "reason": "not verified on this machine: AOTInductor CPU build failed "
+                          f"({type(e).__name__}: {first_line(e, 200)})"}
     got = got[0] if isinstance(got, (tuple, list)) else got
     return {"built": True, "device": "cpu", "file": os.path.basename(path),
             "parity": compare(np.asarray(got.detach()), np.asarray(ref.detach()), 1e-4),

@@ -3,7 +3,10 @@ source (Fashion-MNIST test images for 1x28x28 models, tokenised sentences for te
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from compress.errors import CompressError, first_line
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -32,7 +35,7 @@ def real_inputs(lm, batch: int | None, n: int = 8) -> tuple[tuple | None, str]:
             from compress import data
             ds = data.load("fashion-mnist", "test")
         except Exception as e:
-            return None, f"Fashion-MNIST unavailable: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+            return None, f"Fashion-MNIST unavailable: {first_line(e, 200, strip=False)}"
         return (ds.images[:n].contiguous(),), f"Fashion-MNIST test images 0..{n - 1}"
     if lm.input_dtype == "int64" and lm.kind == "hf":
         try:
@@ -47,3 +50,15 @@ def real_inputs(lm, batch: int | None, n: int = 8) -> tuple[tuple | None, str]:
         return (ids.to(torch.int64),), f"{n} tokenised English sentences (padded/truncated to {seq} tokens)"
     return None, (f"no real data source for input {lm.input_dtype} {list(sample)} "
                   "(real inputs: Fashion-MNIST for 1x28x28 images, tokenised sentences for Hugging Face text models)")
+
+
+def torch_output(model, inputs) -> np.ndarray:
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+    except Exception as e:
+        raise CompressError(f"the model does not run on its example input {[list(t.shape) for t in inputs]}: "
+                            f"{type(e).__name__}: {first_line(e)}") from None
+    out = getattr(out, "logits", out)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out.detach().cpu().numpy()

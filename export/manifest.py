@@ -10,6 +10,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from compress.errors import first_line
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 NOT_VERIFIED = "not verified on this machine"
@@ -48,15 +50,12 @@ def runtime_versions() -> dict:
 
 def expected_latency(model, inputs, target: str, batch: int) -> dict:
     """The hardware profile's expected latency, or null with the reason it is unavailable."""
-    from compress import hardware_profiles
+    from compress.hardware_profiles import expected_latency_ms
 
-    fn = getattr(hardware_profiles, "expected_latency_ms", None)
-    if fn is None:
-        return {"ms": None, "reason": "compress.hardware_profiles.expected_latency_ms is not available in this version"}
     try:
-        ms = fn(model, inputs, target, batch)
+        ms = expected_latency_ms(model, inputs, target, batch)
     except Exception as e:  # a profile missing for this target or op is not an export failure
-        return {"ms": None, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+        return {"ms": None, "reason": f"{type(e).__name__}: {first_line(e, 200, strip=False, empty='')}"}
     if ms is None:
         return {"ms": None, "reason": f"no latency profile for target {target}"}
     return {"ms": float(ms), "source": "compress.hardware_profiles.expected_latency_ms", "batch": batch}

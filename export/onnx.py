@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 
 OPSET = 18
 
@@ -91,8 +91,7 @@ def export_onnx(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool 
                               input_names=names, output_names=["output"], dynamic_axes=axes,
                               do_constant_folding=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CompressError(f"ONNX export failed ({type(e).__name__}: {msg[:300]})") from None
+        raise CompressError(f"ONNX export failed ({type(e).__name__}: {first_line(e, 300)})") from None
 
 
 def ort_session(path: str, threads: int | None = None):

@@ -9,34 +9,14 @@ import shlex
 import shutil
 from pathlib import Path
 
-import numpy as np
-
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 from compress.export import manifest as mf
 from compress.export import sparsity
+from compress.export.inputs import torch_output
 from compress.export.targets import AARCH64_CXX, AARCH64_HOST, ExportConfig
 
 HERE = Path(__file__).resolve().parent
 ORT_TOL, TVM_TOL = 1e-4, 1e-4
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:300]
-
-
-def torch_output(model, inputs) -> np.ndarray:
-    import torch
-
-    try:
-        with torch.no_grad():
-            out = model(*inputs)
-    except Exception as e:
-        raise CompressError(f"the model does not run on its example input {[list(t.shape) for t in inputs]}: "
-                            f"{type(e).__name__}: {_first_line(e)}") from None
-    out = getattr(out, "logits", out)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    return out.detach().cpu().numpy()
 
 
 def _locate_aten_op(model, inputs, op: str) -> str:
@@ -83,7 +63,7 @@ def _ort_parity(path: str, name: str, cases, optimized: bool) -> list[dict]:
         try:
             got = ort.run(path, [t.numpy() for t in inputs], optimized=optimized)
         except Exception as e:
-            raise CompressError(f"onnxruntime cannot run {os.path.basename(path)}: {_first_line(e)}") from None
+            raise CompressError(f"onnxruntime cannot run {os.path.basename(path)}: {first_line(e)}") from None
         out.append(_check(name, what, got, ref, ORT_TOL))
     return out
 
@@ -125,7 +105,7 @@ def _trt(cfg: ExportConfig, tmp: str, sample_shape, n_inputs: int, sparse: bool,
         import tensorrt  # noqa: F401
     except ImportError as e:
         info |= {"engine": None, "verified": False,
-                 "reason": f"{mf.NOT_VERIFIED}: tensorrt is not importable here ({_first_line(e)}); build it on the device"}
+                 "reason": f"{mf.NOT_VERIFIED}: tensorrt is not importable here ({first_line(e)}); build it on the device"}
         return info, commands
     from compress.export.build_trt import build
     if cfg.target == "jetson":
@@ -138,7 +118,7 @@ def _trt(cfg: ExportConfig, tmp: str, sample_shape, n_inputs: int, sparse: bool,
         info["verified"] = False
         info["reason"] = f"{mf.NOT_VERIFIED}: engine built here, not run against torch"
     except Exception as e:
-        raise CompressError(f"TensorRT cannot build the model: {_first_line(e)}") from None
+        raise CompressError(f"TensorRT cannot build the model: {first_line(e)}") from None
     return info, commands
 
 
@@ -149,7 +129,7 @@ def _aoti(model, inputs, tmp: str, formats: dict) -> dict:
     try:
         ep = aoti.trace(model, inputs)
     except Exception as e:
-        return {"built": False, "reason": f"{mf.NOT_VERIFIED}: torch.export cannot trace the model ({_first_line(e)})"}
+        return {"built": False, "reason": f"{mf.NOT_VERIFIED}: torch.export cannot trace the model ({first_line(e)})"}
     ops = aoti.custom_ops(ep)
     if not ops:
         why = "the model calls no compress block-sparse kernel (torch.ops.compress.*), nothing to package"
@@ -243,7 +223,7 @@ def export(model_or_dir: str, cfg: ExportConfig, out: str, *, weights: str | Non
             try:
                 ort.optimize(onnx_path, opt_path)
             except Exception as e:
-                raise CompressError(f"onnxruntime cannot load the model: {_first_line(e)}") from None
+                raise CompressError(f"onnxruntime cannot load the model: {first_line(e)}") from None
             checks += _ort_parity(opt_path, "onnxruntime (model.ort.onnx)", cases, optimized=True)
             log("TVM build (llvm)")
             lib = os.path.join(tmp, "model_llvm.so")

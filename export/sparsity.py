@@ -129,7 +129,7 @@ def unused(model, name: str, inputs: tuple) -> bool:
     by large random values, i.e. nothing downstream of the output reads the layer."""
     import torch
 
-    from compress.export.package import torch_output
+    from compress.export.inputs import torch_output
 
     g = torch.Generator().manual_seed(0)
 

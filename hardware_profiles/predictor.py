@@ -22,6 +22,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress import machine
 from compress.errors import CompressError
 from compress.hardware_profiles import schema
 from compress.hardware_profiles.layers import CONV, DWCONV, LINEAR, MATMUL, MEMORY, LayerSig
@@ -332,21 +333,17 @@ def shipped() -> list[str]:
 
 
 def _cpuinfo_field(key: str) -> str:
-    try:
-        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(key))
-    except (OSError, StopIteration):
-        return ""
-    return line.split(":", 1)[1].strip()
+    return machine.cpuinfo().field(key)
 
 
 def host_isa() -> str:
     """The x86 vector ISA of this machine as the shipped CPU profiles name it: avx512 or avx2."""
-    return "avx512" if "avx512f" in _cpuinfo_field("flags").split() else "avx2"
+    return machine.isa_of(_cpuinfo_field("flags"))
 
 
 def host_vendor() -> str:
-    """amd, intel, or '' (not an x86 /proc/cpuinfo)."""
-    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(_cpuinfo_field("vendor_id"), "")
+    """amd, intel, or '' (not an x86 CPU)."""
+    return machine.vendor_of(_cpuinfo_field("vendor_id"))
 
 
 def host_tags() -> list[str]:

@@ -29,6 +29,7 @@ from compress.errors import CompressError
 from compress.hardware_profiles import schema
 from compress.hardware_profiles.layers import CONV, DWCONV, LINEAR, MEMORY, LayerSig
 from compress.hardware_profiles.predictor import table_key
+from compress.io import write_text_atomic
 
 FRACTIONS = (1 / 16, 1 / 8, 3 / 16, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
 # (c, h, w) per sample: about 1K to 1.6M elements, log-spaced (per-element cost rises once a tensor
@@ -156,9 +157,7 @@ class _Partial:
         self.data["points"][k] = v
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self.data))
 
 
 def _pkey(tk: str, r: int, ci: int, co: int) -> str:
@@ -270,9 +269,7 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
 def _write(prof: dict, outp: Path) -> None:
     """Validate, then write atomically (a temporary file renamed into place)."""
     schema.validate(prof, outp)
-    tmp = outp.with_name(outp.name + ".tmp")
-    tmp.write_text(json.dumps(prof, indent=1) + "\n")
-    os.replace(tmp, outp)
+    write_text_atomic(outp, json.dumps(prof, indent=1) + "\n")
 
 
 def staircase(be, layers, cfg) -> dict:

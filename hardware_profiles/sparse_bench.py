@@ -8,7 +8,6 @@ import platform
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 BLOCKS = (16, 32, 64)
 DENSITIES = (0.5, 0.25, 0.1)
@@ -18,15 +17,10 @@ NOTE = ("runtime: torch {ver} on CPU (torch.sparse BSR matmul, weight [out, in] 
 
 
 def machine(target: str) -> dict:
-    name, flags = platform.processor() or "unknown", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("unknown", "", platform.processor()):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
+    from compress.machine import cpuinfo
+
+    info = cpuinfo()
+    name, flags = info.model_name(platform.processor() or "unknown"), info.flags
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "neon", "asimd") if f in flags]
     return {"kind": target, "name": name, "cores": os.cpu_count(), "isa": isa, "arch": platform.machine()}
 

@@ -13,7 +13,7 @@ from torch import nn
 from compress.errors import CompressError
 from compress.graph import build_graph
 from compress.graph.canonical import canonicalize
-from compress.plan import PruneConfig, PrunePlan, _round_keep, class_step
+from compress.plan import PruneConfig, PrunePlan, class_step, round_keep
 from compress.pruner import prune
 
 SOURCE = {"model": "test", "input_shape": [2, 3, 8, 8]}
@@ -237,11 +237,11 @@ def test_round_to_applies_per_conv_group_in_two_group_convs():
 
 
 def test_round_keep_and_class_step():
-    assert _round_keep(3, 1.5, 4) == 3          # smaller than a step: untouched
-    assert _round_keep(16, 0.4, 4) == 4         # never below one step
-    assert _round_keep(16, 8.0, 4) == 8
-    assert _round_keep(16, 9.9, 4) == 8 and _round_keep(16, 10.1, 4) == 12
-    assert _round_keep(10, 0.0, 1) == 1         # never empty
+    assert round_keep(3, 1.5, 4) == 3          # smaller than a step: untouched
+    assert round_keep(16, 0.4, 4) == 4         # never below one step
+    assert round_keep(16, 8.0, 4) == 8
+    assert round_keep(16, 9.9, 4) == 8 and round_keep(16, 10.1, 4) == 12
+    assert round_keep(10, 0.0, 1) == 1         # never empty
     assert class_step(np.array([64] * 12), 16) == 1
     assert class_step(np.array([8] * 4), 16) == 2
     assert class_step(np.array([1] * 4), 8) == 8

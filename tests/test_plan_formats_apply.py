@@ -107,14 +107,14 @@ def _in_memory(plan: PrunePlan, calib_spec: str | None):
     """The pruned + lowered model computed here, without the CLI."""
     from compress.lower.mixed import fit, lower_planned, planned
     from compress.pruner import apply_plan
-    from compress.verbs import calib_batches
+    from compress.calib import input_batches
 
     lm = models.load(SPEC)
     inputs = models.example_inputs(lm)
     specs = planned(plan.formats, lm.model)
     res = apply_plan(lm.model, inputs, plan)
     ok, dense = fit(specs, res.model)
-    calib = calib_batches(calib_spec or "random:32", lm, inputs)
+    calib = input_batches(calib_spec or "random:32", lm, inputs)
     return lower_planned(res.model, ok, {"model": SPEC}, calib, calib_spec is not None, calib_spec or "random:32"), dense
 
 

@@ -1,1 +1,3 @@
-"""One module per CLI verb beyond prune/eval/inspect (see compress.cli.COMMANDS)."""
+"""One module per CLI verb (see compress.cli.COMMANDS): HELP, add_arguments(p) and run(args), which
+builds the verb's inputs from the parsed arguments and calls the library (prune, eval and inspect:
+`compress.api`)."""

@@ -60,7 +60,9 @@ def run(args) -> dict:
     from compress.io import atomic_dir, write_json
     from compress.plan import weights_source
     from compress.planner import BudgetUnreachable, PlanConfig
-    from compress.verbs import Progress, _load, calib_batches
+    from compress.calib import input_batches
+    from compress.progress import Progress
+    from compress.source import ModelSpec
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("structured", "2:4", "block")]
@@ -80,12 +82,12 @@ def run(args) -> dict:
         shape = list(models.parse_shape(args.input_shape))
         shape[0] = prof.batch
         args.input_shape = ",".join(map(str, shape))
-    lm, inputs = _load(args)
+    lm, inputs = ModelSpec(args.model, args.weights, args.input_shape).load()
     if lm.plan is not None:
         raise CompressError(f"{args.model} is already pruned; plan from its source model")
     if shape is None:
         inputs = models.example_inputs(lm, (prof.batch,) + tuple(inputs[0].shape[1:]))
-    calib = calib_batches(args.calib or ("random:32" if args.criterion in ("taylor", "fisher", "activation", "apoz")
+    calib = input_batches(args.calib or ("random:32" if args.criterion in ("taylor", "fisher", "activation", "apoz")
                                          else None), lm, inputs)
     source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model), "input_shape": list(inputs[0].shape),
               "weights": weights_source(args.weights)}

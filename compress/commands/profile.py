@@ -6,8 +6,9 @@ HELP = "measure per-layer latency tables for this device (a profile for `compres
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--target", choices=["cpu", "gpu", "jetson"], help="the device kind being profiled (required unless --refit)")
-    p.add_argument("--runtime", default="ort", choices=["ort", "torch", "tvm", "tensorrt"])
+    # only what this profiler measures: CPU runtimes (GPU/Jetson profiles are analytic or measured elsewhere)
+    p.add_argument("--target", choices=["cpu"], help="the device kind being profiled (required unless --refit)")
+    p.add_argument("--runtime", default="ort", choices=["ort", "torch"])
     p.add_argument("--model", nargs="+", default=[], metavar="MODEL",
                    help="profile the layers (and prunable channel range) of these models (default: a generic grid)")
     p.add_argument("--input-shape", help="example input shape for --model (batch dimension ignored)")
@@ -68,11 +69,6 @@ def run(args) -> dict:
         raise CompressError("--extend needs --model: the models whose layers the profile should gain")
     if not args.target or not (args.out or args.extend):
         raise CompressError("compress profile needs --target and --out (or --extend FILE, or --refit FILE)")
-    if args.runtime in ("tvm", "tensorrt"):
-        raise CompressError(f"--runtime {args.runtime} is not supported by this profiler yet; use --runtime ort or torch")
-    if args.target in ("gpu", "jetson"):
-        raise CompressError(f"--target {args.target}: this profiler measures CPU runtimes (ort, torch) only so far; "
-                            "GPU/Jetson profiles need --runtime tensorrt, not supported yet")
     for k in ("batch", "rounds", "reps", "grid_points", "grid_step"):
         if getattr(args, k) < 1:
             raise CompressError(f"--{k.replace('_', '-')} must be >= 1")
@@ -112,13 +108,13 @@ def run(args) -> dict:
 def _extend(args, base: dict, layers, dense, cfg) -> dict:
     """Measure the --model layers into a temporary profile, merge what `base` lacks into it, recompute
     the calibration, and replace --extend FILE (atomically: nothing changes if any step fails)."""
-    import os
     import sys
     import tempfile
     from dataclasses import replace
     from pathlib import Path
 
     from compress.hardware_profiles.profiler import _write, merge_into, refit, run as run_profile
+    from compress.io import write_text_atomic
 
     dest = Path(args.extend)
     cfg = replace(cfg, staircase=False, sparse=False)   # the merge keeps FILE's staircase and sparse table
@@ -129,7 +125,7 @@ def _extend(args, base: dict, layers, dense, cfg) -> dict:
         staged = Path(tmp) / dest.name
         _write(merged, staged)
         prof = refit(str(staged), _layers_of)
-        os.replace(staged, dest)
+        write_text_atomic(dest, staged.read_bytes())
     cal = {c["model"]: c["factor"] for c in prof["calibration"]}
     text = (f"extended {dest}: {info['tables']} layer tables added; calibrated "
             + (", ".join(f"{m} x{cal[m]}" for m in info["models"]) or "no new model (all were calibrated already)"))

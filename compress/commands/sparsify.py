@@ -43,7 +43,8 @@ def run(args) -> dict:
     from compress.io import atomic_dir, write_json
     from compress.lower.modules import set_backends
     from compress.lower.pipeline import SparsifyConfig, check_layers, save_sparse_dir, sparsify
-    from compress.verbs import _load, calib_batches
+    from compress.calib import input_batches
+    from compress.source import ModelSpec
 
     sparsity = args.sparsity
     if sparsity is None:
@@ -55,14 +56,14 @@ def run(args) -> dict:
                          seed=args.seed)
     fmt, _ = cfg.validate()
     t0 = time.perf_counter()
-    lm, inputs = _load(args)
+    lm, inputs = ModelSpec(args.model, args.weights, args.input_shape).load()
     if lm.notes and any(n.startswith("sparse:") for n in lm.notes):
         raise CompressError(f"{args.model} is already sparse; sparsify its source model")
     if lm.plan is not None:
         raise CompressError(f"{args.model} is a pruned directory; sparsify of pruned models is not supported yet")
     check_layers(lm.model, fmt)                       # 2:4 on a reduction dim % 4 != 0: fail before any work
     torch.manual_seed(args.seed)
-    calib = calib_batches(cfg.calib, lm, inputs)
+    calib = input_batches(cfg.calib, lm, inputs)
     source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model),
               "input_shape": list(inputs[0].shape), "input_dtype": lm.input_dtype}
     res = sparsify(lm.model, inputs, cfg, source, calib)

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 from compress.graph.rules import RULES, Ctx, _where, op_name, r_unknown
 
 
@@ -20,9 +20,8 @@ def export_model(model: torch.nn.Module, example_inputs: tuple) -> torch.export.
             warnings.simplefilter("ignore")
             return torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as e:  # torch raises many types here; report one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CompressError(
-            f"cannot trace the model with torch.export ({type(e).__name__}: {first[:300]}); "
+            f"cannot trace the model with torch.export ({type(e).__name__}: {first_line(e, 300)}); "
             "check --input-shape, or make the forward traceable"
         ) from None
 

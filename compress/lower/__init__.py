@@ -3,6 +3,6 @@
 
 def load_sparse_dir(d: str):
     """A directory written by `compress sparsify` -> the lowered nn.Module (no unpickling)."""
-    from compress.lower.pipeline import load_sparse_dir as _load
+    from compress.models import load_sparse_dir as _load
 
     return _load(d)

@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
+from compress.sparse.layout import (  # noqa: F401  (re-exported: formats is lowering's one namespace)
+    input_2d, is_1x1, lowerable, target_layers, topk_mask, weight_2d, weight_from_2d)
 
 PATTERNS = ("2:4", "block:16", "block:32", "block:64", "unstructured", "dense")
 PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))   # the 6 ways to drop 2 of 4
@@ -67,46 +69,7 @@ def parse_pattern(text: str) -> tuple[str, int | None]:
 
 
 # ------------------------------------------------------------------ layers as 2-D matrices
-
-def lowerable(m: nn.Module) -> bool:
-    """Linear, and Conv2d with groups 1 and numeric zero padding (depthwise/grouped convs stay dense)."""
-    if isinstance(m, nn.Linear):
-        return True
-    return (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
-            and not isinstance(m.padding, str))
-
-
-def target_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if n and lowerable(m)}
-
-
-def is_1x1(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and tuple(m.padding) == (0, 0)
-
-
-def weight_2d(m: nn.Module, w: torch.Tensor | None = None) -> torch.Tensor:
-    w = m.weight.detach() if w is None else w
-    if isinstance(m, nn.Conv2d):
-        return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
-    return w
-
-
-def weight_from_2d(m: nn.Module, w2: torch.Tensor) -> torch.Tensor:
-    if isinstance(m, nn.Conv2d):
-        o, c, kh, kw = m.weight.shape
-        return w2.reshape(o, kh, kw, c).permute(0, 3, 1, 2).contiguous()
-    return w2.contiguous()
-
-
-def input_2d(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The rows the layer's matmul sees: (rows, K) in weight_2d's column order."""
-    if isinstance(m, nn.Conv2d):
-        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)   # (B, C*kh*kw, L), c-major
-        b, _, l = cols.shape
-        k = m.kernel_size[0] * m.kernel_size[1]
-        return cols.reshape(b, m.in_channels, k, l).permute(0, 3, 2, 1).reshape(b * l, k * m.in_channels)
-    return x.reshape(-1, x.shape[-1])
-
+# lowerable, target_layers, is_1x1, weight_2d, weight_from_2d, input_2d: compress.sparse.layout
 
 @torch.no_grad()
 def collect_hessians(model: nn.Module, layers: dict[str, nn.Module], batches: list[tuple]) -> dict[str, torch.Tensor]:
@@ -143,20 +106,7 @@ def output_error(w: torch.Tensor, ws: torch.Tensor, h: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------ unstructured
 
-def topk_mask(scores: torch.Tensor, density: float, per_row: bool = False) -> torch.Tensor:
-    """Keep the `density` fraction with the largest scores (ties: lower index first, deterministic)."""
-    if per_row:
-        s2 = scores.reshape(scores.shape[0], -1)
-        k = int(round(density * s2.shape[1]))
-        idx = torch.sort(s2, dim=1, descending=True, stable=True).indices[:, :k]
-        m = torch.zeros_like(s2, dtype=torch.bool).scatter_(1, idx, True)
-        return m.reshape(scores.shape)
-    flat = scores.reshape(-1)
-    k = int(round(density * flat.numel()))
-    idx = torch.sort(flat, descending=True, stable=True).indices[:k]
-    m = torch.zeros_like(flat, dtype=torch.bool)
-    m[idx] = True
-    return m.reshape(scores.shape)
+# topk_mask: compress.sparse.layout
 
 
 # ------------------------------------------------------------------ 2:4
@@ -345,7 +295,7 @@ def decode_bsr(crow, col, values, shape: tuple[int, int], block: int) -> torch.T
     try:
         dense = bsr_tensor(crow, col, values, padded).to_dense()
     except RuntimeError as e:
-        raise CompressError(f"invalid BSR tensors ({str(e).splitlines()[0][:200]})") from None
+        raise CompressError(f"invalid BSR tensors ({first_line(e, 200, strip=False)})") from None
     return dense[:shape[0], :shape[1]].contiguous()
 
 

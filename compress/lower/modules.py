@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 from compress.lower import formats
 
 
@@ -112,14 +112,14 @@ class Sparse24Linear(_SparseBase):
                 self._semi = (key, to_sparse_semi_structured(w))
             except (RuntimeError, ValueError, NotImplementedError, TypeError) as e:
                 warnings.warn(f"Sparse24Linear({self.in_features}->{self.out_features}): semi-structured "
-                              f"path unavailable ({str(e).splitlines()[0][:120]}); running dense")
+                              f"path unavailable ({first_line(e, 120, strip=False)}); running dense")
                 self._semi = (key, None)
         if self._semi[1] is None:
             return F.linear(x2, w)
         try:
             return F.linear(x2, self._semi[1])
         except (RuntimeError, ValueError, NotImplementedError) as e:
-            warnings.warn(f"Sparse24Linear: semi-structured matmul failed ({str(e).splitlines()[0][:120]}); running dense")
+            warnings.warn(f"Sparse24Linear: semi-structured matmul failed ({first_line(e, 120, strip=False)}); running dense")
             self._semi = (key, None)
             return F.linear(x2, w)
 
@@ -158,18 +158,9 @@ class BlockSparseLinear(_SparseBase):
         if pk:
             x2 = F.pad(x2, (0, pk))
         values = self.values.to(x2.dtype)
-        try:
-            from compress import kernels    # torch.ops.compress.bsr_linear: Triton on CUDA, torch BSR on CPU
-        except ImportError:
-            kernels = None
-        if kernels is not None and hasattr(kernels, "bsr_linear_parts"):
-            y = kernels.bsr_linear_parts(x2, self.crow_indices, self.col_indices, values, self.padded[0])
-        elif x2.is_cuda:
-            raise CompressError("BlockSparseLinear on CUDA needs compress.kernels (the Triton BSR kernel)")
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                y = (formats.bsr_tensor(self.crow_indices, self.col_indices, values, self.padded) @ x2.T).T
+        from compress import kernels    # torch.ops.compress.bsr_linear: Triton on CUDA, torch BSR on CPU
+
+        y = kernels.bsr_linear_parts(x2, self.crow_indices, self.col_indices, values, self.padded[0])
         return y[:, :self.out_features]
 
 

@@ -1,11 +1,10 @@
 """Sparsify a model: score, lower every Linear / Conv2d weight to one format, swap in the sparse
-modules, and write / read the sparse directory (sparse_plan.json + sparse_model.safetensors),
-rebuilt without unpickling anything."""
+modules, and write the sparse directory (sparse_plan.json + sparse_model.safetensors; read back,
+without unpickling anything, by compress.models.load_sparse)."""
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +13,11 @@ import torch
 from torch import nn
 
 from compress.errors import CompressError
+from compress.io import SPARSE_WEIGHTS_FILE as WEIGHTS_FILE
 from compress.lower import formats
-from compress.lower.modules import BlockSparseLinear, Sparse24Linear, replaceable, set_module, sparse_module
+from compress.lower.modules import replaceable, set_module, sparse_module
 from compress.lower.plan import PLAN_FILE, LayerPlan, SparsePlan
 
-WEIGHTS_FILE = "sparse_model.safetensors"
 UPDATES = ("none", "obs")
 
 
@@ -181,89 +180,3 @@ def save_sparse_dir(d: str, res: SparsifyResult, hf_config: dict | None = None) 
               os.path.join(d, WEIGHTS_FILE))
     if hf_config is not None:
         write_json(os.path.join(d, "config.json"), hf_config)
-
-
-def _source_model(d: str, plan: SparsePlan):
-    from compress import models
-
-    src = plan.source["model"]
-    if src.startswith("hf:"):
-        cfg = json.loads(Path(d, "config.json").read_text())
-        return models.LoadedModel(models._hf_from_config(cfg), src, "hf", tuple(plan.source["input_shape"]),
-                                  "int64", cfg.get("vocab_size"), cfg)
-    return models._build_source(src, pretrained=False)
-
-
-def load_sparse(d: str):
-    """A sparsify directory -> compress.models.LoadedModel holding the lowered model. With a plan.json
-    beside sparse_plan.json (`compress prune --plan` of a mixed plan) the source model is pruned by that
-    plan first and `lm.plan` holds it."""
-    from safetensors import safe_open
-
-    from compress.graph.canonical import canonicalize
-
-    plan_path, w_path = os.path.join(d, PLAN_FILE), os.path.join(d, WEIGHTS_FILE)
-    if not os.path.isfile(plan_path) or not os.path.isfile(w_path):
-        raise CompressError(f"{d} is not a sparsify directory (needs {PLAN_FILE} and {WEIGHTS_FILE})")
-    plan = SparsePlan.from_json(Path(plan_path).read_text(), plan_path)
-    lm = _source_model(d, plan)
-    model = lm.model
-    canonicalize(model)
-    pruned = _prune_plan(d)
-    if pruned is not None:                            # `compress prune --plan` of a mixed plan: structured first
-        from compress.prune.structured import apply_keep
-        try:
-            apply_keep(model, pruned.param_keep())
-        except (KeyError, RuntimeError, IndexError) as e:
-            raise CompressError(f"{d}: the prune plan does not fit {plan.source['model']} "
-                                f"({type(e).__name__}: {str(e)[:200]})") from None
-    try:
-        with safe_open(w_path, framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise CompressError(f"cannot read {w_path} ({type(e).__name__}: {str(e)[:200]})") from None
-    try:
-        for lp in plan.layers:
-            m = model.get_submodule(lp.name)
-            if tuple(m.weight.shape) != lp.shape:
-                raise CompressError(f"layer {lp.name}: the plan says weight {lp.shape}, the model has {tuple(m.weight.shape)}")
-            keys = [k for k in state if k.rsplit(".", 1)[0] == lp.name and k != f"{lp.name}.bias"]
-            enc = {k.rsplit(".", 1)[1]: state.pop(k) for k in keys}
-            if lp.module in ("Sparse24Linear", "BlockSparseLinear"):
-                if f"{lp.name}.bias" in state:
-                    with torch.no_grad():
-                        m.bias.copy_(state.pop(f"{lp.name}.bias"))
-                set_module(model, lp.name, sparse_module(m, lp.format, enc, lp.block))
-            else:
-                w2 = formats.decode(lp.format, enc, lp.shape_2d, lp.block)
-                state[f"{lp.name}.weight"] = formats.weight_from_2d(m, w2)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        sparse_keys = {k for k in model.state_dict() if isinstance(
-            model.get_submodule(k.rsplit(".", 1)[0]) if "." in k else model, (Sparse24Linear, BlockSparseLinear))}
-        missing = [k for k in missing if k not in sparse_keys]
-        if missing or unexpected:
-            raise CompressError(f"{w_path} does not fit {plan.source['model']}: "
-                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    except (KeyError, RuntimeError, AttributeError) as e:
-        raise CompressError(f"{d}: plan and weights do not fit {plan.source['model']} "
-                            f"({type(e).__name__}: {str(e)[:200]})") from None
-    lm.model = model.eval()
-    lm.input_shape = tuple(plan.source["input_shape"])
-    lm.input_dtype = plan.source.get("input_dtype", lm.input_dtype)
-    lm.notes = [f"sparse: {plan.config['pattern']} ({len(plan.layers)} layers) from {d}"]
-    lm.plan = pruned
-    return lm
-
-
-def _prune_plan(d: str):
-    """The PrunePlan beside the sparse plan (a directory written by `compress prune --plan` from a
-    mixed plan: channels removed, then layers lowered), or None (a `compress sparsify` directory)."""
-    from compress.models import PLAN_FILE as PRUNE_PLAN_FILE
-    from compress.plan import PrunePlan
-
-    p = os.path.join(d, PRUNE_PLAN_FILE)
-    return PrunePlan.from_json(Path(p).read_text(), p) if os.path.isfile(p) else None
-
-
-def load_sparse_dir(d: str) -> nn.Module:
-    return load_sparse(d).model

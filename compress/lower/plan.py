@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from compress.errors import CompressError
+from compress.io import SPARSE_PLAN_FILE as PLAN_FILE
 
 SCHEMA_VERSION = 1
-PLAN_FILE = "sparse_plan.json"
 FORMATS = ("2:4", "block", "unstructured", "dense")
 
 

@@ -21,7 +21,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 
 TARGETS = ("cpu", "gpu", "jetson")
 MEASURED_HERE = ("cpu",)  # targets whose artifacts run on this machine; the others need a profile
@@ -147,7 +147,7 @@ def _profile_file(name: str, base: str) -> tuple[str | None, str | None]:
     try:
         return load_profile(path, batch=1 if is_name else None).path, None
     except CompressError as e:
-        return None, str(e).splitlines()[0]
+        return None, first_line(e, None, strip=False)
 
 
 def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tuple[str, ...]) -> Target | None:

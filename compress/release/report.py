@@ -243,20 +243,14 @@ def plot(t: dict, path: str) -> None:
 
 def write(rep: dict, out: str) -> dict:
     """report.json, report.md, junit.xml and plots/<target>.png in `out`, each written atomically."""
-    import json
+    from compress.io import atomic_file, json_text, write_text_atomic
 
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
-    files = {"report.json": (json.dumps(rep, indent=1, sort_keys=True) + "\n").encode(),
-             "report.md": (markdown(rep) + "\n").encode(), "junit.xml": junit(rep)}
+    files = {"report.json": json_text(rep), "report.md": markdown(rep) + "\n", "junit.xml": junit(rep)}
     for name, data in files.items():
-        tmp = os.path.join(out, f".{name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(out, name))
+        write_text_atomic(os.path.join(out, name), data)
     for t in rep["targets"]:
-        final = os.path.join(out, "plots", f"{t['target']}.png")
-        tmp = os.path.join(out, "plots", f".{t['target']}.png.tmp.png")
-        plot(t, tmp)
-        os.replace(tmp, final)
+        with atomic_file(os.path.join(out, "plots", f"{t['target']}.png"), suffix=".tmp.png") as tmp:
+            plot(t, tmp)                           # the .png suffix: matplotlib picks the format by it
     return {"report_json": "report.json", "report_md": "report.md", "junit": "junit.xml",
             "plots": [f"plots/{t['target']}.png" for t in rep["targets"]]}

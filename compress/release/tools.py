@@ -54,16 +54,12 @@ def run_verb(argv: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[int, di
 
 def machine() -> dict:
     """What a latency measurement depends on (part of the measure step's cache key)."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
     from importlib.metadata import version
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
-            "onnxruntime": version("onnxruntime")}
+    from compress.machine import cpuinfo
+
+    return {"cpu": cpuinfo().model_name(platform.processor()), "cores": os.cpu_count(),
+            "machine": platform.machine(), "onnxruntime": version("onnxruntime")}
 
 
 def find_onnx(d: str) -> str:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import CompressError
-from compress.lower.formats import input_2d, target_layers, topk_mask, weight_2d, weight_from_2d
+from compress.sparse.layout import input_2d, target_layers, topk_mask, weight_2d, weight_from_2d
 
 CRITERIA = ("magnitude", "wanda", "movement", "snip", "grasp", "synflow")
 

@@ -175,7 +175,6 @@ def test_sparse_plan_naming_a_missing_layer_is_bad_input(tmp_path):
 
 
 def test_gpu_export_of_a_model_lowered_by_compress_lower(tmp_path):
-    pytest.importorskip("compress.lower.pipeline")
     man = export(M + "tiny_mlp_lowered_24", ExportConfig("gpu"), str(tmp_path / "o"))
     assert {n: e["format"] for n, e in man["layer_formats"].items()} == {"0": "2:4", "2": "2:4"}
     s = man["sparsity_2_4"]

@@ -11,7 +11,8 @@ from compress.errors import CompressError
 from compress.lower import formats as Fm
 from compress.lower.modules import (BlockSparseLinear, Sparse24Linear, choose_backend, densify, set_backends,
                                     sparse_module)
-from compress.lower.pipeline import SparsifyConfig, load_sparse_dir, save_sparse_dir, sparsify
+from compress.lower.pipeline import SparsifyConfig, save_sparse_dir, sparsify
+from compress.models import load_sparse_dir
 from lowering_models import bottleneck, odd_linear, tiny_bert, vit_mlp
 
 MODELS = {"vit_mlp": vit_mlp, "tiny_bert": tiny_bert, "bottleneck": bottleneck}

@@ -1,0 +1,10 @@
+"""The library entry points of the verbs prune, eval and inspect: one module each, holding a frozen
+config dataclass and a function that takes it and returns what the CLI prints, {"text", "json", "code"?}:
+
+    from compress.api.prune import PruneRun, prune          # compress prune
+    from compress.api.eval import EvalRun, evaluate         # compress eval
+    from compress.api.inspect import InspectRun, inspect    # compress inspect
+
+`compress/commands/<verb>.py` parses the command line into the config and calls the function.
+`compress.api.accuracy` holds the accuracy and fine-tuning step of `prune --data`.
+"""

@@ -1,0 +1,89 @@
+"""--calib: the calibration data of data-driven criteria, lowering and planning.
+
+A spec is one of
+- `random[:N]`   N inputs (default 32) drawn like the model's example input (seed 1);
+- `FILE.npy`     a numeric array of inputs, one sample per row, shaped like the model's input;
+- `data[:N]`     a stratified subset of N samples (default 128) of --data's training split
+                 (`compress prune --data` only: `parse(spec, data=True)`).
+
+`parse` reads a spec; `input_batches` builds the batches of a random or .npy spec, `data_batches`
+those of a data subset. Batches are tuples of model inputs, 8 samples each.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from compress.errors import CompressError
+
+RANDOM_SAMPLES = 32
+DATA_SAMPLES = 128
+BATCH = 8
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    kind: str                    # "random" | "npy" | "data"
+    samples: int | None = None   # random, data: how many samples
+    path: str | None = None      # npy: the file
+
+
+def _count(spec: str, default: int, form: str) -> int:
+    if ":" not in spec:
+        return default
+    try:
+        return int(spec.split(":", 1)[1])
+    except ValueError:
+        raise CompressError(f"--calib {spec!r}: use {form}:N with an integer N") from None
+
+
+def is_data(spec: str | None) -> bool:
+    """Whether a spec asks for a subset of --data's training split (data[:N])."""
+    return (spec or "").startswith("data")
+
+
+def parse(spec: str, data: bool = False) -> CalibSpec:
+    """Read a --calib spec; `data`: data[:N] is allowed (and wins over a .npy ending)."""
+    if data and is_data(spec):
+        return CalibSpec("data", _count(spec, DATA_SAMPLES, "data"))
+    if spec.startswith("random"):
+        return CalibSpec("random", _count(spec, RANDOM_SAMPLES, "random"))
+    if spec.endswith(".npy"):
+        return CalibSpec("npy", path=spec)
+    raise CompressError(f"--calib {spec!r}: use random[:N] or a .npy file of inputs")
+
+
+def input_batches(spec: str | None, lm, inputs: tuple, batch: int = BATCH) -> list[tuple]:
+    """The batches of a random[:N] or FILE.npy spec for the loaded model `lm` whose example inputs
+    are `inputs` ([] without a spec)."""
+    import numpy as np
+    import torch
+
+    from compress import models
+
+    if not spec:
+        return []
+    c = parse(spec)
+    if c.kind == "random":
+        shape = (c.samples,) + tuple(inputs[0].shape[1:])
+        full = models.example_inputs(lm, shape, seed=1)[0]
+    else:
+        if not os.path.isfile(spec):
+            raise CompressError(f"--calib {spec}: file does not exist")
+        try:
+            full = torch.from_numpy(np.load(spec, allow_pickle=False))
+        except ValueError as e:
+            raise CompressError(f"--calib {spec}: not a numeric .npy array ({e})") from None
+        if tuple(full.shape[1:]) != tuple(inputs[0].shape[1:]):
+            raise CompressError(f"--calib {spec}: samples have shape {tuple(full.shape[1:])}, "
+                                f"the model takes {tuple(inputs[0].shape[1:])}")
+        full = full.to(inputs[0].dtype)
+    return [(full[i:i + batch],) for i in range(0, len(full), batch)]
+
+
+def data_batches(ds, n: int, seed: int = 0, batch: int = BATCH) -> list[tuple]:
+    """The inputs of a stratified subset of `n` samples of the dataset `ds` (compress.data), in batches."""
+    from compress import data
+
+    return [(x,) for x, _ in data.calibration_subset(ds, n, seed).batches(batch)]

@@ -1,0 +1,23 @@
+"""`compress eval`: the command line of `compress.api.eval.evaluate` (EvalRun)."""
+
+from __future__ import annotations
+
+HELP = "accuracy on a labelled test split (and agreement with the dense source)"
+
+
+def add_arguments(p) -> None:
+    from compress.cli import add_model_args
+
+    p.add_argument("model", metavar="MODEL_OR_DIR")
+    p.add_argument("--data", required=True, help="fashion-mnist or a directory (IDX files or class subfolders)")
+    p.add_argument("--source-weights", help="weights of a pruned directory's dense source model")
+    p.add_argument("--batch-size", type=int, default=256)
+    add_model_args(p)
+
+
+def run(args) -> dict:
+    from compress.api.eval import EvalRun, evaluate
+    from compress.source import ModelSpec
+
+    return evaluate(EvalRun(model=ModelSpec(args.model, args.weights, args.input_shape), data=args.data,
+                            source_weights=args.source_weights, batch_size=args.batch_size))

@@ -1,0 +1,74 @@
+"""Where a verb's model comes from: a model spec loaded and checked to run, the per-sample input
+shape accuracy needs, and the dense source model a pruned directory was made from.
+
+`ModelSpec` is what the MODEL argument, --weights and --input-shape of a verb say; `ModelSpec.load()`
+loads it and checks that it runs on its example input (what `compress prune`, `inspect`,
+`sparsify` and `plan` do before any work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from compress import models
+from compress.errors import CompressError
+
+
+def _shape(input_shape: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """--input-shape as given ("1,3,224,224") or as a sequence of ints; None when not given."""
+    if not input_shape:
+        return None
+    return models.parse_shape(input_shape if isinstance(input_shape, str) else ",".join(map(str, input_shape)))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to load: `model` is torchvision:NAME | hf:DIR | compress:NAME | package.module:function
+    | a directory written by `compress prune`/`sparsify`; `weights` a .safetensors file or a torch
+    state_dict (loaded with weights_only); `input_shape` the example input's shape, "1,3,224,224"
+    or (1, 3, 224, 224) (default: the model's own)."""
+    model: str
+    weights: str | None = None
+    input_shape: str | tuple[int, ...] | None = None
+
+    def load(self) -> tuple[models.LoadedModel, tuple]:
+        """The loaded model and its example inputs; the model must run on them."""
+        lm = models.load(self.model, self.weights)
+        shape = _shape(self.input_shape)
+        inputs = models.example_inputs(lm, shape)
+        try:
+            with torch.no_grad():
+                lm.model(*inputs)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CompressError(f"the model does not run on an input of shape {tuple(inputs[0].shape)} "
+                                f"({msg[:200]}); pass the right --input-shape") from None
+        return lm, inputs
+
+
+def sample_shape(lm: models.LoadedModel, input_shape: str | Sequence[int] | None = None) -> tuple[int, ...]:
+    """The per-sample input shape (C, H, W) of an image classifier, for checking a --data set against it."""
+    if lm.input_dtype != "float32":
+        raise CompressError(f"{lm.spec} takes {lm.input_dtype} token ids; accuracy needs an image classifier "
+                            "(text models: compress eval MODEL_OR_DIR --data tweets|FILE.csv)")
+    shape = _shape(input_shape) or tuple(lm.input_shape)
+    return tuple(shape[1:])
+
+
+def dense_source(plan, source_weights: str | None = None):
+    """Rebuild the dense model a pruned directory came from. Returns (model, None) when its weights
+    hash matches the plan's, else (None, why not)."""
+    spec = plan.source.get("model")
+    try:
+        lm = models.load(spec, source_weights)
+    except CompressError as e:
+        return None, f"the dense source {spec} cannot be rebuilt ({e})"
+    if models.weights_sha256(lm.model) != plan.source.get("sha256"):
+        how = ("--source-weights does not hold" if source_weights else
+               f"{spec} rebuilt on its own does not have")
+        return None, (f"the dense source's weights are not recoverable: {how} the weights that were pruned "
+                      f"(sha256 {str(plan.source.get('sha256'))[:12]}...); pass --source-weights FILE")
+    return lm.model.eval(), None
