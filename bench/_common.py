@@ -53,10 +53,10 @@ def example(batch: int = 1):
 
 
 def prune_ours(model, ratio: float, round_to: int, graph=None):
-    """compress.pruner.prune with l1, uniform ratio. Returns (PruneResult, seconds).
+    """compress.prune.apply.prune with l1, uniform ratio. Returns (PruneResult, seconds).
     Pass `graph` (a previous result's) to skip tracing."""
-    from compress.plan import PruneConfig
-    from compress.pruner import prune
+    from compress.prune.plan import PruneConfig
+    from compress.prune.apply import prune
 
     cfg = PruneConfig(ratio=ratio, criterion="l1", global_ranking=False, round_to=round_to)
     t0 = time.perf_counter()

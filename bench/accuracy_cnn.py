@@ -9,7 +9,7 @@ Bars (issue 3):
   fine-tuning; the fine-tuned points at the main ratio are marked on it).
 
 Every fine-tuned variant starts from the same dense checkpoint, trains on the same 60,000
-training images for the same number of steps with `compress.train.finetune` (SGD Nesterov,
+training images for the same number of steps with `compress.accuracy.train.finetune` (SGD Nesterov,
 batch 128, the given LR curve, distillation from the dense model) and is evaluated on the
 10,000 test images. Torch-Pruning prunes with its MetaPruner (uniform ratio, classifier
 ignored); its Taylor importance takes gradients of the cross-entropy on the same 128
@@ -100,7 +100,8 @@ class Setup:
     def __init__(self, args):
         import torch
 
-        from compress import data, zoo
+        from compress.accuracy import data
+        from compress.models import zoo
         from compress.hardware_profiles import channel_step
 
         torch.set_num_threads(args.threads)
@@ -120,21 +121,21 @@ class Setup:
 
     @property
     def d_logits(self):
-        from compress.evaluate import predict
+        from compress.accuracy.evaluate import predict
 
         if self._d_logits is None:
             self._d_logits = predict(self.dense, self.te, desc="dense")
         return self._d_logits
 
     def recal(self, model):
-        from compress.train import recalibrate_bn
+        from compress.accuracy.train import recalibrate_bn
 
         if self.args.bn_recal:
             recalibrate_bn(model, self.tr, self.args.bn_recal, seed=self.args.seed)
         return model
 
     def metrics(self, model) -> dict:
-        from compress.evaluate import accuracy, agreement, functional_distance, predict
+        from compress.accuracy.evaluate import accuracy, agreement, functional_distance, predict
 
         lg = predict(model, self.te, desc="eval")
         return {"accuracy": accuracy(lg, self.te.labels), "agreement": agreement(lg, self.d_logits),
@@ -148,11 +149,11 @@ class Setup:
 
 def run_variant(S: Setup, v: str) -> dict:
     from compress.metrics import count_params
-    from compress.plan import PruneConfig
-    from compress.pruner import prune
-    from compress.schedules import PruneSchedule
-    from compress.schedules import run as run_schedule
-    from compress.train import CachedTeacher, finetune
+    from compress.prune.plan import PruneConfig
+    from compress.prune.apply import prune
+    from compress.accuracy.schedules import PruneSchedule
+    from compress.accuracy.schedules import run as run_schedule
+    from compress.accuracy.train import CachedTeacher, finetune
 
     a = S.args
     parts = v.split(":")
@@ -195,8 +196,8 @@ def run_variant(S: Setup, v: str) -> dict:
 
 
 def run_curves(S: Setup) -> dict:
-    from compress.plan import PruneConfig
-    from compress.pruner import prune
+    from compress.prune.plan import PruneConfig
+    from compress.prune.apply import prune
 
     a = S.args
     ratios = [float(r) for r in a.curve_ratios.split(",")]
@@ -233,8 +234,8 @@ def main() -> None:
     import sys
     import tempfile
 
-    from compress import zoo
-    from compress.evaluate import accuracy
+    from compress.models import zoo
+    from compress.accuracy.evaluate import accuracy
     from compress.metrics import count_params
 
     t_start = time.perf_counter()

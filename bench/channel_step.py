@@ -1,7 +1,7 @@
 """Which channel step (round_to) makes pruned models run most efficiently in onnxruntime on this CPU?
 
 For resnet50, mobilenet_v2 and efficientnet_b0 at ratio 0.3, batch 8: prune with
-compress.pruner.prune (l1, uniform ratio) at round_to in {1, 8, 16, 32}, export ONNX, and time
+compress.prune.apply.prune (l1, uniform ratio) at round_to in {1, 8, 16, 32}, export ONNX, and time
 dense and every step alternated round-robin in fresh subprocesses (same protocol as
 prune_latency.py). efficiency = (dense latency / pruned latency) / (dense MACs / pruned MACs).
 It also records how many convolutions onnxruntime runs in MLAS's blocked NCHWc layout at each step
@@ -157,7 +157,7 @@ def main() -> None:
                            "model alternated round-robin (start rotated per round), median over rounds",
             "noise": "shared 2-core VM; other processes may run concurrently. Load average at start/end: "
                      f"{load_start} / {c.loadavg()}",
-            "pruner": f"compress.pruner.prune, criterion l1, uniform ratio {a.ratio}, random weights",
+            "pruner": f"compress.prune.apply.prune, criterion l1, uniform ratio {a.ratio}, random weights",
             "selection": selection_text(a.tie, a.portable_block),
         },
         "summary": summary,

@@ -57,8 +57,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from compress.metrics import count_macs
-    from compress.planner import PlanConfig, plan_model
-    from compress.pruner import apply_plan
+    from compress.planner.solve import PlanConfig, plan_model
+    from compress.prune.apply import apply_plan
 
     t_start = time.time()
     proto = {"warmup": 3, "runs": 15, "max_seconds": 2.5, "rounds": a.rounds, "passes": a.passes,

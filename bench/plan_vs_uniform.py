@@ -1,9 +1,9 @@
 """At the latency a uniform channel ratio reaches, how many MACs does the latency planner keep?
 
-The uniform ratio removes the same fraction from every group (compress.pruner.prune, l1, the cpu
+The uniform ratio removes the same fraction from every group (compress.prune.apply.prune, l1, the cpu
 channel step): on networks whose time sits in ops that shrink only linearly with channels (depthwise
 convs, activations, squeeze-excite, concat), latency falls more slowly than MACs. The latency planner
-(`compress plan`, compress.planner) removes channels where the device profile says they cost time.
+(`compress plan`, compress.planner.solve) removes channels where the device profile says they cost time.
 For each model and ratio:
 
     uniform  = prune(ratio)                                   (the issue's "ours")
@@ -50,8 +50,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from compress.hardware_profiles import channel_step, load_profile, predict_ms
-    from compress.planner import PlanConfig, plan_model
-    from compress.pruner import apply_plan
+    from compress.planner.solve import PlanConfig, plan_model
+    from compress.prune.apply import apply_plan
 
     t_start = time.time()
     proto = {"warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "rounds": a.rounds,

@@ -1,13 +1,13 @@
 """Accuracy at equal measured latency: our latency-budget plan vs Torch-Pruning's uniform pruner
 with round_to=16, both fine-tuned with the same budget, side by side in one run.
 
-For each model and budget: our plan (`compress.planner`, the shipped CPU onnxruntime profile at
+For each model and budget: our plan (`compress.planner.solve`, the shipped CPU onnxruntime profile at
 --batch) is applied; Torch-Pruning (MetaPruner, L1 magnitude, uniform ratio, round_to=16, the
 classifier kept) is run over a grid of ratios. Dense, ours and every Torch-Pruning candidate are
 timed in onnxruntime (one worker process per file, timing blocks in turn: `_common.alternate_workers`); the Torch-Pruning
 ratio whose measured latency is closest to ours is the baseline; ours is then re-planned at a budget
 scaled by the measured latency ratio and both re-timed alternately until they are within 4% (the
-bar's "equal latency" is 5%; --match-iters rounds at most). Both are then fine-tuned with the same recipe (compress.train.finetune: same
+bar's "equal latency" is 5%; --match-iters rounds at most). Both are then fine-tuned with the same recipe (compress.accuracy.train.finetune: same
 epochs, samples, LR curve, distillation from the dense model), once per --seeds seed, and evaluated
 on the Fashion-MNIST test split; the accuracy is the mean over seeds, with the per-seed difference.
 Data-driven criteria (--criterion taylor|fisher|activation|apoz) score on --calib-samples training
@@ -64,15 +64,16 @@ def main() -> None:
 
     import torch
 
-    from compress import data, models
-    from compress.evaluate import accuracy, predict
+    from compress.accuracy import data
+    from compress import models
+    from compress.accuracy.evaluate import accuracy, predict
     from compress.export.onnx import export_onnx
     from compress.hardware_profiles import load_profile
-    from compress.importance import DATA_CRITERIA
+    from compress.prune.importance import DATA_CRITERIA
     from compress.metrics import count_macs
-    from compress.planner import PlanConfig, plan_model
-    from compress.pruner import apply_plan
-    from compress.train import finetune
+    from compress.planner.solve import PlanConfig, plan_model
+    from compress.prune.apply import apply_plan
+    from compress.accuracy.train import finetune
 
     t_start = time.time()
     proto = {"warmup": 3, "runs": a.runs, "max_seconds": a.max_seconds, "rounds": a.rounds}

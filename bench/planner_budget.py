@@ -1,6 +1,6 @@
 """Does a latency-budget plan run at its budget when measured?
 
-For each model, batch size and budget: `compress.planner.plan_model` against the shipped CPU
+For each model, batch size and budget: `compress.planner.solve.plan_model` against the shipped CPU
 onnxruntime profile at that batch, the plan applied (physical removal), dense and planned ONNX timed
 in onnxruntime: per model and batch, each file (dense and its plans) in its own timing process, the
 processes timing one block each in turn (round-robin, one session running at a time), over two passes
@@ -34,7 +34,7 @@ def build_any(name: str):
     import torch
 
     if name == "fmnist-cnn":
-        from compress.zoo import construct
+        from compress.models.zoo import construct
 
         torch.manual_seed(0)
         return construct("fmnist-cnn").eval(), (torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)),)
@@ -64,12 +64,12 @@ def main() -> None:
     from compress.errors import first_line
     from compress.export.onnx import export_onnx
     from compress.hardware_profiles import load_profile
-    from compress.planner import PlanConfig, plan_model, prepare
-    from compress.planner_measure import refine
-    from compress.pruner import apply_plan
+    from compress.planner.solve import PlanConfig, plan_model, prepare
+    from compress.planner.measured import refine
+    from compress.prune.apply import apply_plan
 
     t_start = time.time()
-    proto = {"planning": "compress plan --measure (compress.planner_measure.refine)" if a.measure else
+    proto = {"planning": "compress plan --measure (compress.planner.measured.refine)" if a.measure else
              "compress plan (predicted only)", "warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "rounds": a.rounds,
              "passes": a.passes, "timing": "_common.alternate_workers: one worker process per file, its session "
              "loaded once, blocks timed round-robin in lockstep (one session runs at a time), fresh workers per "

@@ -1,6 +1,6 @@
 """How well does the latency model predict measured onnxruntime CPU latency of pruned models?
 
-Builds pruned variants of the zoo's CNNs with compress.pruner (uniform ratios, --global ranking and
+Builds pruned variants of the zoo's CNNs with compress.prune.apply (uniform ratios, --global ranking and
 random per-group ratios; round_to = the cpu channel step), none of which the profile was fitted on
 (the profile holds per-layer tables measured by `compress profile` on single-op graphs), predicts
 each variant's latency with compress.hardware_profiles.predict_ms, and measures it end to end:
@@ -36,7 +36,7 @@ def build_model(name: str):
     import torch
 
     if name == "fmnist-cnn":
-        from compress import zoo
+        from compress.models import zoo
         torch.manual_seed(0)
         m = zoo.construct(name).eval()
         from compress.graph.canonical import canonicalize
@@ -51,9 +51,9 @@ def prune_random(model, inputs, lo: float, hi: float, seed: int, round_to: int):
     import numpy as np
 
     from compress.graph.groups import build_graph
-    from compress.plan import PruneConfig, build_plan, class_step, cover, layer_needs, round_keep
+    from compress.prune.plan import PruneConfig, build_plan, class_step, cover, layer_needs, round_keep
     from compress.prune.structured import apply_keep
-    from compress.pruner import ignored_groups, trace_inputs
+    from compress.prune.apply import ignored_groups, trace_inputs
 
     graph = build_graph(model, trace_inputs(inputs))
     ign = ignored_groups(model, graph, ())
@@ -70,8 +70,8 @@ def prune_random(model, inputs, lo: float, hi: float, seed: int, round_to: int):
 
 
 def variants(name: str, step: int, labels: list[str]):
-    from compress.plan import PruneConfig
-    from compress.pruner import prune
+    from compress.prune.plan import PruneConfig
+    from compress.prune.apply import prune
 
     dense, inputs = build_model(name)
     yield "dense", dense, inputs
@@ -286,7 +286,7 @@ def main() -> None:
                              "source": p.data["source"]} for b, p in profiles.items()},
         "protocol": {
             "variants": {v[0]: f"{v[1]} {v[2]}" for v in VARIANTS if v[0] in a.variants}
-            | {"note": f"compress.pruner.prune (l1) with round_to={step} for uniform/global; random: per-group ratio "
+            | {"note": f"compress.prune.apply.prune (l1) with round_to={step} for uniform/global; random: per-group ratio "
                        "uniform in [lo, hi] with seed, random kept channels, compress's build_plan + apply_keep; "
                        "random weights (latency does not depend on them); no variant was used to fit anything: "
                        "the profile's tables come from single-op graphs measured by `compress profile`"},
@@ -319,7 +319,7 @@ def main() -> None:
 
 def crosscheck(path: str, rows: list[dict]) -> dict | None:
     """Predictions for the uniform variants vs their latencies in bench/prune_latency.py's results
-    (variant 'ours': compress.pruner l1, uniform ratio, round_to 16, the same seeded random weights;
+    (variant 'ours': compress.prune.apply l1, uniform ratio, round_to 16, the same seeded random weights;
     the MAC counts are compared to make sure the models are the same)."""
     import json
 

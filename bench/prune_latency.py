@@ -1,7 +1,7 @@
 """Does removing channels buy onnxruntime CPU latency in proportion to the MACs it removes?
 
 For each zoo CNN (random weights) and channel ratio: ONNX files for the dense model, ours
-(compress.pruner.prune, l1, uniform ratio, round_to = the cpu channel step), Torch-Pruning's
+(compress.prune.apply.prune, l1, uniform ratio, round_to = the cpu channel step), Torch-Pruning's
 uniform magnitude pruner without rounding (tp) and with round_to=16 (tp16). Per model and batch
 size, every file is timed in its own worker process, the workers timing one block each in turn
 (round-robin rounds, two passes of fresh workers: _common.alternate_workers).
@@ -10,7 +10,7 @@ size, every file is timed in its own worker process, the workers timing one bloc
     mac_reduction  = dense MACs / variant MACs       (MACs at batch 1)
     efficiency     = speedup / mac_reduction         (1.0: latency falls exactly as MACs do)
 
-Also times compress.pruner.prune itself on ResNet-50 (trace + score + select + remove + verify).
+Also times compress.prune.apply.prune itself on ResNet-50 (trace + score + select + remove + verify).
 
     python bench/prune_latency.py                                   # full run (~15 min on a quiet 2-core VM)
     python bench/prune_latency.py --models resnet18 --rounds 1 --runs 3 --out /tmp/smoke.json
@@ -32,7 +32,7 @@ VARIANTS = ["dense", "ours", "tp", "tp16"]
 
 
 def prune_time_resnet50(repeats: int) -> dict:
-    """compress.pruner.prune on a fresh ResNet-50, in a fresh process: first call (cold) and the rest."""
+    """compress.prune.apply.prune on a fresh ResNet-50, in a fresh process: first call (cold) and the rest."""
     code = (
         "import sys, json; sys.path[:0] = [%r, %r]\n"
         "import _common as c\n"
@@ -45,7 +45,7 @@ def prune_time_resnet50(repeats: int) -> dict:
     if p.returncode != 0:
         raise RuntimeError(f"ResNet-50 prune timing failed: {p.stderr.strip()[-500:]}")
     ts = c.json.loads(p.stdout.strip().splitlines()[-1])
-    return {"model": "resnet50", "ratio": 0.3, "what": "time.perf_counter around compress.pruner.prune "
+    return {"model": "resnet50", "ratio": 0.3, "what": "time.perf_counter around compress.prune.apply.prune "
             "(trace + l1 score + select + physical removal + verification against the masked model) "
             "on a fresh process; first call is cold (includes torch.export warm-up)",
             "cold_s": round(ts[0], 3), "warm_s": [round(t, 3) for t in ts[1:]],
@@ -133,7 +133,7 @@ def main() -> None:
     try:
         prune_time = None
         if a.prune_repeats:
-            c.log("timing compress.pruner.prune on resnet50")
+            c.log("timing compress.prune.apply.prune on resnet50")
             prune_time = prune_time_resnet50(a.prune_repeats)
             c.log(f"resnet50 prune: cold {prune_time['cold_s']}s, warm {prune_time['warm_s']}")
         for name in a.models:
@@ -195,7 +195,7 @@ def main() -> None:
                        "weights pick arbitrary channels, which does not matter for latency",
             "variants": {
                 "dense": "the unpruned model",
-                "ours": f"compress.pruner.prune, criterion l1, uniform ratio, round_to = channel_step('cpu') = {step}",
+                "ours": f"compress.prune.apply.prune, criterion l1, uniform ratio, round_to = channel_step('cpu') = {step}",
                 "tp": "torch_pruning.pruner.MagnitudePruner, MagnitudeImportance(p=1), uniform pruning_ratio, "
                       "ignored_layers = final classifier Linear, round_to=None",
                 "tp16": "as tp with round_to=16",

@@ -83,7 +83,7 @@ def input_batches(spec: str | None, lm, inputs: tuple, batch: int = BATCH) -> li
 
 
 def data_batches(ds, n: int, seed: int = 0, batch: int = BATCH) -> list[tuple]:
-    """The inputs of a stratified subset of `n` samples of the dataset `ds` (compress.data), in batches."""
-    from compress import data
+    """The inputs of a stratified subset of `n` samples of the dataset `ds` (compress.accuracy.data), in batches."""
+    from compress.accuracy import data
 
     return [(x,) for x, _ in data.calibration_subset(ds, n, seed).batches(batch)]

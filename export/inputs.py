@@ -32,7 +32,7 @@ def real_inputs(lm, batch: int | None, n: int = 8) -> tuple[tuple | None, str]:
     sample = tuple(lm.input_shape[1:])
     if lm.input_dtype == "float32" and sample == (1, 28, 28):
         try:
-            from compress import data
+            from compress.accuracy import data
             ds = data.load("fashion-mnist", "test")
         except Exception as e:
             return None, f"Fashion-MNIST unavailable: {first_line(e, 200, strip=False)}"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.zoo import randomize_norms  # noqa: F401 - tests import it from here
+from compress.models.zoo import randomize_norms  # noqa: F401 - tests import it from here
 
 # `tests.*` modules (shared test models, `tests.models:...` model specs) import from the repository root,
 # under `pytest` as under `python -m pytest`

@@ -14,8 +14,8 @@ from compress.api.inspect import InspectRun, inspect
 from compress.api.prune import PruneRun, prune
 from compress.cli import main
 from compress.errors import CompressError
-from compress.plan import PruneConfig
-from compress.source import ModelSpec
+from compress.prune.plan import PruneConfig
+from compress.models.source import ModelSpec
 from tests.test_evaluate import make_learnable_idx
 
 M = "tests.test_evaluate:tiny_cnn"

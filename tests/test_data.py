@@ -1,4 +1,4 @@
-"""compress.data: IDX reader, --data specs, image folders, calibration subsets."""
+"""compress.accuracy.data: IDX reader, --data specs, image folders, calibration subsets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress import data
+from compress.accuracy import data
 from compress.errors import CompressError
 
 FMNIST_INSTALLED = os.path.isfile(os.path.join(data.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))

@@ -1,4 +1,4 @@
-"""compress.distributed: fine-tuning under torchrun with DistributedDataParallel (2 CPU processes, gloo).
+"""compress.accuracy.distributed: fine-tuning under torchrun with DistributedDataParallel (2 CPU processes, gloo).
 
 This file is also the worker: `torchrun ... tests/test_distributed.py OUT` fine-tunes a tiny CNN on
 synthetic data on every rank and writes that rank's final weights to OUT/rank<R>.safetensors.
@@ -29,7 +29,7 @@ def _torchrun(*args, timeout=120):
 def _synthetic(n=512, classes=4, seed=0):
     import torch
 
-    from compress import data
+    from compress.accuracy import data
 
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, classes, (n,), generator=g)
@@ -44,7 +44,7 @@ def worker(out: str) -> None:
     import torch
     from safetensors.torch import save_model
 
-    from compress import distributed, train
+    from compress.accuracy import distributed, train
     from tests.test_evaluate import tiny_cnn
 
     torch.set_num_threads(1)

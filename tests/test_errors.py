@@ -21,11 +21,11 @@ def test_variants_match_the_hand_written_forms(msg):
     assert first_line(e, 200) == (s.strip().splitlines() or [type(e).__name__])[0][:200]
     # bench/prune_latency.py, bench/planner_budget.py ("" fallback)
     assert first_line(e, 300, empty="") == (s.strip().splitlines()[0][:300] if s.strip() else "")
-    # export/manifest.py, export/inputs.py, compress/models.py (not stripped)
+    # export/manifest.py, export/inputs.py, compress/models/__init__.py (not stripped)
     assert first_line(e, 200, strip=False, empty="") == (s.splitlines()[0][:200] if s else "")
     assert first_line(e, 200, strip=False) == (s.splitlines()[0][:200] if s else type(e).__name__)
     assert first_line(e, 300, strip=False, empty="mismatch") == (s.splitlines()[0] if s else "mismatch")[:300]
-    # compress/pruner.py, lower/*, release/config.py, bench/bsr_gpu.py, bench/gpu_suite.py: those crashed on ""
+    # compress/prune/apply.py, lower/*, release/config.py, bench/bsr_gpu.py, bench/gpu_suite.py: those crashed on ""
     if s:
         assert first_line(e, 120, strip=False) == s.splitlines()[0][:120]
         assert first_line(e, None, strip=False) == s.splitlines()[0]

@@ -1,4 +1,4 @@
-"""compress.evaluate: metrics on constructed cases, model/data checks, `compress eval` end to end."""
+"""compress.accuracy.evaluate: metrics on constructed cases, model/data checks, `compress eval` end to end."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress import data, evaluate
+from compress.accuracy import data, evaluate
 from compress.errors import CompressError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def trained_weights(idx_dir, tmp_path_factory):
     """TinyCNN trained on the quadrant data, saved as safetensors."""
     from safetensors.torch import save_model
 
-    from compress.train import Schedule, fit
+    from compress.accuracy.train import Schedule, fit
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     m = tiny_cnn()

@@ -1,4 +1,4 @@
-"""Each importance criterion ranks channels as its definition (compress.importance docstring) says."""
+"""Each importance criterion ranks channels as its definition (compress.prune.importance docstring) says."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 from compress.errors import CompressError
 from compress.graph import build_graph
-from compress.importance import DATA_CRITERIA, score
+from compress.prune.importance import DATA_CRITERIA, score
 
 
 class ConvBN(nn.Module):

@@ -13,8 +13,8 @@ from torch import nn
 from compress.errors import CompressError
 from compress.graph import build_graph
 from compress.graph.canonical import canonicalize
-from compress.plan import PruneConfig, PrunePlan, class_step, round_keep
-from compress.pruner import prune
+from compress.prune.plan import PruneConfig, PrunePlan, class_step, round_keep
+from compress.prune.apply import prune
 
 SOURCE = {"model": "test", "input_shape": [2, 3, 8, 8]}
 

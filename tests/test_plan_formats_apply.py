@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from compress import cli, models
-from compress.plan import PrunePlan
+from compress.prune.plan import PrunePlan
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "tests.test_plan_formats_apply:net"
@@ -106,7 +106,7 @@ def mixed_plan(tmp_path_factory) -> Path:
 def _in_memory(plan: PrunePlan, calib_spec: str | None):
     """The pruned + lowered model computed here, without the CLI."""
     from compress.lower.mixed import fit, lower_planned, planned
-    from compress.pruner import apply_plan
+    from compress.prune.apply import apply_plan
     from compress.calib import input_batches
 
     lm = models.load(SPEC)

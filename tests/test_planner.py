@@ -15,8 +15,8 @@ from torch import nn
 
 from compress.hardware_profiles.layers import extract_layers
 from compress.hardware_profiles.predictor import DeviceProfile
-from compress.planner import BudgetUnreachable, PlanConfig, knapsack, plan_model
-from compress.pruner import apply_plan
+from compress.planner.solve import BudgetUnreachable, PlanConfig, knapsack, plan_model
+from compress.prune.apply import apply_plan
 
 PROFILE = {
     "schema": "compress.hardware_profile", "schema_version": 1, "name": "synthetic-test", "source": "analytic",
@@ -131,8 +131,8 @@ def test_plan_and_prune_cli(tmp_path, one_thread):
 
 
 def test_formats_report_prices_2_4_on_a_gpu_profile_and_never_on_cpu(one_thread):
-    from compress import planner_formats
-    from compress.planner import finish, prepare
+    from compress.planner import formats as planner_formats
+    from compress.planner.solve import finish, prepare
 
     mlp = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
     x = (torch.randn(4, 64),)
@@ -177,7 +177,7 @@ class Stream(nn.Module):
 
 
 def test_latency_weight_is_the_latency_of_the_layers_a_group_sizes(one_thread):
-    from compress.planner import prepare
+    from compress.planner.solve import prepare
 
     m = Net().eval()
     old = prepare(copy.deepcopy(m), _inputs(), _profile(), PlanConfig(latency_budget=0.5, objective="log"))
@@ -200,7 +200,7 @@ def test_latency_weight_is_the_latency_of_the_layers_a_group_sizes(one_thread):
 
 
 def test_latency_weighting_prunes_a_residual_stream_less(one_thread):
-    from compress.planner import finish, prepare
+    from compress.planner.solve import finish, prepare
 
     m = Stream(width=64, hidden=64, blocks=4).eval()
     x = (torch.randn(1, 3, 16, 16),)

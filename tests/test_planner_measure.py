@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from compress.measure import MeasureConfig, Paired, paired_ratio
-from compress.planner import PlanConfig, prepare
-from compress.planner_measure import refine
+from compress.planner.solve import PlanConfig, prepare
+from compress.planner.measured import refine
 
 from test_planner import Net, _inputs, _profile
 
@@ -33,7 +33,7 @@ def test_refine_corrects_a_model_that_is_20_percent_optimistic():
         pred = seen[-1]          # the planner's predicted ratio of the candidate just exported
         return Paired(ratio=1.2 * pred, per_round=[1.2 * pred], candidate_ms=1.2 * pred, dense_ms=1.0)
 
-    import compress.planner_measure as pm
+    import compress.planner.measured as pm
 
     orig_finish = pm.finish
 

@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from compress.plan import PruneConfig
-from compress.pruner import compare, prune
+from compress.prune.plan import PruneConfig
+from compress.prune.apply import compare, prune
 
 
 class _Const(nn.Module):

@@ -1,4 +1,4 @@
-"""compress.schedules: the cubic schedule (Zhu & Gupta 2017), gradual and iterative pruning end to end,
+"""compress.accuracy.schedules: the cubic schedule (Zhu & Gupta 2017), gradual and iterative pruning end to end,
 `compress prune --schedule`, and the plan's record of --weights."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import json
 import pytest
 import torch
 
-from compress import data, models, schedules
+from compress.accuracy import data, schedules
+from compress import models
 from compress.errors import CompressError
-from compress.plan import PruneConfig, PrunePlan
-from compress.pruner import prune
-from compress.schedules import PruneSchedule, cubic_sparsity
+from compress.prune.plan import PruneConfig, PrunePlan
+from compress.prune.apply import prune
+from compress.accuracy.schedules import PruneSchedule, cubic_sparsity
 from tests.test_evaluate import _main, make_learnable_idx, tiny_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,7 +54,7 @@ def idx_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(idx_dir):
-    from compress.train import Schedule, deterministic, fit
+    from compress.accuracy.train import Schedule, deterministic, fit
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -67,7 +68,7 @@ def trained(idx_dir):
 
 
 def _acc(model, ds) -> float:
-    from compress.evaluate import accuracy, predict
+    from compress.accuracy.evaluate import accuracy, predict
 
     return accuracy(predict(model, ds), ds.labels)
 

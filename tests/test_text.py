@@ -12,9 +12,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from compress import text  # noqa: E402
+from compress.accuracy import text  # noqa: E402
 from compress.errors import CompressError  # noqa: E402
-from compress.text_eval import LinearProbe, cosine, mean_cosine, mean_pool, probe_accuracy  # noqa: E402
+from compress.accuracy.text_eval import LinearProbe, cosine, mean_cosine, mean_pool, probe_accuracy  # noqa: E402
 
 
 # ---------------------------------------------------------------- data
@@ -122,10 +122,10 @@ def _tiny_bert(vocab: int = 100, pooler: bool = False):
 
 
 def test_distillation_raises_cosine_of_pruned_tiny_bert(one_thread):
-    from compress.plan import PruneConfig
-    from compress.pruner import prune
-    from compress.text_distill import TextDistillConfig, distill
-    from compress.text_eval import embed
+    from compress.prune.plan import PruneConfig
+    from compress.prune.apply import prune
+    from compress.accuracy.text_distill import TextDistillConfig, distill
+    from compress.accuracy.text_eval import embed
 
     torch.manual_seed(0)
     dense = _tiny_bert()

@@ -1,4 +1,4 @@
-"""compress.train (schedules, distillation, recovery fine-tuning) and compress.zoo (cached embedded model)."""
+"""compress.accuracy.train (schedules, distillation, recovery fine-tuning) and compress.models.zoo (cached embedded model)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from compress import data, evaluate, models, train, zoo
+from compress.accuracy import data, evaluate, train
+from compress import models
+from compress.models import zoo
 from compress.errors import CompressError
-from compress.plan import PruneConfig
-from compress.pruner import prune
+from compress.prune.plan import PruneConfig
+from compress.prune.apply import prune
 
 FMNIST_INSTALLED = os.path.isfile(os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
 

@@ -33,9 +33,9 @@ from compress import models  # noqa: E402
 from compress.export.onnx import export_onnx, ort_parity, ort_session  # noqa: E402
 from compress.io import save_pruned  # noqa: E402
 from compress.metrics import size_summary  # noqa: E402
-from compress.plan import PruneConfig, removed_classes  # noqa: E402
+from compress.prune.plan import PruneConfig, removed_classes  # noqa: E402
 from compress.prune.structured import zero_removed  # noqa: E402
-from compress.pruner import prune  # noqa: E402
+from compress.prune.apply import prune  # noqa: E402
 
 TOL = 1e-4
 ROUND_TO = 16

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 
-from compress import zoo
+from compress.models import zoo
 from compress.errors import CompressError
 
 NAME = "efficientnet-lite0-fmnist"
@@ -57,8 +57,8 @@ def test_gray_input_is_three_equal_channels_resized():
 
 def test_pretrained_model_prunes_and_verifies(one_thread):
     from compress.metrics import size_summary
-    from compress.plan import PruneConfig
-    from compress.pruner import prune
+    from compress.prune.plan import PruneConfig
+    from compress.prune.apply import prune
 
     torch.manual_seed(0)
     model = zoo.EfficientNetLiteGray(image_size=32, imagenet=True).eval()

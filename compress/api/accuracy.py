@@ -4,7 +4,7 @@
 pruning and supplies calibration batches from the training split; after pruning, `measure`
 evaluates the dense and the pruned model as they are, and `finetune_and_measure` evaluates,
 fine-tunes the pruned model in place and evaluates it again (what summary.json records).
-The metrics are those of `compress.evaluate`.
+The metrics are those of `compress.accuracy.evaluate`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from torch import nn
 
 from compress import calib as calib_spec
 from compress.errors import CompressError
-from compress.evaluate import EVAL_BATCH, check_fits, compare, format_comparison, predict
-from compress.source import sample_shape
+from compress.accuracy.evaluate import EVAL_BATCH, check_fits, compare, format_comparison, predict
+from compress.models.source import sample_shape
 
 METRICS = ("accuracy", "agreement", "functional_distance", "kl_divergence")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Recovery fine-tuning on --data's training split (`compress.train.finetune`).
-    `epochs` 0: none. `lr`: a fixed SGD learning rate (default compress.train.FINETUNE_LR), shaped
+    """Recovery fine-tuning on --data's training split (`compress.accuracy.train.finetune`).
+    `epochs` 0: none. `lr`: a fixed SGD learning rate (default compress.accuracy.train.FINETUNE_LR), shaped
     by `lr_schedule` (constant, cosine or onecycle); `lr_rewind`: replay the last `epochs` of the
     model's original schedule instead; `distill`: knowledge distillation from the dense model."""
     epochs: float = 0
@@ -50,7 +50,7 @@ class PruneAccuracy:
         """None without `data` (fine-tuning and data[:N] calibration need it). `calib`: the --calib
         spec; a data[:N] spec, or none with a data-driven criterion, draws the calibration batches
         from the training split (`self.calib`, else None)."""
-        from compress import data as datasets
+        from compress.accuracy import data as datasets
 
         f = finetune
         epochs = f.epochs or 0
@@ -73,7 +73,7 @@ class PruneAccuracy:
         if f.lr is not None and not f.lr > 0:
             raise CompressError(f"--lr must be positive, got {f.lr}")
         if f.lr_rewind:
-            from compress.train import model_schedule
+            from compress.accuracy.train import model_schedule
             if model_schedule(lm.model) is None:
                 raise CompressError(f"--lr-rewind needs the original training schedule, which {lm.spec} does not "
                                     "declare (compress:* models do; set model.compress_train_schedule); use --lr")
@@ -114,7 +114,7 @@ class PruneAccuracy:
     def finetune_and_measure(self, dense: nn.Module, pruned: nn.Module) -> dict:
         """Evaluate dense and pruned, fine-tune `pruned` in place as `self.finetune` says (constant LR
         shape unless it says otherwise) and evaluate it again; without epochs, `measure`."""
-        from compress.train import DISTILL_ALPHA, DISTILL_T, FINETUNE_LR, finetune, model_schedule
+        from compress.accuracy.train import DISTILL_ALPHA, DISTILL_T, FINETUNE_LR, finetune, model_schedule
 
         f = self.finetune
         epochs = f.epochs or 0

@@ -3,7 +3,7 @@
     evaluate(EvalRun(ModelSpec("DIR"), "fashion-mnist"))
 
 returns {"text", "json"} as the CLI prints them. Image classifiers get the metrics of
-`compress.evaluate`; text models (token ids in, e.g. hf:minilm) those of `compress.text_eval`.
+`compress.accuracy.evaluate`; text models (token ids in, e.g. hf:minilm) those of `compress.accuracy.text_eval`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 
 from compress.errors import CompressError
-from compress.evaluate import EVAL_BATCH
-from compress.source import ModelSpec
+from compress.accuracy.evaluate import EVAL_BATCH
+from compress.models.source import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,18 @@ class EvalRun:
 
 def evaluate(cfg: EvalRun) -> dict:
     """`compress eval MODEL_OR_DIR --data fashion-mnist|PATH [--source-weights FILE] [--json]`."""
-    from compress import data, models
-    from compress.evaluate import accuracy, check_fits, compare, format_comparison, predict
-    from compress.source import dense_source, sample_shape
+    from compress.accuracy import data
+    from compress import models
+    from compress.accuracy.evaluate import accuracy, check_fits, compare, format_comparison, predict
+    from compress.models.source import dense_source, sample_shape
 
     t0 = time.perf_counter()
     if cfg.batch_size < 1:
         raise CompressError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
     name = cfg.model.model
     lm = models.load(name, cfg.model.weights)
-    if lm.input_dtype == "int64":   # a text model: embedding cosine to dense + linear probe (compress.text_eval)
-        from compress.text_eval import eval_text
+    if lm.input_dtype == "int64":   # a text model: embedding cosine to dense + linear probe (compress.accuracy.text_eval)
+        from compress.accuracy.text_eval import eval_text
         return eval_text(lm, name, cfg.data, cfg.source_weights, cfg.batch_size)
     shape = sample_shape(lm, cfg.model.input_shape)
     ds = data.load(cfg.data, "test", shape)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compress.source import ModelSpec
+from compress.models.source import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class InspectRun:
 def inspect(cfg: InspectRun) -> dict:
     from compress.graph import build_graph
     from compress.metrics import size_summary
-    from compress.pruner import trace_inputs
+    from compress.prune.apply import trace_inputs
 
     lm, inputs = cfg.model.load()
     sizes = size_summary(lm.model, inputs)

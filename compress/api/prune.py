@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from compress import calib as calib_spec
 from compress.api.accuracy import FinetuneConfig, PruneAccuracy
 from compress.errors import CompressError
-from compress.plan import PruneConfig
+from compress.prune.plan import PruneConfig
 from compress.progress import Progress
-from compress.schedules import PruneSchedule
-from compress.source import ModelSpec
+from compress.accuracy.schedules import PruneSchedule
+from compress.models.source import ModelSpec
 
 DATA_CRITERIA = ("taylor", "fisher", "activation", "apoz")
 
@@ -56,7 +56,7 @@ class PruneRun:
 
 def prune(cfg: PruneRun) -> dict:
     """Validate, prune, fine-tune and measure as `cfg` says, write `cfg.out`; {"text", "json", "code"}."""
-    from compress import distributed
+    from compress.accuracy import distributed
     from compress.hardware_profiles import channel_step
 
     sched = cfg.schedule
@@ -97,7 +97,7 @@ def _check_schedule(cfg: PruneRun) -> None:
 
 
 def _finetune_record(f: FinetuneConfig, train, distill: bool, rewind, history, seconds) -> dict:
-    from compress.train import DISTILL_ALPHA, DISTILL_T, FINETUNE_LR
+    from compress.accuracy.train import DISTILL_ALPHA, DISTILL_T, FINETUNE_LR
 
     return {"epochs": f.epochs, "train_samples": len(train), "distill": distill,
             "distill_temperature": DISTILL_T if distill else None, "distill_alpha": DISTILL_ALPHA if distill else None,
@@ -108,7 +108,7 @@ def _finetune_record(f: FinetuneConfig, train, distill: bool, rewind, history, s
 
 def _read_plan(cfg: PruneRun):
     """The plan of `cfg.plan` (None without it); a ratio is required otherwise."""
-    from compress.plan import PrunePlan
+    from compress.prune.plan import PrunePlan
 
     path = cfg.plan
     if not path:
@@ -134,10 +134,10 @@ def _plan_ratio(plan) -> float:
 
 
 def _plan_runner(plan, default):
-    """With a plan, pruning applies the plan (and verifies it); otherwise `default` (compress.pruner.prune)."""
+    """With a plan, pruning applies the plan (and verifies it); otherwise `default` (compress.prune.apply.prune)."""
     if plan is None:
         return default
-    from compress.pruner import apply_plan
+    from compress.prune.apply import apply_plan
 
     def run(model, inputs, config, round_to, source, calib=None, strict=False, log=None):
         res = apply_plan(model, inputs, plan, log=log)
@@ -165,7 +165,7 @@ def _sparse_calib(cfg: PruneRun, lm, inputs, acc, calib) -> tuple[list, str, boo
         what = f"{cfg.data} (train split, {calib_spec.DATA_SAMPLES} samples)"
         if acc.calib is not None:
             return acc.calib, what, True
-        from compress import data
+        from compress.accuracy import data
         src = acc.train if acc.train is not None else data.load(cfg.data, "train", acc.shape, allow_flat=True)
         data.check_shape(src, acc.shape)
         return calib_spec.data_batches(src, calib_spec.DATA_SAMPLES, cfg.channels.seed), what, True
@@ -196,7 +196,7 @@ def _lower_formats(cfg: PruneRun, lm, inputs, res, specs, calib, acc, measured, 
     text = mixed.text_lines(sres, dense, spec, given)
     text.append(f"lowered vs masked dense: max rel error {err:.1e}")
     if measured:                          # the accuracy of what is written: after lowering
-        from compress.evaluate import compare, predict
+        from compress.accuracy.evaluate import compare, predict
         after = compare(predict(sres.masked, acc.test), predict(lm.model, acc.test), acc.test.labels)
         j = measured["json"]
         j["accuracy_before_lowering"] = j.get("accuracy")
@@ -211,7 +211,7 @@ def _prune_and_finetune(cfg: PruneRun, acc: PruneAccuracy, lm, inputs, config, r
     """Fine-tuning driven here: a scheduled prune (fine-tuning between its steps), or one shot with an
     LR shape `PruneAccuracy.finetune_and_measure` does not drive; the accuracy is measured without
     fine-tuning before (one shot) and after. Returns (result, measured, schedule json, prune seconds)."""
-    from compress.train import finetune, model_schedule
+    from compress.accuracy.train import finetune, model_schedule
 
     sched, f, seed = cfg.schedule, cfg.finetune, cfg.channels.seed
     rewind = model_schedule(lm.model) if f.lr_rewind else None
@@ -226,7 +226,7 @@ def _prune_and_finetune(cfg: PruneRun, acc: PruneAccuracy, lm, inputs, config, r
         history = finetune(res.model, acc.train, f.epochs, teacher=teacher, lr=f.lr, rewind=rewind,
                            seed=seed, lr_schedule=f.lr_schedule)
     else:
-        from compress.schedules import run as run_schedule
+        from compress.accuracy.schedules import run as run_schedule
         before = None
         sr = run_schedule(lm.model, inputs, config, round_to, source, sched, acc.train, f.epochs,
                           calib=calib, teacher=teacher, lr=f.lr, rewind=rewind, lr_schedule=f.lr_schedule,
@@ -250,12 +250,13 @@ def _prune_and_finetune(cfg: PruneRun, acc: PruneAccuracy, lm, inputs, config, r
 
 
 def _prune(cfg: PruneRun, config: PruneConfig, plan, round_to: int, data_criterion: bool) -> dict:
-    from compress import distributed, models
+    from compress.accuracy import distributed
+    from compress import models
     from compress.export.onnx import export_onnx, ort_parity
     from compress.io import atomic_dir, save_pruned, write_json
     from compress.metrics import size_summary
-    from compress.plan import weights_source
-    from compress.pruner import prune as run_prune
+    from compress.prune.plan import weights_source
+    from compress.prune.apply import prune as run_prune
 
     run_prune = _plan_runner(plan, run_prune)
     sched, f = cfg.schedule, cfg.finetune

@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> dict:
     from compress.api.eval import EvalRun, evaluate
-    from compress.source import ModelSpec
+    from compress.models.source import ModelSpec
 
     return evaluate(EvalRun(model=ModelSpec(args.model, args.weights, args.input_shape), data=args.data,
                             source_weights=args.source_weights, batch_size=args.batch_size))

@@ -14,6 +14,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> dict:
     from compress.api.inspect import InspectRun, inspect
-    from compress.source import ModelSpec
+    from compress.models.source import ModelSpec
 
     return inspect(InspectRun(model=ModelSpec(args.model, args.weights, args.input_shape)))

@@ -6,7 +6,7 @@ HELP = "plan channel counts per group that meet a latency budget on a device pro
 
 
 def add_arguments(p) -> None:
-    from compress.importance import CRITERIA
+    from compress.prune.importance import CRITERIA
 
     p.add_argument("model", metavar="MODEL", help="torchvision:NAME | hf:DIR | compress:NAME | package.module:function")
     p.add_argument("--target", default="cpu", help="device: cpu, gpu or jetson (picks the shipped profile)")
@@ -58,11 +58,11 @@ def run(args) -> dict:
     from compress import models
     from compress.errors import CompressError
     from compress.io import atomic_dir, write_json
-    from compress.plan import weights_source
-    from compress.planner import BudgetUnreachable, PlanConfig
+    from compress.prune.plan import weights_source
+    from compress.planner.solve import BudgetUnreachable, PlanConfig
     from compress.calib import input_batches
     from compress.progress import Progress
-    from compress.source import ModelSpec
+    from compress.models.source import ModelSpec
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("structured", "2:4", "block")]
@@ -91,8 +91,8 @@ def run(args) -> dict:
                                          else None), lm, inputs)
     source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model), "input_shape": list(inputs[0].shape),
               "weights": weights_source(args.weights)}
-    from compress import planner_formats
-    from compress.planner import finish, prepare
+    from compress.planner import formats as planner_formats
+    from compress.planner.solve import finish, prepare
 
     bar = Progress(["tracing", "scoring", "solving"] + (["measuring"] if args.measure else []))
     log = lambda m: bar(m) if not m.startswith(("iteration", "candidate", "a budget")) else None  # noqa: E731
@@ -102,7 +102,7 @@ def run(args) -> dict:
         plan, res, graph = finish(prep, config, source, log=log)
         measured = None
         if plan is not None and args.measure:
-            from compress.planner_measure import refine
+            from compress.planner.measured import refine
 
             bar("measuring")
             measured = refine(lm.model, inputs, prep, config, source, prof.batch, log=log)

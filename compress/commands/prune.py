@@ -7,7 +7,7 @@ HELP = "remove channels, heads and hidden units for real"
 
 def add_arguments(p) -> None:
     from compress.cli import add_model_args
-    from compress.importance import CRITERIA
+    from compress.prune.importance import CRITERIA
 
     p.add_argument("model", metavar="MODEL", help="torchvision:NAME | hf:DIR | compress:NAME | package.module:function | pruned DIR")
     p.add_argument("--ratio", type=float, help="fraction of channels removed per group, in (0, 1)")
@@ -40,9 +40,9 @@ def add_arguments(p) -> None:
 def run(args) -> dict:
     from compress.api.accuracy import FinetuneConfig
     from compress.api.prune import PruneRun, prune
-    from compress.plan import PruneConfig
-    from compress.schedules import PruneSchedule
-    from compress.source import ModelSpec
+    from compress.prune.plan import PruneConfig
+    from compress.accuracy.schedules import PruneSchedule
+    from compress.models.source import ModelSpec
 
     return prune(PruneRun(
         model=ModelSpec(args.model, args.weights, args.input_shape),

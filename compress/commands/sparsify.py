@@ -44,7 +44,7 @@ def run(args) -> dict:
     from compress.lower.modules import set_backends
     from compress.lower.pipeline import SparsifyConfig, check_layers, save_sparse_dir, sparsify
     from compress.calib import input_batches
-    from compress.source import ModelSpec
+    from compress.models.source import ModelSpec
 
     sparsity = args.sparsity
     if sparsity is None:

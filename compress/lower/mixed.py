@@ -24,7 +24,7 @@ from torch import nn
 from compress.errors import CompressError
 from compress.lower import formats as F
 from compress.lower.pipeline import SparsifyConfig, SparsifyResult, lower_into, other_tensors
-from compress.lower.plan import SparsePlan
+from compress.lower.sparse_plan import SparsePlan
 
 
 def planned(plan_formats: dict, model: nn.Module) -> dict[str, tuple[str, int | None, float]]:

@@ -16,7 +16,7 @@ from compress.errors import CompressError
 from compress.io import SPARSE_WEIGHTS_FILE as WEIGHTS_FILE
 from compress.lower import formats
 from compress.lower.modules import replaceable, set_module, sparse_module
-from compress.lower.plan import PLAN_FILE, LayerPlan, SparsePlan
+from compress.lower.sparse_plan import PLAN_FILE, LayerPlan, SparsePlan
 
 UPDATES = ("none", "obs")
 

@@ -236,7 +236,7 @@ def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tupl
 
 def load(path: str, only: str | None = None) -> ReleaseConfig:
     """Parse and validate `path`; raise CompressError listing every problem (one per line)."""
-    from compress.importance import CRITERIA
+    from compress.prune.importance import CRITERIA
 
     if not os.path.isfile(path):
         raise CompressError(f"--config {path}: file does not exist")

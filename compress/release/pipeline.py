@@ -38,7 +38,7 @@ def log(msg: str) -> None:
 
 
 def _data_id(spec: str) -> dict:
-    from compress.data import resolve
+    from compress.accuracy.data import resolve
 
     _, d, _ = resolve(spec)
     return {"files_sha256": dir_sha256(d)}

@@ -13,8 +13,8 @@ from torch import nn
 from compress import models
 from compress.errors import CompressError
 from compress.export.onnx import export_onnx, ort_parity
-from compress.plan import PruneConfig
-from compress.pruner import prune
+from compress.prune.plan import PruneConfig
+from compress.prune.apply import prune
 
 SPECS = ["tests.models:tiny_cnn", "tests.models:tiny_gqa", "tests.models:tiny_gqa_sdpa"]
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.graph import build_graph
-from compress.plan import PruneConfig
-from compress.pruner import prune
+from compress.prune.plan import PruneConfig
+from compress.prune.apply import prune
 
 
 class OneHead(nn.Module):

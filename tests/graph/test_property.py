@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from compress.graph.canonical import canonicalize
-from compress.plan import PruneConfig, PrunePlan, class_step, removed_classes
+from compress.prune.plan import PruneConfig, PrunePlan, class_step, removed_classes
 from compress.prune.structured import apply_keep, zero_removed
-from compress.pruner import prune
+from compress.prune.apply import prune
 
 # Shrinking is off: a failing case can take minutes to shrink on 2 cores; the failing
 # example is printed as drawn (the grammar keeps it small). Known regressions are @example.

@@ -275,7 +275,7 @@ def test_small_network_fit_keeps_its_per_layer_cost_when_pruned(one_thread):
     expect = d["overhead"]["per_inference_ms"] + sum(max(kf * p.table_ms(s) + b, 0.15 * kf * p.table_ms(s)) for s in pruned)
     assert p.total_ms(pruned) == pytest.approx(expect)
     # the planner's cost model sums the same costs
-    from compress.planner import CostModel
+    from compress.planner.solve import CostModel
     assert CostModel([], p, fit).overhead == p.overhead_ms(fit, 0)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.lower.pipeline import SparsifyConfig, sparsify
-from compress.lower.plan import LayerPlan, SparsePlan
+from compress.lower.sparse_plan import LayerPlan, SparsePlan
 from lowering_models import tiny_bert
 
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from compress.graph import build_graph
-from compress.plan import PruneConfig, removed_classes
+from compress.prune.plan import PruneConfig, removed_classes
 from compress.prune.structured import apply_keep, zero_removed
-from compress.pruner import prune
+from compress.prune.apply import prune
 
 
 def _check_runs_like_reference(original, res, shape, dtype=torch.float32):

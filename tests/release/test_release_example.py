@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.data import FASHION_MNIST_DIR
+from compress.accuracy.data import FASHION_MNIST_DIR
 from test_release_report import validate_junit
 
 REPO = Path(__file__).parents[2]

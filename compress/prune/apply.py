@@ -11,8 +11,8 @@ from torch import nn
 
 from compress.errors import CompressError, first_line
 from compress.graph.groups import ChannelGraph, build_graph
-from compress.importance import score
-from compress.plan import PruneConfig, PrunePlan, build_plan, removed_classes, select
+from compress.prune.importance import score
+from compress.prune.plan import PruneConfig, PrunePlan, build_plan, removed_classes, select
 from compress.prune.structured import apply_keep, zero_removed
 
 TOLERANCE = 1e-4  # max |pruned - masked| relative to max |masked|

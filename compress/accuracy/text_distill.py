@@ -5,7 +5,7 @@ teacher's (the dense model) on the same sentences; no labels are used:
 
     loss = (1 - cos(s, t)) + MSE_WEIGHT * mean((s - t)^2) [+ HIDDEN_WEIGHT * token-level MSE of the last hidden states]
 
-with s, t the mean-pooled embeddings (compress.text_eval.mean_pool). The cosine term is what the
+with s, t the mean-pooled embeddings (compress.accuracy.text_eval.mean_pool). The cosine term is what the
 bar measures; the MSE term keeps the scale. AdamW, linear warm-up then linear decay of the LR.
 Sentences are grouped into batches of similar length (little padding) and the batch order is
 shuffled with the seed. The student is trained with dropout off (eval mode: BERT has no batch
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import CompressError
-from compress.text_eval import embed, hidden_states, mean_pool
+from compress.accuracy.text_eval import embed, hidden_states, mean_pool
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _batches(tokens, batch_size: int, seed: int, epoch: int):
 def distill(student: nn.Module, teacher: nn.Module, tokens, cfg: TextDistillConfig = TextDistillConfig(),
             desc: str = "distill") -> list[dict]:
     """Train `student` in place to reproduce `teacher`'s mean-pooled embeddings on `tokens`
-    (compress.text.Tokens). Returns per-epoch {"epoch", "loss", "cosine", "seconds"}."""
+    (compress.accuracy.text.Tokens). Returns per-epoch {"epoch", "loss", "cosine", "seconds"}."""
     from tqdm import tqdm
 
     if len(tokens) == 0:

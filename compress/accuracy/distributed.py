@@ -7,7 +7,7 @@ environment holds WORLD_SIZE > 1). Then
         --data fashion-mnist --finetune 1 --distill --out DIR
 
 runs the whole verb on every rank: pruning is deterministic, so every rank builds the same plan
-and the same pruned model; `compress.train.fit` wraps it in DDP (gloo on CPU, NCCL on GPU: one
+and the same pruned model; `compress.accuracy.train.fit` wraps it in DDP (gloo on CPU, NCCL on GPU: one
 GPU per rank, `LOCAL_RANK`), gives each rank its `DistributedSampler` shard with batch_size /
 world_size samples per step (the global batch, the number of steps and the LR schedule are those
 of one process), and averages the BatchNorm running statistics over the ranks at the end, so all

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 
 from compress.measure import MeasureConfig, paired_ratio
-from compress.planner import BudgetUnreachable, PlanConfig, finish
+from compress.planner.solve import BudgetUnreachable, PlanConfig, finish
 
 
 @dataclass
@@ -42,7 +42,7 @@ def refine(model, example_inputs: tuple, prep, config: PlanConfig, source: dict,
     `measure(candidate_path, dense_path, batch, mcfg) -> Paired` times a candidate (default: paired_ratio)."""
     measure = measure or paired_ratio
     from compress.export.onnx import export_onnx
-    from compress.pruner import apply_plan
+    from compress.prune.apply import apply_plan
 
     log = log or (lambda msg: None)
     with tempfile.TemporaryDirectory(prefix="compress-measure-") as tmp:

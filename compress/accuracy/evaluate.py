@@ -11,7 +11,7 @@
 
 `compress eval` computes them on a --data test split (`compress.api.eval`); `compress prune --data`
 records them in summary.json (`compress.api.accuracy.PruneAccuracy`). Text models (token ids in,
-e.g. hf:minilm) are evaluated by `compress.text_eval` instead: embedding cosine similarity to the
+e.g. hf:minilm) are evaluated by `compress.accuracy.text_eval` instead: embedding cosine similarity to the
 dense model and a linear probe.
 """
 

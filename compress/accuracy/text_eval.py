@@ -129,7 +129,7 @@ def probe_accuracy(x_train, y_train, x_test, y_test, num_classes: int, seed: int
 
 def eval_sets(spec: str, n_train: int = PROBE_TRAIN, n_test: int = EVAL_SENTENCES, seed: int = 0):
     """(probe-training sentences, held-out sentences): stratified subsets of the train / test splits."""
-    from compress import text
+    from compress.accuracy import text
 
     return text.stratified(text.load(spec, "train"), n_train, seed), text.stratified(text.load(spec, "test"), n_test, seed)
 
@@ -139,8 +139,8 @@ def eval_text(lm, name: str, data: str, source_weights: str | None = None, batch
     MODEL_OR_DIR as given): probe accuracy, and for a pruned directory the mean cosine similarity to
     the dense source's embeddings (rebuilt with `source_weights`) and the dense probe accuracy.
     Returns {"text", "json"}."""
-    from compress import text
-    from compress.source import dense_source
+    from compress.accuracy import text
+    from compress.models.source import dense_source
 
     t0 = time.perf_counter()
     if lm.kind != "hf":

@@ -1,7 +1,7 @@
 """Pruning schedules: one shot, gradual (Zhu & Gupta 2017) and iterative (Molchanov et al. 2017).
 
-- `oneshot`: prune to the final ratio at once, then fine-tune (`compress.pruner.prune` followed by
-  `compress.train.finetune`).
+- `oneshot`: prune to the final ratio at once, then fine-tune (`compress.prune.apply.prune` followed by
+  `compress.accuracy.train.finetune`).
 - `gradual`: the cubic sparsity schedule of Zhu and Gupta 2017 ("To prune, or not to prune"),
   applied to channel ratios. With final ratio s_f reached in n steps, step j (1..n) prunes to
 
@@ -81,7 +81,7 @@ class StepRecord:
 
 @dataclass
 class ScheduledResult:
-    result: object                       # compress.pruner.PruneResult (the fine-tuned pruned model)
+    result: object                       # compress.prune.apply.PruneResult (the fine-tuned pruned model)
     steps: list[StepRecord]
 
     def to_json(self) -> list[dict]:
@@ -104,20 +104,20 @@ def run(model: nn.Module, example_inputs: tuple, config, round_to: int, source: 
         rewind=None, lr_schedule: str = "constant", batch_size: int = 128, strict: bool = False,
         log=None, distill_T: float | None = None, distill_alpha: float | None = None) -> ScheduledResult:
     """Prune `model` (not modified) to `config.ratio` with `schedule`, fine-tuning on `train` for
-    `epochs` in total (1/steps after each step) with the recipe of `compress.train.finetune`
+    `epochs` in total (1/steps after each step) with the recipe of `compress.accuracy.train.finetune`
     (`teacher`: distillation; `lr`/`lr_schedule` or `rewind`), one LR curve across all steps.
     Returns the fine-tuned pruned model with its plan, and a record per step."""
-    from compress.importance import score
+    from compress.prune.importance import score
     from compress.metrics import count_macs
-    from compress.plan import build_plan, select
+    from compress.prune.plan import build_plan, select
     from compress.prune.structured import apply_keep
-    from compress.pruner import PruneResult, ignored_groups, traced_graph, verify
-    from compress.train import DISTILL_ALPHA, DISTILL_T, deterministic, fit, frozen_teacher, recovery_schedule
+    from compress.prune.apply import PruneResult, ignored_groups, traced_graph, verify
+    from compress.accuracy.train import DISTILL_ALPHA, DISTILL_T, deterministic, fit, frozen_teacher, recovery_schedule
 
     schedule.validate()
     config.validate()
     if schedule.kind == "oneshot":
-        raise CompressError("schedules.run is for gradual and iterative schedules; one shot is compress.pruner.prune")
+        raise CompressError("schedules.run is for gradual and iterative schedules; one shot is compress.prune.apply.prune")
     if config.global_ranking:
         raise CompressError(f"--global is not supported with --schedule {schedule.kind} (use a uniform ratio)")
     if not epochs or epochs <= 0:

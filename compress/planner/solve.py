@@ -371,9 +371,9 @@ def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=Non
     from compress.graph.canonical import canonicalize
     from compress.graph.groups import build_graph_traced
     from compress.hardware_profiles.layers import extract_layers
-    from compress.importance import score
-    from compress.plan import class_step
-    from compress.pruner import ignored_groups, trace_inputs
+    from compress.prune.importance import score
+    from compress.prune.plan import class_step
+    from compress.prune.apply import ignored_groups, trace_inputs
 
     config.validate()
     log = log or (lambda msg: None)
@@ -414,7 +414,7 @@ def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=Non
 def finish(prep: Prepared, config: PlanConfig, source: dict, log=None, dense_ms: float | None = None):
     """Solve for the budget and turn the kept counts into a PrunePlan (see plan_model). `dense_ms`:
     the reference the budget fraction applies to (default: the cost model's dense prediction)."""
-    from compress.plan import build_plan, cover, layer_needs
+    from compress.prune.plan import build_plan, cover, layer_needs
 
     log = log or (lambda msg: None)
     graph, cost, cands, values, order, active, block, dense = (

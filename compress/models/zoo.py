@@ -212,7 +212,7 @@ def _config_hash(name: str) -> str:
 def checkpoint_path(name: str) -> Path:
     """The cache file for `name`: <name>-<config hash>-<dataset hash>.safetensors. Without the
     dataset installed, an already cached checkpoint of the same config is still used."""
-    from compress import data
+    from compress.accuracy import data
 
     e = _entry(name)
     prefix = f"{name}-{_config_hash(name)}-"
@@ -231,7 +231,7 @@ def checkpoint_path(name: str) -> Path:
 
 def construct(name: str, imagenet: bool = False) -> nn.Module:
     """The architecture of `name` (random weights; `imagenet`: its ImageNet starting point, if any)."""
-    from compress.train import Schedule
+    from compress.accuracy.train import Schedule
 
     e = _entry(name)
     if "backbone" in e["arch"]:
@@ -245,9 +245,9 @@ def construct(name: str, imagenet: bool = False) -> nn.Module:
 
 def train(name: str) -> tuple[nn.Module, dict]:
     """Train `name` from scratch (deterministic given the seed); returns the model and its metadata."""
-    from compress import data
-    from compress.evaluate import accuracy, predict
-    from compress.train import Schedule, deterministic, fit
+    from compress.accuracy import data
+    from compress.accuracy.evaluate import accuracy, predict
+    from compress.accuracy.train import Schedule, deterministic, fit
 
     e = _entry(name)
     tr, te = data.load(e["data"], "train"), data.load(e["data"], "test")

@@ -87,7 +87,7 @@ def _seeded_init(seed: int = 0):
 
 def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
     if spec.startswith("compress:"):  # embedded model zoo (trained on first use, then cached)
-        from compress import zoo
+        from compress.models import zoo
         model = zoo.build(spec.split(":", 1)[1], pretrained)
         return LoadedModel(model.eval(), spec, "zoo", tuple(model.compress_input_shape))
     if spec.startswith("torchvision:"):
@@ -169,7 +169,7 @@ def load_pruned(d: str) -> LoadedModel:
     from safetensors.torch import load_model as st_load_model
 
     from compress.graph.canonical import canonicalize
-    from compress.plan import PrunePlan
+    from compress.prune.plan import PrunePlan
     from compress.prune.structured import apply_keep
 
     plan_path, w_path = os.path.join(d, PLAN_FILE), os.path.join(d, WEIGHTS_FILE)
@@ -248,7 +248,7 @@ def load_sparse(d: str):
     from compress.graph.canonical import canonicalize
     from compress.lower import formats
     from compress.lower.modules import BlockSparseLinear, Sparse24Linear, set_module, sparse_module
-    from compress.lower.plan import SparsePlan
+    from compress.lower.sparse_plan import SparsePlan
 
     plan_path, w_path = os.path.join(d, SPARSE_PLAN_FILE), os.path.join(d, SPARSE_WEIGHTS_FILE)
     if not os.path.isfile(plan_path) or not os.path.isfile(w_path):
@@ -306,7 +306,7 @@ def load_sparse(d: str):
 def _prune_plan(d: str):
     """The PrunePlan beside the sparse plan (a directory written by `compress prune --plan` from a
     mixed plan: channels removed, then layers lowered), or None (a `compress sparsify` directory)."""
-    from compress.plan import PrunePlan
+    from compress.prune.plan import PrunePlan
 
     p = os.path.join(d, PLAN_FILE)
     return PrunePlan.from_json(Path(p).read_text(), p) if os.path.isfile(p) else None

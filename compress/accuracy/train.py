@@ -139,19 +139,19 @@ def _logits(out):
 def fit(model: nn.Module, train, schedule: Schedule, epochs: float | None = None, lr_fn=None,
         teacher: nn.Module | None = None, seed: int = 0, augment=None, desc: str = "train",
         distill_T: float = DISTILL_T, distill_alpha: float = DISTILL_ALPHA, after_step=None) -> list[dict]:
-    """Train `model` in place on `train` (a compress.data.Dataset) for `epochs` (default: the
+    """Train `model` in place on `train` (a compress.accuracy.data.Dataset) for `epochs` (default: the
     schedule's), LR from `lr_fn(t)` (default: the schedule's own). `after_step(model)` runs after
     every optimizer step (gradual pruning re-applies its masks there). Returns per-epoch
     {"epoch", "loss", "train_accuracy", "seconds"}. The model is left in eval mode.
 
-    Under torchrun (`compress.distributed.active()`), the model is wrapped in DistributedDataParallel,
+    Under torchrun (`compress.accuracy.distributed.active()`), the model is wrapped in DistributedDataParallel,
     each rank trains on its DistributedSampler shard with batch_size / world_size samples per step
     (the same global batch and number of steps as one process), and the ranks' BatchNorm statistics
     are averaged at the end, so every rank ends with identical weights. The logged loss and accuracy
     are rank 0's shard's."""
     from tqdm import tqdm
 
-    from compress import distributed
+    from compress.accuracy import distributed
 
     epochs = schedule.epochs if epochs is None else epochs
     if epochs <= 0:

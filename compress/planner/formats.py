@@ -103,7 +103,7 @@ def best(opts: list[FormatOption]) -> FormatOption:
 
 def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...], log=None) -> dict:
     """The structured / unstructured / mixed comparison at the structured plan's budget."""
-    from compress.planner import BudgetUnreachable, finish
+    from compress.planner.solve import BudgetUnreachable, finish
 
     cost = prep.cost
     dense_ms = cost.total(prep.dense)
