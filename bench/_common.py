@@ -17,7 +17,6 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 TMP = BENCH / "tmp"
 RESULTS = BENCH / "results" / "cpu"
-TIMER = BENCH / "_ort_time.py"
 
 ZOO = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
        "densenet121", "regnet_x_400mf", "convnext_tiny"]
@@ -159,49 +158,56 @@ def write_json(path: Path, data: dict) -> None:
 
 # --------------------------------------------------------------------------- timing
 
+def _block(proto: dict):
+    """The compress.measure.Block of a timing protocol dict: `warmup` runs, then per block `runs` runs (a
+    small model keeps running until `min_seconds`, default 0.3 s, is timed, at most 50 x `runs`; warm-up
+    likewise lasts at least a third of it, at most 50 x `warmup` runs: a 0.1 ms network's 15 runs are
+    1.5 ms, too short to settle), stopped early after `max_seconds` (0: no cap) once `min_runs` are done."""
+    from compress.measure import Block
+
+    min_s = proto.get("min_seconds", 0.3)
+    return Block(runs=proto["runs"], min_seconds=min_s, max_runs=50 * proto["runs"],
+                 max_seconds=proto.get("max_seconds", 0), min_runs=proto.get("min_runs", 3),
+                 warmup=proto["warmup"], warmup_seconds=min_s / 3, warmup_max_runs=50 * max(proto["warmup"], 1),
+                 threads=proto.get("threads", 0))
+
+
+def _annotate(m: dict) -> dict:
+    return m | {"load1": loadavg()[:1]}
+
+
 def time_once(path: Path, batch: int, proto: dict) -> dict:
-    """One measurement in a fresh subprocess: median ms over the timed iterations (see _ort_time.py)."""
-    cmd = [sys.executable, str(TIMER), str(path), "--batch", str(batch), "--warmup", str(proto["warmup"]),
-           "--runs", str(proto["runs"]), "--max-seconds", str(proto.get("max_seconds", 0)),
-           "--min-runs", str(proto.get("min_runs", 3)), "--threads", str(proto.get("threads", 0))]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"timing {path.name} batch {batch} failed: {p.stderr.strip()[-500:]}")
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    out["load1"] = loadavg()[:1]
-    return out
+    """One measurement in a fresh process (a compress.measure worker timing one block): median ms over
+    the timed iterations."""
+    from compress.measure import lockstep
+
+    return lockstep([(0, path, batch, f"{Path(path).name} batch {batch}")], _block(proto), 1, 1,
+                    annotate=_annotate)[0][0]
 
 
 def alternate(jobs: list[tuple], proto: dict) -> dict:
     """Time every job (key, path, batch) once per round, round-robin (A, B, C, ... then again),
-    rotating the starting job each round. Returns key -> list of per-round measurements."""
-    samples: dict = {j[0]: [] for j in jobs}
-    n = len(jobs)
-    for r in range(proto["rounds"]):
-        order = [jobs[(i + r) % n] for i in range(n)]
-        for key, path, batch in order:
-            samples[key].append(time_once(path, batch, proto))
-    return samples
+    rotating the starting job each round, each measurement in a fresh process (compress.measure.lockstep
+    with one round per pass, `proto["rounds"]` passes). Returns key -> list of per-round measurements."""
+    from compress.measure import lockstep
+
+    return lockstep([(key, path, batch, f"{Path(path).name} batch {batch}") for key, path, batch in jobs],
+                    _block(proto), 1, proto["rounds"], annotate=_annotate)
 
 
 def alternate_workers(jobs: list[tuple], proto: dict, passes: int = 2) -> dict:
     """Like `alternate`, but each job (key, path, batch) gets a timing worker, its own process with
-    its session loaded once (_ort_time.py --serve), and the workers time one block each in turn,
+    its session loaded once, and the workers time one block each in turn,
     round-robin, `proto["rounds"]` rounds per pass; every pass starts fresh workers (a process's own
     placement and allocations can bias it). Only one session runs at a time, and a drift of the
     machine's speed over minutes (seen on shared VMs: the same file 30% faster a few minutes later)
     falls on neighbouring blocks of every job alike, which fresh-process rounds cannot promise.
-    Returns key -> list of per-block measurements (passes x rounds). The lockstep itself is
-    compress.measure.lockstep, which `compress plan --measure` uses too."""
+    Returns key -> list of per-block measurements (passes x rounds). The harness is
+    compress.measure.lockstep, which `compress plan --measure` and the release gate use too."""
     from compress.measure import lockstep
 
-    def argv(path, batch):
-        return [sys.executable, str(TIMER), str(path), "--batch", str(batch), "--warmup", str(proto["warmup"]),
-                "--runs", str(proto["runs"]), "--max-seconds", str(proto.get("max_seconds", 0)),
-                "--min-runs", str(proto.get("min_runs", 3)), "--threads", str(proto.get("threads", 0)), "--serve"]
-
-    return lockstep([(key, argv(path, batch), f"{path.name} batch {batch}") for key, path, batch in jobs],
-                    proto["rounds"], passes, annotate=lambda m: m | {"load1": loadavg()[:1]})
+    return lockstep([(key, path, batch, f"{Path(path).name} batch {batch}") for key, path, batch in jobs],
+                    _block(proto), proto["rounds"], passes, annotate=_annotate)
 
 
 def summarize(meas: list[dict]) -> dict:

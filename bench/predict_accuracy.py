@@ -4,7 +4,7 @@ Builds pruned variants of the zoo's CNNs with compress.prune.apply (uniform rati
 random per-group ratios; round_to = the cpu channel step), none of which the profile was fitted on
 (the profile holds per-layer tables measured by `compress profile` on single-op graphs), predicts
 each variant's latency with compress.hardware_profiles.predict_ms, and measures it end to end:
-each ONNX file timed in a fresh subprocess (bench/_ort_time.py), all files of a batch size
+each ONNX file timed in a fresh subprocess (a compress.measure worker), all files of a batch size
 alternated round-robin over several rounds. Reported per variant: the median over runs in each
 round, and two summaries over rounds (median of rounds, fastest round; contention from the other
 processes on this shared machine only ever adds time). Prediction error = predicted / measured - 1.
@@ -349,7 +349,7 @@ def crosscheck(path: str, rows: list[dict]) -> dict | None:
         stats[f"batch{b}"] = {"n": len(errs), "median_abs_error": round(statistics.median(errs), 4),
                               "max_abs_error": round(max(errs), 4)}
     return {"source": os.path.relpath(path, c.ROOT), "measured": pl.get("date"), "load_note": pl.get("protocol", {}).get("noise", "")[-120:],
-            "what": "prune_latency.py median over rounds of per-process medians (bench/_ort_time.py, default "
+            "what": "prune_latency.py median over rounds of per-process medians (compress.measure workers, default "
                     "threads), measured while the machine was quieter", "summary_pruned": stats, "entries": out}
 
 

@@ -175,7 +175,7 @@ def main() -> None:
             "warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "min_runs": 3, "rounds": a.rounds, "passes": a.passes,
             "batches": a.batches,
             "measurement": "per model and batch, every file (dense and its variants) gets a timing worker "
-                           "(bench/_ort_time.py --serve: its own process, session loaded once, `warmup` runs); the "
+                           "(compress.measure worker: its own process, session loaded once, `warmup` runs); the "
                            "workers time one block each in turn, round-robin (start rotated each round), `rounds` "
                            "rounds per pass, `passes` passes of fresh workers (_common.alternate_workers). A block is "
                            "the median of `runs` timed iterations after 2 untimed ones (fewer, at least min_runs, once "

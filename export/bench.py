@@ -22,17 +22,26 @@ def load_manifest(d: str) -> dict:
         raise CompressError(f"{p} is not valid JSON ({e}); re-run compress export") from None
 
 
+def batch_of(d: str, man: dict, batch: int | None) -> int:
+    """The batch to time artifact `d` (manifest `man`) at: `batch`, or the exported batch when None. A
+    static-batch artifact only runs at its own batch."""
+    exported = man["source"]["input_shape"][0]
+    if batch is None:
+        return exported
+    if batch < 1:
+        raise CompressError(f"--batch must be >= 1, got {batch}")
+    if not man.get("onnx", {}).get("dynamic_batch") and batch != exported:
+        raise CompressError(f"{d} was exported with a static batch of {exported}; time it at --batch {exported}, "
+                            f"or re-export with compress export --batch dynamic")
+    return batch
+
+
 def at_batch(d: str, man: dict, argv: list[str], batch: int | None) -> list[str]:
     """`argv` (a manifest bench entry) with its `--shape` set to batch `batch` (None: as exported). A static-batch
     artifact only runs at its own batch."""
     if batch is None:
         return argv
-    if batch < 1:
-        raise CompressError(f"--batch must be >= 1, got {batch}")
-    exported = man["source"]["input_shape"][0]
-    if not man.get("onnx", {}).get("dynamic_batch") and batch != exported:
-        raise CompressError(f"{d} was exported with a static batch of {exported}; time it at --batch {exported}, "
-                            f"or re-export with compress export --batch dynamic")
+    batch = batch_of(d, man, batch)
     i = argv.index("--shape") + 1
     return argv[:i] + [",".join([str(batch)] + argv[i].split(",")[1:])] + argv[i + 1:]
 
@@ -62,28 +71,6 @@ def runtimes(d: str, man: dict) -> list[dict]:
         if missing:
             raise CompressError(f"{d}: {missing[0]} is missing; re-run compress export")
         out.append(b)
-    return out
-
-
-def time_alternating(dirs: list[str], runtime: str, runs: int = 50, warmup: int = 5, threads: int = 0,
-                     rounds: int = 1, batch: int | None = None) -> list[list[dict]]:
-    """Time runtime `runtime` (the first manifest entry whose name starts with it) of each artifact directory
-    as `compress bench` does (time_runtime: its own process, warm-up, median of `runs`, at `batch` or the
-    exported batch), the directories taken in turn, `rounds` times, so drifting machine load hits each alike.
-    Returns out[i][r]: directory i, round r."""
-    if runs < 1 or warmup < 0 or rounds < 1:
-        raise CompressError("runs and rounds must be >= 1 and warm-up >= 0")
-    argvs = []
-    for d in dirs:
-        man = load_manifest(d)
-        found = [b for b in runtimes(d, man) if b["runtime"].startswith(runtime)]
-        if not found:
-            raise CompressError(f"{d}: the manifest lists no {runtime} runtime to time")
-        argvs.append(at_batch(d, man, found[0]["argv"], batch))
-    out: list[list[dict]] = [[] for _ in dirs]
-    for _ in range(rounds):
-        for i, d in enumerate(dirs):
-            out[i].append(time_runtime(d, argvs[i], runs, warmup, threads))
     return out
 
 

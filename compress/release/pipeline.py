@@ -138,13 +138,13 @@ def _latency(cfg, t: Target, cache: StepCache, dense: dict, pruned: str, artifac
     batch = cfg.batch or dense.get("batch", 1)   # (a dense step cached before "batch" was recorded: 1)
 
     def measure(tmp: str) -> dict:
-        log(f"[{t.name}] {label}: measuring latency as compress bench does, dense vs pruned alternating "
+        log(f"[{t.name}] {label}: measuring latency in onnxruntime, dense and pruned workers in lockstep "
             f"({cfg.rounds} rounds x {cfg.runs} runs, batch {batch})")
         d_ms, p_ms = tools.measure_ms([dense["_dir"], artifact], cfg.runs, cfg.rounds, cfg.batch)
         return {"dense_ms": statistics.median(d_ms), "pruned_ms": statistics.median(p_ms),
                 "dense_rounds_ms": d_ms, "pruned_rounds_ms": p_ms, "measured": True, "batch": batch,
-                "source": (f"measured on this machine (onnxruntime CPU as compress bench times it, batch {batch}, "
-                           f"median over {cfg.rounds} alternating rounds of {cfg.runs} runs)")}
+                "source": (f"measured on this machine (onnxruntime CPU, compress.measure lockstep workers, batch "
+                           f"{batch}, median over {cfg.rounds} rounds of {cfg.runs} runs, dense and pruned in turn)")}
 
     key = {"dense": dense["onnx_sha256"], "pruned": ex["onnx_sha256"], "runs": cfg.runs, "rounds": cfg.rounds,
            "machine": tools.machine(), "measured_by": tools.MEASURED_BY}

@@ -13,9 +13,9 @@ Only command-line contracts are used. What is read from each verb:
   (null: nothing to prune), `DIR/plan.json`.
 - `compress predict MODEL_OR_DIR --profile F --json`: `predicted_ms`.
 
-Latency on this machine (cpu) is timed by the function `compress bench` times with
-(compress.export.bench.time_alternating: the manifest's onnxruntime runner in its own process, warm-up,
-median of N runs), dense and pruned artifacts alternating.
+Latency on this machine (cpu) is timed by the project's onnxruntime timing harness
+(compress.measure.lockstep: each artifact's ONNX file in its own worker process, session loaded once,
+the dense and pruned workers timing one block of N runs each in turn).
 """
 
 from __future__ import annotations
@@ -83,22 +83,30 @@ def export_artifact(src: str, target: str, device: str | None, out: str,
 
 
 WARMUP = 5
-MEASURED_BY = "compress.export.bench.time_alternating onnxruntime"  # part of the measure step's key
+MEASURED_BY = "compress.measure.lockstep onnxruntime"  # part of the measure step's key
+PASSES = 2
 
 
 def measure_ms(dirs: list[str], runs: int, rounds: int, batch: int | None = None) -> list[list[float]]:
-    """Median latency (ms) of each artifact directory's onnxruntime runner per round, timed as `compress bench`
-    times it (each measurement in its own process: WARMUP warm-up runs, then the median of `runs`, at `batch`
-    or the exported batch), the directories alternating round by round. Returns out[i][r] for directory i,
-    round r."""
-    from compress.export.bench import time_alternating
+    """Median latency (ms) of each artifact directory's ONNX file (find_onnx) in onnxruntime per round, timed
+    by compress.measure.lockstep: one worker process per directory (session loaded once, WARMUP warm-up
+    runs), the workers timing one block of `runs` runs each in turn, at `batch` or the exported batch;
+    PASSES passes of fresh workers share the `rounds` rounds. Returns out[i][r] for directory i, round r."""
+    from compress.export.bench import batch_of, load_manifest
+    from compress.measure import Block, block_ms
 
-    rows = time_alternating(dirs, "onnxruntime", runs=runs, warmup=WARMUP, threads=0, rounds=rounds, batch=batch)
-    for d, row in zip(dirs, rows):
-        bad = [r for r in row if r.get("median_ms") is None]
-        if bad:
-            raise CompressError(f"timing {d} in onnxruntime failed: {bad[0].get('reason')}")
-    return [[float(r["median_ms"]) for r in row] for row in rows]
+    if runs < 1 or rounds < 1:
+        raise CompressError("runs and rounds must be >= 1")
+    jobs = []
+    for i, d in enumerate(dirs):
+        b = batch_of(d, load_manifest(d), batch)
+        path = find_onnx(d)
+        jobs.append((i, path, b, f"{path} (batch {b})"))
+    passes = min(PASSES, rounds)
+    per_pass = -(-rounds // passes)          # the last pass's surplus rounds are dropped
+    got = block_ms(jobs, Block(runs=runs, min_seconds=0.0, max_runs=runs, warmup=WARMUP, warmup_seconds=0.0),
+                   per_pass, passes)
+    return [got[i][:rounds] for i in range(len(dirs))]
 
 
 def predict_ms(model_or_dir: str, profile: str, model_args: list[str] | None = None) -> float:
