@@ -128,7 +128,7 @@ class Setup:
         return self._d_logits
 
     def recal(self, model):
-        from compress.accuracy.train import recalibrate_bn
+        from _training import recalibrate_bn
 
         if self.args.bn_recal:
             recalibrate_bn(model, self.tr, self.args.bn_recal, seed=self.args.seed)
@@ -153,7 +153,8 @@ def run_variant(S: Setup, v: str) -> dict:
     from compress.prune.apply import prune
     from compress.accuracy.schedules import PruneSchedule
     from compress.accuracy.schedules import run as run_schedule
-    from compress.accuracy.train import CachedTeacher, finetune
+    from compress.accuracy.train import finetune
+    from _training import CachedTeacher
 
     a = S.args
     parts = v.split(":")

@@ -188,150 +188,176 @@ def _spatial(shape) -> tuple[int, int, int, int]:
     return s[-1], 1, 1, n * s[0]
 
 
-def extract_layers(model, example_inputs, ep=None) -> list:
-    """One LayerSig per costed op of `model` run on `example_inputs`, in graph order."""
-    from compress.graph.trace import export_model
+class _Graph:
+    """The model's inputs and outputs in a torch.export graph, and the two questions the pruner asks of a
+    layer: is its input the model's input, does its output reach the model's output (free ops pass both
+    through)."""
 
-    if ep is None:
-        ep = export_model(model, tuple(example_inputs))
-    g = ep.graph
-    user_inputs = set(ep.graph_signature.user_inputs)
-    placeholders = {n.name: n for n in g.nodes if n.op == "placeholder"}
-    inputs = {placeholders[n] for n in user_inputs if n in placeholders}
-    out_node = next(n for n in g.nodes if n.op == "output")
-    import torch
+    def __init__(self, ep) -> None:
+        import torch
 
-    outputs = set(a for a in torch.utils._pytree.tree_leaves(out_node.args) if hasattr(a, "op"))
-    # free ops pass "is model input / reaches the output" through
-    def _src_is_input(n, depth=0) -> bool:
-        if n in inputs:
+        g = ep.graph
+        placeholders = {n.name: n for n in g.nodes if n.op == "placeholder"}
+        self.inputs = {placeholders[n] for n in set(ep.graph_signature.user_inputs) if n in placeholders}
+        out_node = next(n for n in g.nodes if n.op == "output")
+        self.outputs = set(a for a in torch.utils._pytree.tree_leaves(out_node.args) if hasattr(a, "op"))
+
+    def src_is_input(self, n, depth: int = 0) -> bool:
+        if n in self.inputs:
             return True
         if depth > 8 or not hasattr(n, "op") or n.op != "call_function" or _name(n) not in _FREE | _MEMORY_OF.keys():
             return False
         first = n.args[0] if n.args else None
-        return hasattr(first, "op") and _src_is_input(first, depth + 1)
+        return hasattr(first, "op") and self.src_is_input(first, depth + 1)
 
-    def _reaches_output(n, depth=0) -> bool:
-        if n in outputs:
+    def reaches_output(self, n, depth: int = 0) -> bool:
+        if n in self.outputs:
             return True
         if depth > 8:
             return False
         us = _users(n)
-        return bool(us) and all(_name(u) in _FREE for u in us) and any(_reaches_output(u, depth + 1) for u in us)
+        return bool(us) and all(_name(u) in _FREE for u in us) and any(self.reaches_output(u, depth + 1) for u in us)
 
-    absorbed: set = set()
+
+_CONV_OPS = ("conv2d", "convolution", "conv1d", "_convolution")
+_LINEAR_OPS = ("linear", "addmm")
+_MATMUL_OPS = ("matmul", "bmm", "mm", "scaled_dot_product_attention")
+_CONCAT_OPS = ("cat", "concat")
+_ACT_SUFFIX = {"hardtanh": "relu6", "hardtanh_": "relu6", "relu_": "relu", "clamp": "clip", "clamp_min": "relu",
+               "sigmoid_": "sigmoid"}
+
+
+def _conv_fusion(node, absorbed: set) -> tuple[list[str], object]:
+    """(the fused kernel's parts, its last node): a convolution absorbs its batch norm, a residual add that
+    consumes it, and an activation after either."""
+    fusion, end = ["conv"], node
+    nxt = _follow_single(end, _BN)
+    if nxt is not None:
+        fusion.append("bn")
+        absorbed.update([_users(end)[0], nxt])  # the batch norm (and its getitem)
+        end = nxt
+    nxt = _follow_single(end, {"add", "add_"})
+    if nxt is not None and nxt not in absorbed and _shape(nxt) == _shape(end):
+        fusion.append("add")
+        absorbed.add(nxt)
+        end = nxt
+    nxt = _follow_single(end, _FUSABLE_ACT)
+    if nxt is not None:
+        fusion.append(_ACT_SUFFIX.get(_name(nxt), _name(nxt)))
+        absorbed.add(nxt)
+        end = nxt
+    return fusion, end
+
+
+def _conv_layers(node, name: str, graph: _Graph, absorbed: set) -> list[LayerSig]:
+    x, wt = node.args[0], node.args[1]
+    xs, ws = _shape(x), _shape(wt)
+    if xs is None or ws is None:
+        return []
+    groups_at = 6 if name in ("conv2d", "conv1d") else 8
+    stride, pad, groups = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0), _arg(node, groups_at, "groups", 1)
+    if isinstance(pad, str):
+        pad = [k // 2 for k in ws[2:]] if pad == "same" else [0] * len(ws[2:])
+    cin, cout = xs[1], ws[0]
+    h, w = (xs[2], xs[3]) if len(xs) == 4 else (xs[2], 1)
+    k = (ws[2], ws[3]) if len(ws) == 4 else (ws[2], 1)
+    fusion, end = _conv_fusion(node, absorbed)
+    groups = int(groups)
+    op = DWCONV if groups > 1 and groups == cin and ws[1] == 1 else CONV
+    return [LayerSig(op, cin, cout, k, _pair(stride, (1, 1)), _pair(pad, (0, 0)), groups, h, w,
+                     module=_module(node), fusion="+".join(fusion),
+                     fixed_in=graph.src_is_input(x), fixed_out=graph.reaches_output(end))]
+
+
+def _linear_layers(node, name: str, graph: _Graph, absorbed: set) -> list[LayerSig]:
+    x, wt = (node.args[0], node.args[1]) if name == "linear" else (node.args[1], node.args[2])
+    xs, ws = _shape(x), _shape(wt)
+    if xs is None or ws is None:
+        return []
+    fin, fout = (ws[1], ws[0]) if name == "linear" else (ws[0], ws[1])
+    tokens = _numel(xs[1:-1])
+    fusion, end = ["linear"], node
+    nxt = _follow_single(end, {"relu", "relu_", "gelu"})
+    if nxt is not None and _name(nxt) in ("relu", "relu_"):
+        fusion.append("relu")
+        absorbed.add(nxt)
+        end = nxt
+    return [LayerSig(LINEAR, fin, fout, tokens=tokens, module=_module(node), fusion="+".join(fusion),
+                     fixed_in=graph.src_is_input(x), fixed_out=graph.reaches_output(end))]
+
+
+def _matmul_layers(node, name: str) -> list[LayerSig]:
+    a, b = node.args[0], node.args[1]
+    as_, bs = _shape(a), _shape(b)
+    if as_ is None or bs is None:
+        return []
+    heads = _numel(as_[1:-2])
+    mod = _module(node)
+    if name == "scaled_dot_product_attention":
+        # q @ k^T then attn @ v: two matmuls and a softmax over (heads, L, S)
+        L, E, S = as_[-2], as_[-1], bs[-2]
+        return [LayerSig(MATMUL, E, S, groups=heads, tokens=L, module=mod, fusion="attention.qk"),
+                LayerSig(MEMORY, S, S, tokens=L * heads, kind="softmax", module=mod, fusion="attention.softmax"),
+                LayerSig(MATMUL, S, E, groups=heads, tokens=L, module=mod, fusion="attention.av")]
+    return [LayerSig(MATMUL, as_[-1], bs[-1], groups=heads, tokens=as_[-2] if len(as_) >= 2 else 1,
+                     module=mod, fusion="matmul")]
+
+
+def _concat_layers(node, name: str) -> list[LayerSig]:
+    parts = [_shape(a) for a in node.args[0] if hasattr(a, "op")] if node.args else []
+    parts = [s for s in parts if s is not None]
+    if not parts:
+        return []
+    c, h, w, t = _spatial(_shape(node) or parts[0])
+    return [LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind="concat", module=_module(node), fusion=name)]
+
+
+def _memory_layers(node, name: str, graph: _Graph) -> list[LayerSig]:
+    kind = _MEMORY_OF[name]
+    shapes = [s for s in (_shape(a) for a in node.args if hasattr(a, "op")) if s is not None]
+    if not shapes:
+        return []  # scalar arithmetic
+    big = max(shapes, key=lambda s: _numel(s))
+    if kind == "binary" and len(shapes) == 2 and _numel(shapes[0]) != _numel(shapes[1]):
+        kind = "broadcast"
+    if kind == "binary" and len(shapes) == 1:
+        kind = "unary"   # x * constant
+    c, h, w, t = _spatial(big)
+    if kind == "gap" and len(big) < 3:
+        kind = "unary"
+    return [LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind=kind, module=_module(node), fusion=name,
+                     fixed_in=graph.src_is_input(node))]
+
+
+def _layers_of(node, graph: _Graph, absorbed: set) -> list[LayerSig]:
+    """The costed layers of one graph node (none for free ops); fused successors join `absorbed`."""
+    name = _name(node)
+    if name in _CONV_OPS:
+        return _conv_layers(node, name, graph, absorbed)
+    if name in _LINEAR_OPS:
+        return _linear_layers(node, name, graph, absorbed)
+    if name in _MATMUL_OPS:
+        return _matmul_layers(node, name)
+    if name in _CONCAT_OPS:
+        return _concat_layers(node, name)
+    if name in _MEMORY_OF:
+        return _memory_layers(node, name, graph)
+    return []
+
+
+def extract_layers(model, example_inputs, ep=None) -> list:
+    """One LayerSig per costed op of `model` run on `example_inputs`, in graph order, each tagged with the
+    name of the torch.export node it came from."""
+    from compress.graph.trace import export_model
+
+    if ep is None:
+        ep = export_model(model, tuple(example_inputs))
+    graph = _Graph(ep)
+    absorbed: set = set()      # nodes fused into an earlier layer's kernel
     layers: list[LayerSig] = []
-    tagged, prev_name = 0, ""
-    for node in g.nodes:
-        if node.op != "call_function" or node in absorbed:
-            continue
-        for j in range(tagged, len(layers)):
-            layers[j] = replace(layers[j], node=prev_name)
-        tagged, prev_name = len(layers), node.name
-        name = _name(node)
-        if name in ("conv2d", "convolution", "conv1d", "_convolution"):
-            x, wt = node.args[0], node.args[1]
-            xs, ws = _shape(x), _shape(wt)
-            if xs is None or ws is None:
-                continue
-            if name == "conv2d":
-                stride, pad, groups = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0), _arg(node, 6, "groups", 1)
-            elif name == "conv1d":
-                stride, pad, groups = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0), _arg(node, 6, "groups", 1)
-            else:
-                stride, pad, groups = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0), _arg(node, 8, "groups", 1)
-            if isinstance(pad, str):
-                pad = [k // 2 for k in ws[2:]] if pad == "same" else [0] * len(ws[2:])
-            cin, cout = xs[1], ws[0]
-            h, w = (xs[2], xs[3]) if len(xs) == 4 else (xs[2], 1)
-            k = (ws[2], ws[3]) if len(ws) == 4 else (ws[2], 1)
-            fusion, end = ["conv"], node
-            nxt = _follow_single(end, _BN)
-            if nxt is not None:
-                fusion.append("bn")
-                absorbed.update([_users(end)[0], nxt])  # the batch norm (and its getitem)
-                end = nxt
-            nxt = _follow_single(end, {"add", "add_"})
-            if nxt is not None and nxt not in absorbed and _shape(nxt) == _shape(end):
-                fusion.append("add")
-                absorbed.add(nxt)
-                end = nxt
-            nxt = _follow_single(end, _FUSABLE_ACT)
-            if nxt is not None:
-                fusion.append({"hardtanh": "relu6", "hardtanh_": "relu6", "relu_": "relu", "clamp": "clip",
-                               "clamp_min": "relu", "sigmoid_": "sigmoid"}.get(_name(nxt), _name(nxt)))
-                absorbed.add(nxt)
-                end = nxt
-            groups = int(groups)
-            op = DWCONV if groups > 1 and groups == cin and ws[1] == 1 else CONV
-            layers.append(LayerSig(op, cin, cout, k, _pair(stride, (1, 1)), _pair(pad, (0, 0)), groups, h, w,
-                                   module=_module(node), fusion="+".join(fusion),
-                                   fixed_in=_src_is_input(x), fixed_out=_reaches_output(end)))
-        elif name in ("linear", "addmm"):
-            x, wt = (node.args[0], node.args[1]) if name == "linear" else (node.args[1], node.args[2])
-            xs, ws = _shape(x), _shape(wt)
-            if xs is None or ws is None:
-                continue
-            if name == "linear":
-                fin, fout = ws[1], ws[0]
-            else:
-                fin, fout = ws[0], ws[1]
-            tokens = 1
-            for d in xs[1:-1]:
-                tokens *= d
-            fusion, end = ["linear"], node
-            nxt = _follow_single(end, {"relu", "relu_", "gelu"})
-            if nxt is not None and _name(nxt) in ("relu", "relu_"):
-                fusion.append("relu")
-                absorbed.add(nxt)
-                end = nxt
-            layers.append(LayerSig(LINEAR, fin, fout, tokens=tokens, module=_module(node), fusion="+".join(fusion),
-                                   fixed_in=_src_is_input(x), fixed_out=_reaches_output(end)))
-        elif name in ("matmul", "bmm", "mm", "scaled_dot_product_attention"):
-            a, b = node.args[0], node.args[1]
-            as_, bs = _shape(a), _shape(b)
-            if as_ is None or bs is None:
-                continue
-            if name == "scaled_dot_product_attention":
-                # q @ k^T then attn @ v: two matmuls and a softmax over (heads, L, S)
-                heads = 1
-                for d in as_[1:-2]:
-                    heads *= d
-                L, E, S = as_[-2], as_[-1], bs[-2]
-                mod = _module(node)
-                layers.append(LayerSig(MATMUL, E, S, groups=heads, tokens=L, module=mod, fusion="attention.qk"))
-                layers.append(LayerSig(MEMORY, S, S, tokens=L * heads, kind="softmax", module=mod, fusion="attention.softmax"))
-                layers.append(LayerSig(MATMUL, S, E, groups=heads, tokens=L, module=mod, fusion="attention.av"))
-                continue
-            heads = 1
-            for d in as_[1:-2]:
-                heads *= d
-            layers.append(LayerSig(MATMUL, as_[-1], bs[-1], groups=heads, tokens=as_[-2] if len(as_) >= 2 else 1,
-                                   module=_module(node), fusion="matmul"))
-        elif name in ("cat", "concat"):
-            parts = [_shape(a) for a in node.args[0] if hasattr(a, "op")] if node.args else []
-            parts = [s for s in parts if s is not None]
-            if parts:
-                c, h, w, t = _spatial(_shape(node) or parts[0])
-                layers.append(LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind="concat", module=_module(node),
-                                       fusion=name))
-        elif name in _MEMORY_OF:
-            kind = _MEMORY_OF[name]
-            shapes = [s for s in (_shape(a) for a in node.args if hasattr(a, "op")) if s is not None]
-            if not shapes:
-                continue  # scalar arithmetic
-            big = max(shapes, key=lambda s: _numel(s))
-            if kind == "binary" and len(shapes) == 2 and _numel(shapes[0]) != _numel(shapes[1]):
-                kind = "broadcast"
-            if kind == "binary" and len(shapes) == 1:
-                kind = "unary"   # x * constant
-            c, h, w, t = _spatial(big)
-            if kind == "gap" and len(big) < 3:
-                kind = "unary"
-            layers.append(LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind=kind, module=_module(node), fusion=name,
-                                   fixed_in=_src_is_input(node)))
-    for j in range(tagged, len(layers)):
-        layers[j] = replace(layers[j], node=prev_name)
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and node not in absorbed:
+            layers += [replace(s, node=node.name) for s in _layers_of(node, graph, absorbed)]
     return layers
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from compress.errors import CompressError
+from compress.sparse.schedule import cubic_sparsity  # the cubic ramp of `gradual` (callers may import it from here)
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
 DEFAULT_STEPS = 4
@@ -58,14 +59,6 @@ class PruneSchedule:
         if self.kind == "gradual":
             return [cubic_sparsity(final, j, self.steps) for j in range(1, self.steps + 1)]
         return [final * j / self.steps for j in range(1, self.steps + 1)]
-
-
-def cubic_sparsity(final: float, step: int, steps: int, initial: float = 0.0) -> float:
-    """Zhu & Gupta 2017: s_t = s_f + (s_i - s_f) * (1 - t / n)^3 for t in 0..n (clamped)."""
-    if steps < 1:
-        raise CompressError(f"the cubic schedule needs at least one step, got {steps}")
-    t = min(max(step, 0), steps)
-    return final + (initial - final) * (1.0 - t / steps) ** 3
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The library entry points of the verbs prune, eval and inspect: one module each, holding a frozen
+"""The library entry points of the verbs prune, plan, eval and inspect: one module each, holding a frozen
 config dataclass and a function that takes it and returns what the CLI prints, {"text", "json", "code"?}:
 
     from compress.api.prune import PruneRun, prune          # compress prune
+    from compress.api.plan import PlanRun, plan             # compress plan
     from compress.api.eval import EvalRun, evaluate         # compress eval
     from compress.api.inspect import InspectRun, inspect    # compress inspect
 

@@ -15,12 +15,11 @@ from dataclasses import dataclass, replace
 from compress import calib as calib_spec
 from compress.api.accuracy import FinetuneConfig, PruneAccuracy
 from compress.errors import CompressError
+from compress.prune.importance import DATA_CRITERIA
 from compress.prune.plan import PruneConfig
 from compress.progress import Progress
 from compress.accuracy.schedules import PruneSchedule
 from compress.models.source import ModelSpec
-
-DATA_CRITERIA = ("taylor", "fisher", "activation", "apoz")
 
 
 @dataclass(frozen=True)

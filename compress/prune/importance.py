@@ -21,7 +21,7 @@ from compress.errors import CompressError
 from compress.graph.groups import ChannelGraph
 
 CRITERIA = ("l1", "l2", "bn", "taylor", "fisher", "activation", "apoz", "random")
-DATA_CRITERIA = ("taylor", "fisher", "activation", "apoz")
+DATA_CRITERIA = ("taylor", "fisher", "activation", "apoz")   # need calibration data; the one list (prune, plan, bench)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 

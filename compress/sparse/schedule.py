@@ -4,6 +4,8 @@
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3    for t0 <= t <= t0 + n * dt,
 
 updated every dt steps (between updates s_t holds), s_i before t0 and s_f after the ramp.
+`cubic_sparsity` is the ramp itself, the one implementation of it: `SparsitySchedule` steps it
+for unstructured masks, `compress.accuracy.schedules` (prune --schedule gradual) for channel ratios.
 """
 
 from __future__ import annotations
@@ -35,8 +37,15 @@ class SparsitySchedule:
         if self.steps == 0 or step >= self.start + self.steps:
             return self.final
         t = (step - self.start) // self.every * self.every
-        frac = 1.0 - t / self.steps
-        return self.final + (self.initial - self.final) * frac ** 3
+        return cubic_sparsity(self.final, t, self.steps, self.initial)
+
+
+def cubic_sparsity(final: float, step: int, steps: int, initial: float = 0.0) -> float:
+    """Zhu & Gupta 2017: s_t = s_f + (s_i - s_f) * (1 - t / n)^3 for t in 0..n (clamped)."""
+    if steps < 1:
+        raise CompressError(f"the cubic schedule needs at least one step, got {steps}")
+    t = min(max(step, 0), steps)
+    return final + (initial - final) * (1.0 - t / steps) ** 3
 
 
 def one_shot(sparsity: float, at_step: int = 0) -> SparsitySchedule:

@@ -30,3 +30,14 @@ def test_cubic_holds_between_updates():
 def test_bad_schedules(kw):
     with pytest.raises(CompressError):
         SparsitySchedule(**kw)
+
+
+def test_cubic_steps_the_one_cubic_ramp():
+    # SparsitySchedule and `compress prune --schedule gradual` share compress.sparse.schedule.cubic_sparsity
+    from compress.accuracy import schedules
+    from compress.sparse.schedule import cubic_sparsity
+
+    assert schedules.cubic_sparsity is cubic_sparsity
+    s = cubic(0.8, steps=40, start=5, initial=0.2, every=4)
+    for t in range(5, 45):
+        assert s.at(t) == cubic_sparsity(0.8, (t - 5) // 4 * 4, 40, initial=0.2)
