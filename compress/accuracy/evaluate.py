@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 
 EVAL_BATCH = 256
 
@@ -87,8 +87,7 @@ def check_fits(model: nn.Module, ds, what: str = "the model") -> int:
     try:
         out = _logits(model.eval()(x))
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CompressError(f"{what} does not run on {ds.name} samples of shape {ds.sample_shape} ({msg[:200]})") from None
+        raise CompressError(f"{what} does not run on {ds.name} samples of shape {ds.sample_shape} ({first_line(e, 200)})") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CompressError(f"{what} is not a classifier: it returns {shape} for a batch of {x.shape[0]}, "

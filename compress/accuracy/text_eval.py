@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 
 EVAL_SENTENCES = 1000      # held-out (test split) sentences, stratified, for cosine and probe accuracy
 PROBE_TRAIN = 2000         # training-split sentences the probe is fitted on, stratified
@@ -153,7 +153,7 @@ def eval_text(lm, name: str, data: str, source_weights: str | None = None, batch
     try:
         e_tr = embed(lm.model, tok_tr, bs, "embed train")
     except (RuntimeError, TypeError, ValueError) as e:
-        raise CompressError(f"{lm.spec} does not embed token ids with an attention mask ({str(e).splitlines()[0][:200]})") from None
+        raise CompressError(f"{lm.spec} does not embed token ids with an attention mask ({first_line(e, 200, strip=False)})") from None
     e_te = embed(lm.model, tok_te, bs, "embed test")
     acc = probe_accuracy(e_tr, tr.labels, e_te, te.labels, tr.num_classes)
     res = {"model": name, "source": lm.spec, "pruned": lm.plan is not None, "data": data,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from compress import models
-from compress.errors import CompressError
+from compress.errors import CompressError, first_line
 
 
 def _shape(input_shape: str | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -43,9 +43,8 @@ class ModelSpec:
             with torch.no_grad():
                 lm.model(*inputs)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CompressError(f"the model does not run on an input of shape {tuple(inputs[0].shape)} "
-                                f"({msg[:200]}); pass the right --input-shape") from None
+                                f"({first_line(e, 200)}); pass the right --input-shape") from None
         return lm, inputs
 
 
