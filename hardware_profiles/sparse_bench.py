@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
 import warnings
 
 BLOCKS = (16, 32, 64)
@@ -26,14 +24,9 @@ def machine(target: str) -> dict:
 
 
 def _time(fn, reps: int) -> float:
-    for _ in range(2):
-        fn()
-    ts = []
-    for _ in range(max(reps, 5)):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)
+    from compress.hardware_profiles.torch_bench import median_ms
+
+    return median_ms(fn, 2, max(reps, 5))
 
 
 def table(layers, batch: int, reps: int) -> dict:

@@ -12,7 +12,9 @@ def version() -> str:
     return torch.__version__
 
 
-def _time(fn, warmup: int, reps: int) -> float:
+def median_ms(fn, warmup: int, reps: int) -> float:
+    """Median wall time in ms of `reps` calls of `fn` after `warmup` untimed ones: the in-process timer of
+    the torch tables (torch_bench, sparse_bench)."""
     for _ in range(warmup):
         fn()
     ts = []
@@ -42,7 +44,7 @@ def conv_points(sig, points, batch, warmup, reps, max_weight_mb=64.0, threads=0,
             x = torch.randn(batch, ci, sig.h, sig.w, generator=g)
             w = torch.randn(co, ci // grp, *sig.kernel, generator=g) * 0.05
             b = torch.zeros(co)
-            out[(ci, co)] = _time(lambda: F.relu(F.conv2d(x, w, b, sig.stride, sig.padding, 1, grp)), warmup, reps)
+            out[(ci, co)] = median_ms(lambda: F.relu(F.conv2d(x, w, b, sig.stride, sig.padding, 1, grp)), warmup, reps)
     return out
 
 
@@ -57,7 +59,7 @@ def linear_points(sig, points, batch, warmup, reps, threads=0, max_seconds=0.0) 
         for fi, fo in points:
             x = torch.randn(batch * sig.tokens, fi, generator=g)
             w = torch.randn(fo, fi, generator=g)
-            out[(fi, fo)] = _time(lambda: F.linear(x, w), warmup, reps)
+            out[(fi, fo)] = median_ms(lambda: F.linear(x, w), warmup, reps)
     return out
 
 
@@ -80,7 +82,7 @@ def memory_points(kind, sizes, batch, warmup, reps, threads=0, max_seconds=0.0) 
         for c, h, w in sizes:
             x = torch.randn(batch, c, h, w)
             s = torch.randn(batch, c, 1, 1)
-            out[(c, h, w)] = _time(lambda: _OPS[kind](torch, F, x, s), warmup, reps)
+            out[(c, h, w)] = median_ms(lambda: _OPS[kind](torch, F, x, s), warmup, reps)
     return out
 
 
@@ -91,7 +93,7 @@ def overheads(warmup, reps, threads=0) -> dict:
     _threads(threads)
     x = torch.ones(1, 8)
     with torch.no_grad():
-        one = _time(lambda: x + x, warmup, reps)
+        one = median_ms(lambda: x + x, warmup, reps)
     return {"per_inference_ms": 0.0, "per_op_ms": round(one, 5), "fit": {"tiny_add_ms": round(one, 5)}}
 
 
@@ -100,8 +102,8 @@ def peaks(warmup, reps, threads=0) -> dict:
 
     _threads(threads)
     a = torch.randn(1024, 1024)
-    t = _time(lambda: a @ a, warmup, reps)
+    t = median_ms(lambda: a @ a, warmup, reps)
     x = torch.randn(16 * 2**20)
-    t2 = _time(lambda: x + x, warmup, reps)
+    t2 = median_ms(lambda: x + x, warmup, reps)
     return {"gflops": round(2 * 1024**3 / (t / 1e3) / 1e9, 2), "gbps": round(3 * x.numel() * 4 / (t2 / 1e3) / 1e9, 2),
             "source": f"measured: torch {torch.__version__} 1024^3 fp32 matmul ({t:.2f} ms), add of 64 MiB tensors ({t2:.2f} ms)"}
