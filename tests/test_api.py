@@ -1,4 +1,4 @@
-"""compress.api: the verbs prune, eval and inspect called from Python with the CLI's options give
+"""compress.api: the verbs prune, sparsify, eval and inspect called from Python with the CLI's options give
 what the CLI gives; compress.calib parses --calib specs with the CLI's one-line errors."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from compress.api.accuracy import FinetuneConfig
 from compress.api.eval import EvalRun, evaluate
 from compress.api.inspect import InspectRun, inspect
 from compress.api.prune import PruneRun, prune
+from compress.api.sparsify import SparsifyRun, sparsify
 from compress.cli import main
 from compress.errors import CompressError
+from compress.lower.pipeline import SparsifyConfig
 from compress.prune.plan import PruneConfig
 from compress.models.source import ModelSpec
 from tests.test_evaluate import make_learnable_idx
@@ -80,3 +82,23 @@ def test_prune_matches_the_cli(tmp_path, capsys):
         assert api[k] == cli[k], k
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(api["finetune"]["history"]) == strip(cli["finetune"]["history"])
+
+
+def test_sparsify_matches_the_cli(tmp_path, capsys):
+    bert = "tests.lower.lowering_models:tiny_bert"
+    _, out = _cli(capsys, "sparsify", bert, "--pattern", "2:4", "--update", "obs", "--calib", "random:16",
+                  "--out", str(tmp_path / "cli"))
+    res = sparsify(SparsifyRun(ModelSpec(bert), str(tmp_path / "api"),
+                               SparsifyConfig(pattern="2:4", update="obs", calib="random:16")))
+    assert res["code"] == 0
+    assert res["text"] == out.rstrip("\n").replace(str(tmp_path / "cli"), str(tmp_path / "api"))
+    for f in ("sparse_plan.json", "sparse_model.safetensors", "model.onnx"):
+        assert (tmp_path / "api" / f).read_bytes() == (tmp_path / "cli" / f).read_bytes(), f
+    api = json.loads((tmp_path / "api" / "summary.json").read_text())
+    cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert res["json"] == api | {"out": str(tmp_path / "api")}
+    drop = lambda s: {k: v for k, v in s.items() if k != "sparsify_seconds"}  # noqa: E731
+    assert drop(api) == drop(cli)
+    with pytest.raises(CompressError, match="--sparsity is required with --pattern block:16"):
+        sparsify(SparsifyRun(ModelSpec(bert), str(tmp_path / "bad"), SparsifyConfig(pattern="block:16", sparsity=None)))
+    assert not (tmp_path / "bad").exists()

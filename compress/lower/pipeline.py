@@ -24,7 +24,7 @@ UPDATES = ("none", "obs")
 @dataclass(frozen=True)
 class SparsifyConfig:
     pattern: str                       # 2:4 | block:B | unstructured | dense
-    sparsity: float = 0.5              # 2:4: always 0.5
+    sparsity: float | None = 0.5       # 2:4: always 0.5; None: compress.api.sparsify fills the default
     criterion: str = "magnitude"
     update: str = "none"               # none | obs (2:4 only)
     scope: str = "layer"               # unstructured: layer | global

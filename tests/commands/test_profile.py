@@ -151,3 +151,28 @@ def test_extend_adds_another_models_tables_and_calibration(tiny_profile, tmp_pat
     missing = cli("profile", "--target", "cpu", *ext, "--extend", tmp_path / "none.json")
     assert missing.returncode == 2 and "no such profile file" in missing.stderr
     assert json.loads(copy.read_text()) == after and not list(tmp_path.glob("compress-extend-*"))
+
+
+def test_profile_python_api(tiny_profile, tmp_path):
+    """The library entry point: the command's checks and --refit, without argparse."""
+    import dataclasses
+    import shutil
+
+    from compress.api.profile import ProfileRun, profile
+    from compress.errors import CompressError
+    from compress.hardware_profiles.profiler import ProfileConfig
+
+    new = str(tmp_path / "x.json")
+    with pytest.raises(CompressError, match="--grid-points must be >= 1"):
+        profile(ProfileRun(ProfileConfig(max_points=0), out=new))
+    with pytest.raises(CompressError, match="needs --target"):
+        profile(ProfileRun(ProfileConfig(target=None), out=new))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ProfileRun().out = new
+    out, _ = tiny_profile
+    copy = tmp_path / "p.json"
+    shutil.copy(out, copy)
+    r = profile(ProfileRun(refit=str(copy)))
+    assert r["text"].startswith(f"refitted {copy}: ") and set(r) == {"text", "json"}
+    assert r["json"] == {"out": str(copy), "calibration": json.loads(copy.read_text())["calibration"]}
+    assert not Path(new).exists()

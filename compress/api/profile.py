@@ -1,0 +1,175 @@
+"""`compress profile`: measure a device's latency tables on this machine (see hardware_profiles/profiler.py).
+
+    profile(ProfileRun(ProfileConfig(target="cpu", models=("torchvision:resnet18",)), out="p.json"))
+
+returns {"text", "json"} as the CLI prints them. Three modes: measure a new profile (`out`), add the
+tables `measure.models` need to an existing profile in place (`extend`), or recompute a profile's
+calibration from the measurements stored in it, without timing (`refit`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from compress.errors import CompressError
+from compress.hardware_profiles.profiler import ProfileConfig
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """One `compress profile` run.
+
+    - `measure`: what is measured and how (--target, --runtime, --batch, --grid-step, --rounds,
+      --warmup, --reps, --threads, --max-seconds, --no-staircase, --no-sparse, --model). Its
+      `max_points` is --grid-points as given (at least 1; the grid uses at least 2); its `target`
+      is required unless `refit` (the command passes None without --target); its `models` are the
+      models whose layers are profiled (empty: a generic grid).
+    - `out`: the new profile to write (--out).
+    - `extend`: a profile to add `measure.models`' missing tables to, in place (--extend).
+    - `refit`: a profile whose calibration is recomputed, in place, without timing (--refit); the
+      other fields are then ignored.
+    - `input_shape`: example input shape for the models, "N,C,H,W" (--input-shape; batch ignored).
+    - `name`: the profile's name (--name; default: the stem of `out`).
+    """
+    measure: ProfileConfig = ProfileConfig()
+    out: str | None = None
+    extend: str | None = None
+    refit: str | None = None
+    input_shape: str | None = None
+    name: str | None = None
+
+
+def profile(cfg: ProfileRun) -> dict:
+    """Validate, then measure, extend or refit as `cfg` says; {"text", "json"}."""
+    if cfg.refit:
+        return _refit(cfg.refit)
+    _check(cfg)
+    base = _base_profile(cfg)
+    mcfg = replace(cfg.measure, max_points=max(cfg.measure.max_points, 2))
+    layers, dense = _layers(cfg)
+    if cfg.extend:
+        return _extend(cfg, base, layers, dense, mcfg)
+    return _measure_new(cfg, layers, dense, mcfg)
+
+
+def _check(cfg: ProfileRun) -> None:
+    """The mode and the measurement settings are consistent (errors name the command's flags)."""
+    m = cfg.measure
+    if cfg.extend and cfg.out:
+        raise CompressError("give --out FILE (a new profile) or --extend FILE (add to one), not both")
+    if cfg.extend and not m.models:
+        raise CompressError("--extend needs --model: the models whose layers the profile should gain")
+    if not m.target or not (cfg.out or cfg.extend):
+        raise CompressError("compress profile needs --target and --out (or --extend FILE, or --refit FILE)")
+    counts = {"batch": m.batch, "rounds": m.rounds, "reps": m.reps, "grid-points": m.max_points,
+              "grid-step": m.grid_step}
+    for flag, v in counts.items():
+        if v < 1:
+            raise CompressError(f"--{flag} must be >= 1")
+    if m.warmup < 0:
+        raise CompressError("--warmup must be >= 0")
+
+
+def _base_profile(cfg: ProfileRun) -> dict | None:
+    """The profile `extend` adds to (None for a new profile), after checking the files' places."""
+    if not cfg.extend:
+        if not Path(cfg.out).resolve().parent.is_dir():
+            raise CompressError(f"--out {cfg.out}: directory {Path(cfg.out).resolve().parent} does not exist")
+        return None
+    from compress.hardware_profiles import schema
+
+    if not Path(cfg.extend).is_file():
+        raise CompressError(f"--extend {cfg.extend}: no such profile file")
+    base = schema.read(cfg.extend)
+    if base["batch"] != cfg.measure.batch:
+        raise CompressError(f"--extend {cfg.extend}: that profile is for batch {base['batch']}; "
+                            f"pass --batch {base['batch']}")
+    return base
+
+
+def _layers(cfg: ProfileRun) -> tuple[list, dict]:
+    """The layers to profile, and per model its layers and dense model with an example input at
+    the batch (timed end to end for the profile's per-model calibration)."""
+    from compress import models
+    from compress.hardware_profiles.layers import extract_layers
+    from compress.hardware_profiles.profiler import DEFAULT_LAYERS
+
+    if not cfg.measure.models:
+        return list(DEFAULT_LAYERS), {}
+    out, dense = [], {}
+    for spec in cfg.measure.models:
+        lm = models.load(spec)
+        shape = models.parse_shape(cfg.input_shape) if cfg.input_shape else None
+        x = models.example_inputs(lm, shape)
+        layers = extract_layers(lm.model, x)
+        out += layers
+        xb = models.example_inputs(lm, (cfg.measure.batch,) + tuple(x[0].shape[1:]))
+        dense[spec] = (layers, lm.model.eval(), xb)
+    return out, dense
+
+
+def _measure_new(cfg: ProfileRun, layers, dense, mcfg: ProfileConfig) -> dict:
+    """Measure a new profile into `cfg.out`."""
+    from compress.hardware_profiles.profiler import run as run_profile
+
+    name = cfg.name or Path(cfg.out).stem
+    prof = run_profile(layers, mcfg, cfg.out, name, progress=sys.stderr.isatty(), dense_models=dense)
+    n_pts = sum(len(t["cin"]) * len(t["cout"]) for t in prof["tables"])
+    m = prof["measurement"]
+    text = (f"wrote {cfg.out}: {len(prof['tables'])} layer tables ({n_pts} channel points x {mcfg.rounds} rounds), "
+            f"{len(prof['memory_ops'])} memory-op fits; peak {prof['peak']['gflops']} GFLOP/s, "
+            f"{prof['peak']['gbps']} GB/s; {m['wall_seconds']} s"
+            + (f" (resumed {m['resumed_measurements']} finished measurements)" if m["resumed_measurements"] else ""))
+    return {"text": text, "json": {"out": cfg.out, "name": name, "tables": len(prof["tables"]), "points": n_pts,
+                                   "wall_seconds": m["wall_seconds"], "resumed": m["resumed_measurements"],
+                                   "peak": prof["peak"], "overhead": prof["overhead"]}}
+
+
+def _extend(cfg: ProfileRun, base: dict, layers, dense, mcfg: ProfileConfig) -> dict:
+    """Measure the models' layers into a temporary profile, merge what `base` lacks into it, recompute
+    the calibration, and replace `cfg.extend` (atomically: nothing changes if any step fails)."""
+    import tempfile
+
+    from compress.hardware_profiles.profiler import _write, merge_into, refit, run as run_profile
+    from compress.io import write_text_atomic
+
+    dest = Path(cfg.extend)
+    mcfg = replace(mcfg, staircase=False, sparse=False)   # the merge keeps FILE's staircase and sparse table
+    with tempfile.TemporaryDirectory(prefix="compress-extend-", dir=dest.resolve().parent) as tmp:
+        new = run_profile(layers, mcfg, str(Path(tmp) / "new.json"), base["name"], progress=sys.stderr.isatty(),
+                          dense_models=dense)
+        merged, info = merge_into(base, new)
+        staged = Path(tmp) / dest.name
+        _write(merged, staged)
+        prof = refit(str(staged), layers_of)
+        write_text_atomic(dest, staged.read_bytes())
+    cal = {c["model"]: c["factor"] for c in prof["calibration"]}
+    text = (f"extended {dest}: {info['tables']} layer tables added; calibrated "
+            + (", ".join(f"{m} x{cal[m]}" for m in info["models"]) or "no new model (all were calibrated already)"))
+    return {"text": text, "json": {"out": str(dest), "added": info, "calibration": prof["calibration"]}}
+
+
+def layers_of(spec: str, input_shape):
+    """A model's layers at its profiled input shape (the architecture; weights do not matter)."""
+    from compress import models
+    from compress.hardware_profiles.layers import extract_layers
+
+    lm = models._build_source(spec, pretrained=False)
+    shape = (1, *input_shape) if input_shape else None
+    return extract_layers(lm.model, models.example_inputs(lm, shape))
+
+
+def _refit(path: str) -> dict:
+    """Recompute the calibration of the profile at `path` from its stored measurements, in place."""
+    from compress.hardware_profiles.profiler import refit
+
+    if not Path(path).is_file():
+        raise CompressError(f"--refit {path}: no such profile file")
+    prof = refit(path, layers_of)
+    rows = prof["calibration"]
+    text = f"refitted {path}: " + "; ".join(
+        f"{c['model']} x{c['factor']}" + (f" (in-network: kernels x{c['kernel_factor']}, {c['b_ms'] * 1e3:+.2f} us/layer)"
+                                          if c.get("b_ms") is not None else "") for c in rows)
+    return {"text": text, "json": {"out": path, "calibration": rows}}

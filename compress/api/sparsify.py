@@ -1,0 +1,175 @@
+"""`compress sparsify`: unstructured masks lowered to 2:4, block-sparse (BSR) or CSR weights.
+
+    sparsify(SparsifyRun(ModelSpec("hf:minilm"), "out", SparsifyConfig(pattern="2:4")))
+
+returns {"text", "json", "code"} as the CLI prints them (code 1: the lowered model differs from the
+masked dense one, or onnxruntime from torch) and writes DIR: sparse_plan.json +
+sparse_model.safetensors (weights in their sparse formats), model.onnx (dense weights with the
+zeros in place, onnxruntime parity checked) and summary.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from compress.errors import CompressError
+from compress.lower.pipeline import SparsifyConfig
+from compress.models.source import ModelSpec
+
+if TYPE_CHECKING:
+    from compress.lower.pipeline import SparsifyResult
+    from compress.models import LoadedModel
+
+DEFAULT_CALIB = "random:32"
+MAX_LOWERED_ERROR = 1e-4        # lowered vs masked dense model, relative to the output's magnitude
+
+
+@dataclass(frozen=True)
+class SparsifyRun:
+    """One `compress sparsify` run.
+
+    - `model`: what to sparsify (MODEL, --weights, --input-shape); not a pruned or sparse directory.
+    - `out`: the directory written (--out).
+    - `lowering`: the format and how weights are chosen (--pattern, --sparsity, --criterion, --update,
+      --calib, --seed). Its `sparsity` None: 0.5 with pattern 2:4, required otherwise. Its `calib`
+      is the calibration data, random[:N] | FILE.npy; None: random:32. Given (or with update obs),
+      2:4 magnitude picks the 2 of 4 that minimise output error on it (`data_select`). Its `seed`
+      seeds the whole run.
+    """
+    model: ModelSpec
+    out: str
+    lowering: SparsifyConfig
+
+
+def sparsify(cfg: SparsifyRun) -> dict:
+    """Validate, lower, check and export as `cfg` says, write `cfg.out`; {"text", "json", "code"}."""
+    import torch
+
+    from compress.calib import input_batches
+    from compress.lower import pipeline
+
+    config = _config(cfg.lowering)
+    fmt, _ = config.validate()
+    t0 = time.perf_counter()
+    lm, inputs = _load(cfg.model, fmt)
+    torch.manual_seed(config.seed)
+    calib = input_batches(config.calib, lm, inputs)
+    res = pipeline.sparsify(lm.model, inputs, config, _source(lm, inputs), calib)
+    seconds = time.perf_counter() - t0
+    lowered_err = _lowered_error(res, calib[0] if calib else inputs)
+    summary = _write(cfg.out, lm, inputs, res, config, lowered_err, seconds)
+    ok = summary["onnx_parity"]["ok"] and lowered_err <= MAX_LOWERED_ERROR
+    text = _text(cfg.out, lm, res, config, summary, ok)
+    return {"text": text, "json": summary | {"out": cfg.out}, "code": 0 if ok else 1}
+
+
+def _config(c: SparsifyConfig) -> SparsifyConfig:
+    """`c` with its defaults resolved: the sparsity of 2:4, the calibration data, data selection."""
+    sparsity = c.sparsity
+    if sparsity is None:
+        if c.pattern != "2:4":
+            raise CompressError(f"--sparsity is required with --pattern {c.pattern}")
+        sparsity = 0.5
+    return replace(c, sparsity=sparsity, calib=c.calib or DEFAULT_CALIB,
+                   data_select=c.data_select or bool(c.calib) or c.update == "obs")
+
+
+def _load(spec: ModelSpec, fmt: str) -> tuple[LoadedModel, tuple]:
+    """The dense model and its example inputs; its layers must take `fmt` (checked before any work)."""
+    from compress.lower.pipeline import check_layers
+
+    lm, inputs = spec.load()
+    if lm.notes and any(n.startswith("sparse:") for n in lm.notes):
+        raise CompressError(f"{spec.model} is already sparse; sparsify its source model")
+    if lm.plan is not None:
+        raise CompressError(f"{spec.model} is a pruned directory; sparsify of pruned models is not supported yet")
+    check_layers(lm.model, fmt)                       # 2:4 on a reduction dim % 4 != 0: fail before any work
+    return lm, inputs
+
+
+def _source(lm: LoadedModel, inputs: tuple) -> dict:
+    """What the sparse plan records of the model it was made from."""
+    from compress import models
+
+    return {"model": lm.spec, "sha256": models.weights_sha256(lm.model),
+            "input_shape": list(inputs[0].shape), "input_dtype": lm.input_dtype}
+
+
+def _lowered_error(res: SparsifyResult, check: tuple) -> float:
+    """The largest relative output error of the lowered model vs the masked dense model, over every
+    CPU backend: the lowered model must compute what the masked dense model computes."""
+    import torch
+
+    from compress.lower.modules import set_backends
+
+    with torch.no_grad():
+        ref = res.masked(*check)
+        errs = {}
+        for backend in ("dense", "sparse"):
+            set_backends(res.model, prefer=backend)
+            out = res.model(*check)
+            errs[backend] = float((out - ref).abs().max()) / max(float(ref.abs().max()), 1e-6)
+        set_backends(res.model)
+    return max(errs.values())
+
+
+def _write(out: str, lm: LoadedModel, inputs: tuple, res: SparsifyResult, config: SparsifyConfig,
+           lowered_err: float, seconds: float) -> dict:
+    """Write the sparse directory, model.onnx (parity checked) and summary.json to `out`; the summary."""
+    from compress.export.onnx import export_onnx, ort_parity
+    from compress.io import atomic_dir, write_json
+    from compress.lower.pipeline import save_sparse_dir
+
+    with atomic_dir(out) as tmp:
+        save_sparse_dir(tmp, res, lm.hf_config)
+        onnx_path = os.path.join(tmp, "model.onnx")
+        export_onnx(res.masked, inputs, onnx_path)
+        parity = ort_parity(onnx_path, res.masked, inputs)
+        summary = _summary(lm, res, config, lowered_err, parity, seconds)
+        write_json(os.path.join(tmp, "summary.json"), summary)
+    return summary
+
+
+def _summary(lm: LoadedModel, res: SparsifyResult, config: SparsifyConfig, lowered_err: float, parity: dict,
+             seconds: float) -> dict:
+    """summary.json: the options, each layer's format, density and errors, and the checks."""
+    import torch
+
+    layers = {lp.name: {"format": lp.format, "module": lp.module, "density": lp.density,
+                        "error_before": lp.error_before, "error_after": lp.error_after,
+                        "error_magnitude": lp.error_magnitude} for lp in res.plan.layers}
+    total = sum(torch.Size(lp.shape).numel() for lp in res.plan.layers)
+    kept = sum(torch.Size(lp.shape).numel() * lp.density for lp in res.plan.layers)
+    return {"model": lm.spec, "pattern": config.pattern, "sparsity": config.sparsity, "criterion": config.criterion,
+            "update": config.update, "calib": config.calib, "layers": layers, "density": kept / total,
+            "weights_sparsified": total, "max_rel_error_lowered_vs_masked": lowered_err,
+            "onnx_parity": parity, "sparsify_seconds": round(seconds, 3), "notes": list(res.plan.notes)}
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _text(out: str, lm: LoadedModel, res: SparsifyResult, config: SparsifyConfig, summary: dict, ok: bool) -> str:
+    """What the CLI prints: a line per layer, the mean output error, the checks and the notes."""
+    parity, lowered_err = summary["onnx_parity"], summary["max_rel_error_lowered_vs_masked"]
+    width = max(len(lp.name) for lp in res.plan.layers)
+    errs_after = [lp.error_after for lp in res.plan.layers if lp.error_after is not None]
+    text = [f"sparsified {lm.spec}: {len(summary['layers'])} layers to {config.pattern} ({config.criterion}"
+            f"{', obs update' if config.update == 'obs' else ''}), density {summary['density']:.3f}",
+            f"{'layer':<{width}} {'module':<18} {'density':>7} {'err before':>10} {'err after':>10}"]
+    for lp in res.plan.layers:
+        text.append(f"{lp.name:<{width}} {lp.module:<18} {lp.density:>7.3f} {_fmt(lp.error_before):>10} "
+                    f"{_fmt(lp.error_after):>10}")
+    if errs_after:
+        text.append(f"mean relative output error {sum(errs_after) / len(errs_after):.4g} on {config.calib}")
+    text.append(f"lowered vs masked dense: max rel error {lowered_err:.1e}; onnxruntime parity "
+                f"{'ok' if parity['ok'] else 'FAILED'} (max rel error {parity['max_rel_error']:.1e}); wrote {out}")
+    text += [f"note: {n}" for n in res.plan.notes]
+    if not ok:
+        text.append("check failed: " + ("onnxruntime output differs from torch" if not parity["ok"]
+                                         else "the lowered model differs from the masked dense model"))
+    return "\n".join(text)
