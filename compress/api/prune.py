@@ -249,13 +249,10 @@ def _prune_and_finetune(cfg: PruneRun, acc: PruneAccuracy, lm, inputs, config, r
 
 
 def _prune(cfg: PruneRun, config: PruneConfig, plan, round_to: int, data_criterion: bool) -> dict:
-    from compress.accuracy import distributed
     from compress import models
-    from compress.export.onnx import export_onnx, ort_parity
-    from compress.io import atomic_dir, save_pruned, write_json
-    from compress.metrics import size_summary
-    from compress.prune.plan import weights_source
+    from compress.accuracy import distributed
     from compress.prune.apply import prune as run_prune
+    from compress.prune.plan import weights_source
 
     run_prune = _plan_runner(plan, run_prune)
     sched, f = cfg.schedule, cfg.finetune
@@ -286,42 +283,68 @@ def _prune(cfg: PruneRun, config: PruneConfig, plan, round_to: int, data_criteri
             measured = acc.finetune_and_measure(lm.model, res.model) if acc else None  # fine-tunes res.model
         sparse = _lower_formats(cfg, lm, inputs, res, sparse_specs, calib, acc, measured, source,
                                 progress) if sparse_specs else None
-        before, after = size_summary(lm.model, inputs), size_summary(res.model, inputs)
-        summary = {
-            "model": lm.spec, "ratio": config.ratio, "criterion": config.criterion,
-            "global": config.global_ranking, "round_to": round_to, "schedule": sched.kind,
-            "params_before": before["params"], "params_after": after["params"],
-            "macs_before": before["macs"], "macs_after": after["macs"],
-            "mac_reduction": before["macs"] / max(after["macs"], 1),
-            "groups": len(res.plan.groups), "groups_pruned": sum(
-                g.channels_after < g.channels_before for g in res.plan.groups),
-            "max_rel_error_vs_masked": res.max_rel_error,
-            "prune_seconds": round(t_prune, 3), "notes": res.plan.notes,
-        } | ({"schedule_steps": schedule_json} if schedule_json else {}) | (measured["json"] if measured else {}) | (
-            sparse["json"] if sparse else {})
+        summary, before, after = _summary(lm, inputs, res, config, round_to, sched.kind, t_prune, schedule_json,
+                                          measured, sparse)
         if not distributed.is_main():         # under torchrun only rank 0 writes
             distributed.barrier()
             return {"text": "", "json": {"rank": distributed.active().rank, "out": cfg.out}, "code": 0}
-        with atomic_dir(cfg.out) as tmp:
-            onnx_model = res.model
-            if sparse is None:
-                save_pruned(tmp, res.model, res.plan, lm.hf_config)
-            else:                             # plan.json + the sparse directory (compress.models.load reads both)
-                from compress.lower.pipeline import save_sparse_dir
-                with open(os.path.join(tmp, models.PLAN_FILE), "w") as fh:
-                    fh.write(res.plan.to_json())
-                save_sparse_dir(tmp, sparse["result"], lm.hf_config)
-                onnx_model = sparse["result"].masked      # dense weights with the zeros in place
-            progress("exporting ONNX")
-            onnx_path = os.path.join(tmp, "model.onnx")
-            export_onnx(onnx_model, inputs, onnx_path)
-            parity = ort_parity(onnx_path, onnx_model, inputs)
-            summary["onnx_parity"] = parity
-            write_json(os.path.join(tmp, "summary.json"), summary)
+        parity = _write(cfg, lm, inputs, res, sparse, summary, progress)
         distributed.barrier()
     finally:
         if hasattr(progress, "close"):
             progress.close()
+    return _result(cfg, lm, res, before, after, summary, parity, measured, sparse)
+
+
+def _summary(lm, inputs, res, config: PruneConfig, round_to: int, schedule: str, t_prune: float, schedule_json,
+             measured, sparse) -> tuple[dict, dict, dict]:
+    """summary.json's content, and the dense and pruned sizes."""
+    from compress.metrics import size_summary
+
+    before, after = size_summary(lm.model, inputs), size_summary(res.model, inputs)
+    summary = {
+        "model": lm.spec, "ratio": config.ratio, "criterion": config.criterion,
+        "global": config.global_ranking, "round_to": round_to, "schedule": schedule,
+        "params_before": before["params"], "params_after": after["params"],
+        "macs_before": before["macs"], "macs_after": after["macs"],
+        "mac_reduction": before["macs"] / max(after["macs"], 1),
+        "groups": len(res.plan.groups), "groups_pruned": sum(
+            g.channels_after < g.channels_before for g in res.plan.groups),
+        "max_rel_error_vs_masked": res.max_rel_error,
+        "prune_seconds": round(t_prune, 3), "notes": res.plan.notes,
+    } | ({"schedule_steps": schedule_json} if schedule_json else {}) | (measured["json"] if measured else {}) | (
+        sparse["json"] if sparse else {})
+    return summary, before, after
+
+
+def _write(cfg: PruneRun, lm, inputs, res, sparse, summary: dict, progress) -> dict:
+    """The output directory, atomically: plan + weights (or the sparse directory), model.onnx checked
+    against torch in onnxruntime, summary.json. Returns the parity record."""
+    from compress import models
+    from compress.export.onnx import export_onnx, ort_parity
+    from compress.io import atomic_dir, save_pruned, write_json
+
+    with atomic_dir(cfg.out) as tmp:
+        onnx_model = res.model
+        if sparse is None:
+            save_pruned(tmp, res.model, res.plan, lm.hf_config)
+        else:                             # plan.json + the sparse directory (compress.models.load reads both)
+            from compress.lower.pipeline import save_sparse_dir
+            with open(os.path.join(tmp, models.PLAN_FILE), "w") as fh:
+                fh.write(res.plan.to_json())
+            save_sparse_dir(tmp, sparse["result"], lm.hf_config)
+            onnx_model = sparse["result"].masked      # dense weights with the zeros in place
+        progress("exporting ONNX")
+        onnx_path = os.path.join(tmp, "model.onnx")
+        export_onnx(onnx_model, inputs, onnx_path)
+        parity = ort_parity(onnx_path, onnx_model, inputs)
+        summary["onnx_parity"] = parity
+        write_json(os.path.join(tmp, "summary.json"), summary)
+    return parity
+
+
+def _result(cfg: PruneRun, lm, res, before: dict, after: dict, summary: dict, parity: dict, measured, sparse) -> dict:
+    """What the CLI prints, and the exit code (1 when onnxruntime or the lowered model disagrees)."""
     text = (f"pruned {lm.spec}: params {before['params']:,} -> {after['params']:,} "
             f"({after['params'] / before['params']:.1%}), MACs {before['macs']:,} -> {after['macs']:,} "
             f"({summary['mac_reduction']:.2f}x fewer); {summary['groups_pruned']}/{summary['groups']} groups pruned; "
