@@ -138,11 +138,13 @@ def run_step(step: Step, results: Path, quick: bool) -> dict:
 
 
 def json_write(path: Path, data) -> None:
+    """bench/_common.py's write_json (atomic, the benchmarks' JSON format)."""
     ensure_compress_packages()
-    from compress.io import write_text_atomic
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    import _common as C
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+    C.write_json(path, data)
 
 
 # --------------------------------------------------------------------------- 2:4 check

@@ -6,8 +6,8 @@ A spec is one of
 - `data[:N]`     a stratified subset of N samples (default 128) of --data's training split
                  (`compress prune --data` only: `parse(spec, data=True)`).
 
-`parse` reads a spec; `input_batches` builds the batches of a random or .npy spec, `data_batches`
-those of a data subset. Batches are tuples of model inputs, 8 samples each.
+`parse` reads a spec; `input_batches` builds the batches of a random or .npy spec (a data subset's:
+`compress.accuracy.data.subset_batches`). Batches are tuples of model inputs, 8 samples each.
 """
 
 from __future__ import annotations
@@ -80,10 +80,3 @@ def input_batches(spec: str | None, lm, inputs: tuple, batch: int = BATCH) -> li
                                 f"the model takes {tuple(inputs[0].shape[1:])}")
         full = full.to(inputs[0].dtype)
     return [(full[i:i + batch],) for i in range(0, len(full), batch)]
-
-
-def data_batches(ds, n: int, seed: int = 0, batch: int = BATCH) -> list[tuple]:
-    """The inputs of a stratified subset of `n` samples of the dataset `ds` (compress.accuracy.data), in batches."""
-    from compress.accuracy import data
-
-    return [(x,) for x, _ in data.calibration_subset(ds, n, seed).batches(batch)]

@@ -298,8 +298,12 @@ def calib_batches(spec: str, n: int, sample_shape: tuple[int, ...], batch: int =
     """Calibration batches (inputs only) from the training split of a --data spec."""
     ds = load(spec, "train", sample_shape, allow_flat=True)
     check_shape(ds, sample_shape)
-    sub = calibration_subset(ds, n, seed)
-    return [(x,) for x, _ in sub.batches(batch)]
+    return subset_batches(ds, n, seed, batch)
+
+
+def subset_batches(ds: Dataset, n: int, seed: int = 0, batch: int = 8) -> list[tuple]:
+    """The inputs of a stratified subset of `n` samples of `ds` (calibration_subset), in batches."""
+    return [(x,) for x, _ in calibration_subset(ds, n, seed).batches(batch)]
 
 
 def check_shape(ds: Dataset, sample_shape: tuple[int, ...]) -> None:

@@ -87,7 +87,7 @@ class PruneAccuracy:
             n = calib_spec.parse(calib, data=True).samples if calib else calib_spec.DATA_SAMPLES
             src = train if train is not None else datasets.load(data, "train", shape, allow_flat=True)
             datasets.check_shape(src, shape)
-            batches = calib_spec.data_batches(src, n, seed)
+            batches = datasets.subset_batches(src, n, seed)
         return cls(lm, shape, test, train, batches, finetune, seed)
 
     def _evaluate(self, dense: nn.Module, pruned: nn.Module):

@@ -167,7 +167,7 @@ def _sparse_calib(cfg: PruneRun, lm, inputs, acc, calib) -> tuple[list, str, boo
         from compress.accuracy import data
         src = acc.train if acc.train is not None else data.load(cfg.data, "train", acc.shape, allow_flat=True)
         data.check_shape(src, acc.shape)
-        return calib_spec.data_batches(src, calib_spec.DATA_SAMPLES, cfg.channels.seed), what, True
+        return data.subset_batches(src, calib_spec.DATA_SAMPLES, cfg.channels.seed), what, True
     return calib_spec.input_batches("random:32", lm, inputs), "random:32", False
 
 
