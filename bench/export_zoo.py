@@ -15,16 +15,17 @@ Per model (the 8 torchvision CNNs with seeded random weights, and all-MiniLM-L6-
 5. determinism: the sha256 of model.onnx from every export of the same pruned model (cpu and each Jetson
    device, each its own process) must be equal;
 6. (`--gpu-models`) a 2:4 model and `compress export --target gpu`: MiniLM via `compress sparsify
-   hf:minilm --pattern 2:4`; a CNN via the mixed-plan route, since `compress sparsify` refuses 2:4 on any
-   layer whose reduction dim is not a multiple of 4 (every CNN's 3-channel stem; the refusal is recorded):
+   hf:minilm --pattern 2:4`; a CNN via the mixed-plan route, since `compress sparsify --strict` refuses 2:4 on
+   any layer whose reduction dim is not a multiple of 4 (every CNN's 3-channel stem; the refusal is recorded;
+   without --strict it keeps such layers dense):
    the pruned model's plan.json plus `formats` marking its 1x1 convs and Linear layers 2:4, applied by
    `compress prune MODEL --plan`. The manifest's per-layer verification is recorded and re-checked here
    independently: each 2:4 layer's ONNX tensor (initializer or Constant) loaded with onnx.numpy_helper,
    every group of 4 along the reduction axis (taken from the consuming Conv / MatMul / Gemm node) must
    hold >= 2 zeros.
 
-Two refusals are checked once: `--target jetson` without `--device`, and `compress sparsify --pattern 2:4`
-on a CNN; each must exit 2 with one line and write nothing. TVM latencies are untuned (no MetaSchedule).
+Two refusals are checked once: `--target jetson` without `--device`, and `compress sparsify --pattern 2:4
+--strict` on a CNN; each must exit 2 with one line and write nothing. TVM latencies are untuned (no MetaSchedule).
 
     nice -n 19 python bench/export_zoo.py                        # ~40 min on a shared 2-core VM
     python bench/export_zoo.py --models resnet18 --merge         # re-run one model, keep the others
@@ -440,7 +441,8 @@ def main() -> None:
         c.write_json(out_path, data)
 
     refusals = {"jetson_without_device": refused(["export", "torchvision:resnet18", "--target", "jetson"], work, "x1"),
-                "sparsify_2_4_cnn_stem": refused(["sparsify", "torchvision:resnet18", "--pattern", "2:4"], work, "x2")}
+                "sparsify_2_4_cnn_stem": refused(["sparsify", "torchvision:resnet18", "--pattern", "2:4", "--strict"],
+                                                   work, "x2")}
     for name in a.models:
         entries.append(run_model(name, a, work))
         e = entries[-1]

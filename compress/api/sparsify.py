@@ -34,10 +34,12 @@ class SparsifyRun:
     - `model`: what to sparsify (MODEL, --weights, --input-shape); not a pruned or sparse directory.
     - `out`: the directory written (--out).
     - `lowering`: the format and how weights are chosen (--pattern, --sparsity, --criterion, --update,
-      --calib, --seed). Its `sparsity` None: 0.5 with pattern 2:4, required otherwise. Its `calib`
+      --calib, --seed, --strict). Its `sparsity` None: 0.5 with pattern 2:4, required otherwise. Its `calib`
       is the calibration data, random[:N] | FILE.npy; None: random:32. Given (or with update obs),
       2:4 magnitude picks the 2 of 4 that minimise output error on it (`data_select`). Its `seed`
-      seeds the whole run.
+      seeds the whole run. A layer that cannot take the pattern (2:4 on a reduction dimension that
+      is not a multiple of 4, e.g. a stem conv on 1 or 3 input channels) stays dense, named with
+      the reason in sparse_plan.json, summary.json and the text; its `strict` refuses the model instead.
     """
     model: ModelSpec
     out: str
@@ -54,7 +56,7 @@ def sparsify(cfg: SparsifyRun) -> dict:
     config = _config(cfg.lowering)
     fmt, _ = config.validate()
     t0 = time.perf_counter()
-    lm, inputs = _load(cfg.model, fmt)
+    lm, inputs = _load(cfg.model, fmt, config.strict)
     torch.manual_seed(config.seed)
     calib = input_batches(config.calib, lm, inputs)
     res = pipeline.sparsify(lm.model, inputs, config, _source(lm, inputs), calib)
@@ -77,8 +79,9 @@ def _config(c: SparsifyConfig) -> SparsifyConfig:
                    data_select=c.data_select or bool(c.calib) or c.update == "obs")
 
 
-def _load(spec: ModelSpec, fmt: str) -> tuple[LoadedModel, tuple]:
-    """The dense model and its example inputs; its layers must take `fmt` (checked before any work)."""
+def _load(spec: ModelSpec, fmt: str, strict: bool = False) -> tuple[LoadedModel, tuple]:
+    """The dense model and its example inputs; some of its layers must take `fmt`, with `strict` all of
+    them (checked before any work)."""
     from compress.lower.pipeline import check_layers
 
     lm, inputs = spec.load()
@@ -86,7 +89,7 @@ def _load(spec: ModelSpec, fmt: str) -> tuple[LoadedModel, tuple]:
         raise CompressError(f"{spec.model} is already sparse; sparsify its source model")
     if lm.plan is not None:
         raise CompressError(f"{spec.model} is a pruned directory; sparsify of pruned models is not supported yet")
-    check_layers(lm.model, fmt)                       # 2:4 on a reduction dim % 4 != 0: fail before any work
+    check_layers(lm.model, fmt, strict)               # no layer fits, or one does not with strict: fail before any work
     return lm, inputs
 
 
@@ -140,13 +143,15 @@ def _summary(lm: LoadedModel, res: SparsifyResult, config: SparsifyConfig, lower
 
     layers = {lp.name: {"format": lp.format, "module": lp.module, "density": lp.density,
                         "error_before": lp.error_before, "error_after": lp.error_after,
-                        "error_magnitude": lp.error_magnitude} for lp in res.plan.layers}
+                        "error_magnitude": lp.error_magnitude} | ({"skipped": lp.skipped} if lp.skipped else {})
+              for lp in res.plan.layers}
     total = sum(torch.Size(lp.shape).numel() for lp in res.plan.layers)
     kept = sum(torch.Size(lp.shape).numel() * lp.density for lp in res.plan.layers)
     return {"model": lm.spec, "pattern": config.pattern, "sparsity": config.sparsity, "criterion": config.criterion,
             "update": config.update, "calib": config.calib, "layers": layers, "density": kept / total,
             "weights_sparsified": total, "max_rel_error_lowered_vs_masked": lowered_err,
-            "onnx_parity": parity, "sparsify_seconds": round(seconds, 3), "notes": list(res.plan.notes)}
+            "onnx_parity": parity, "sparsify_seconds": round(seconds, 3), "notes": list(res.plan.notes)} | (
+               {"skipped": res.plan.skipped} if res.plan.skipped else {})
 
 
 def _fmt(x) -> str:
@@ -158,8 +163,11 @@ def _text(out: str, lm: LoadedModel, res: SparsifyResult, config: SparsifyConfig
     parity, lowered_err = summary["onnx_parity"], summary["max_rel_error_lowered_vs_masked"]
     width = max(len(lp.name) for lp in res.plan.layers)
     errs_after = [lp.error_after for lp in res.plan.layers if lp.error_after is not None]
-    text = [f"sparsified {lm.spec}: {len(summary['layers'])} layers to {config.pattern} ({config.criterion}"
-            f"{', obs update' if config.update == 'obs' else ''}), density {summary['density']:.3f}",
+    skipped = res.plan.skipped
+    lowered = len(summary["layers"]) - len(skipped)
+    text = [f"sparsified {lm.spec}: {lowered} layers to {config.pattern} ({config.criterion}"
+            f"{', obs update' if config.update == 'obs' else ''})"
+            f"{f', {len(skipped)} kept dense' if skipped else ''}, density {summary['density']:.3f}",
             f"{'layer':<{width}} {'module':<18} {'density':>7} {'err before':>10} {'err after':>10}"]
     for lp in res.plan.layers:
         text.append(f"{lp.name:<{width}} {lp.module:<18} {lp.density:>7.3f} {_fmt(lp.error_before):>10} "
@@ -168,6 +176,7 @@ def _text(out: str, lm: LoadedModel, res: SparsifyResult, config: SparsifyConfig
         text.append(f"mean relative output error {sum(errs_after) / len(errs_after):.4g} on {config.calib}")
     text.append(f"lowered vs masked dense: max rel error {lowered_err:.1e}; onnxruntime parity "
                 f"{'ok' if parity['ok'] else 'FAILED'} (max rel error {parity['max_rel_error']:.1e}); wrote {out}")
+    text += [f"skipped: layer {n} stays dense: {why}" for n, why in skipped.items()]
     text += [f"note: {n}" for n in res.plan.notes]
     if not ok:
         text.append("check failed: " + ("onnxruntime output differs from torch" if not parity["ok"]

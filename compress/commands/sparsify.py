@@ -21,6 +21,9 @@ def add_arguments(p) -> None:
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (token ids: 1,16)")
     p.add_argument("--weights", help="weights for MODEL (.safetensors, or a torch state_dict loaded with weights_only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the model when a layer cannot take the pattern (2:4 on a reduction dim that is not "
+                   "a multiple of 4, e.g. a 3-channel stem conv); default: such layers stay dense, named in the plan")
     p.add_argument("--out", required=True, metavar="DIR")
 
 
@@ -33,4 +36,5 @@ def run(args) -> dict:
         model=ModelSpec(args.model, args.weights, args.input_shape),
         out=args.out,
         lowering=SparsifyConfig(pattern=args.pattern, sparsity=args.sparsity, criterion=args.criterion,
-                                update=args.update, calib=args.calib, seed=args.seed)))
+                                update=args.update, calib=args.calib, seed=args.seed,
+                                strict=args.strict)))

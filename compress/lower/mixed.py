@@ -23,7 +23,7 @@ from torch import nn
 
 from compress.errors import CompressError
 from compress.lower import formats as F
-from compress.lower.pipeline import SparsifyConfig, SparsifyResult, lower_into, other_tensors
+from compress.lower.pipeline import SparsifyConfig, SparsifyResult, lower_into, other_tensors, reduction_dim
 from compress.lower.sparse_plan import SparsePlan
 
 
@@ -60,17 +60,12 @@ def planned(plan_formats: dict, model: nn.Module) -> dict[str, tuple[str, int | 
     return out
 
 
-def reduction_dim(m: nn.Module) -> int:
-    """The dimension 2:4 groups run along: in_features, or a conv's input channels."""
-    return m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
-
-
 def fit(specs: dict, pruned: nn.Module) -> tuple[dict, dict[str, str]]:
     """Layers that can be lowered at their pruned shape, and {layer: why it stays dense}."""
     ok, dense = {}, {}
     for name, (fmt, block, density) in specs.items():
         m = pruned.get_submodule(name)
-        k = reduction_dim(m)
+        k = reduction_dim(m)                             # compress.lower.pipeline.unfit_reason's condition
         if fmt == "2:4" and k % 4:
             dense[name] = (f"2:4 needs a reduction dimension that is a multiple of 4, and after structured "
                            f"pruning it is {k}: kept dense")

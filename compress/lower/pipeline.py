@@ -31,6 +31,7 @@ class SparsifyConfig:
     calib: str | None = None           # the calibration spec, recorded
     data_select: bool = False          # 2:4 + magnitude: pick by output error on the calibration data
     seed: int = 0
+    strict: bool = False               # a layer that cannot take the pattern: refuse the model (else: kept dense)
 
     def validate(self) -> tuple[str, int | None]:
         from compress.sparse.masks import CRITERIA
@@ -58,14 +59,43 @@ class SparsifyResult:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)   # what sparse_model.safetensors holds
 
 
-def check_layers(model: nn.Module, fmt: str) -> dict[str, nn.Module]:
+def reduction_dim(m: nn.Module) -> int:
+    """The dimension 2:4 groups run along: in_features, or a conv's input channels (its 2-D columns
+    are ordered (kh, kw, c), so groups of 4 are 4 input channels at one kernel position)."""
+    return m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+
+
+def unfit_reason(m: nn.Module, fmt: str) -> str | None:
+    """Why layer `m` cannot take `fmt`, or None. Only 2:4 has a shape condition: block:B pads the
+    weight to multiples of B, unstructured and dense fit any shape."""
+    if fmt == "2:4":
+        k = reduction_dim(m)
+        if k % 4:
+            return f"2:4 needs a reduction dimension that is a multiple of 4, it has {k}"
+    return None
+
+
+def check_layers(model: nn.Module, fmt: str, strict: bool = False) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The layers to lower and {layer: why it stays dense} for those that cannot take `fmt` (a stem
+    conv on 1 or 3 input channels under 2:4, as NVIDIA ASP / ModelOpt leave them). `strict`: refuse
+    the model at the first such layer instead. A model none of whose layers fits is refused."""
     layers = formats.target_layers(model)
     if not layers:
         raise CompressError("the model has no Linear or Conv2d (groups 1) layer to sparsify")
-    if fmt == "2:4":
-        for name, m in layers.items():
-            formats.check_24(name, formats.weight_2d(m).shape[1] if isinstance(m, nn.Linear) else m.in_channels)
-    return layers
+    skipped = {}
+    for name, m in layers.items():
+        why = unfit_reason(m, fmt)
+        if why is None:
+            continue
+        if strict and fmt == "2:4":
+            formats.check_24(name, reduction_dim(m))         # today's message, word for word
+        if strict:
+            raise CompressError(f"layer {name}: {why}; pick another --pattern")
+        skipped[name] = why
+    if len(skipped) == len(layers):
+        name, why = next(iter(skipped.items()))
+        raise CompressError(f"no layer of the model can take {fmt} (e.g. layer {name}: {why}); pick another --pattern")
+    return layers, skipped
 
 
 def _lower_layer(name, m, fmt, block, cfg: SparsifyConfig, score, h, keep_hint):
@@ -101,9 +131,13 @@ def _lower_layer(name, m, fmt, block, cfg: SparsifyConfig, score, h, keep_hint):
 
 
 def lower_into(name: str, m: nn.Module, fmt: str, block: int | None, cfg: SparsifyConfig, score, h, keep_hint,
-               masked: nn.Module, lowered: nn.Module, tensors: dict[str, torch.Tensor]) -> LayerPlan:
+               masked: nn.Module, lowered: nn.Module, tensors: dict[str, torch.Tensor],
+               skipped: str | None = None) -> LayerPlan:
     """Lower layer `name` (module `m` of the source model) to `fmt`: its zeros go into `masked` (dense),
-    its sparse module (or masked weight) into `lowered`, its encoded tensors into `tensors`."""
+    its sparse module (or masked weight) into `lowered`, its encoded tensors into `tensors`.
+    `skipped`: why the layer cannot take `fmt`; it is then stored dense (format "dense") with that reason."""
+    if skipped is not None:
+        fmt, block = "dense", None
     new, keep, bmask, e0, e1, emag = _lower_layer(name, m, fmt, block, cfg, score, h, keep_hint)
     enc = formats.encode(fmt, new, keep, block, bmask)
     w_masked = formats.weight_from_2d(m, formats.decode(fmt, enc, tuple(new.shape), block)).to(m.weight.dtype)
@@ -123,7 +157,7 @@ def lower_into(name: str, m: nn.Module, fmt: str, block: int | None, cfg: Sparsi
     return LayerPlan(name=name, kind="conv" if isinstance(m, nn.Conv2d) else "linear",
                      shape=tuple(m.weight.shape), format=fmt, density=float(keep.float().mean()),
                      criterion=cfg.criterion, block=block, module=module,
-                     error_before=e0, error_after=e1, error_magnitude=emag)
+                     error_before=e0, error_after=e1, error_magnitude=emag, skipped=skipped)
 
 
 def other_tensors(masked: nn.Module, layers, tensors: dict[str, torch.Tensor]) -> None:
@@ -140,7 +174,7 @@ def sparsify(model: nn.Module, inputs: tuple, cfg: SparsifyConfig, source: dict,
     from compress.sparse import masks as M
 
     fmt, block = cfg.validate()
-    layers = check_layers(model, fmt)
+    layers, unfit = check_layers(model, fmt, cfg.strict)
     calib = calib or []
     torch.manual_seed(cfg.seed)
     log and log("scoring")
@@ -150,13 +184,17 @@ def sparsify(model: nn.Module, inputs: tuple, cfg: SparsifyConfig, source: dict,
     if fmt == "unstructured" and cfg.scope == "global":
         keep_hint = {n: formats.weight_2d(layers[n], mk) for n, mk in M.global_masks(score, cfg.sparsity).items()}
     log and log("lowering")
-    hs = formats.collect_hessians(model, layers, calib) if calib else {}
+    hs = formats.collect_hessians(model, {n: m for n, m in layers.items() if n not in unfit}, calib) if calib else {}
     masked = copy.deepcopy(model).eval()
     lowered = copy.deepcopy(model).eval()
     plans, tensors, notes = [], {}, []
     for name, m in layers.items():
         plans.append(lower_into(name, m, fmt, block, cfg, score.get(name), hs.pop(name, None), keep_hint.get(name),
-                                masked, lowered, tensors))
+                                masked, lowered, tensors, skipped=unfit.get(name)))
+    if unfit:
+        notes.append(f"{len(unfit)} layer(s) cannot take {fmt} and stay dense, each with the reason in its 'skipped' "
+                     f"(--strict refuses the model instead): {', '.join(list(unfit)[:5])}"
+                     + (" ..." if len(unfit) > 5 else ""))
     skipped = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in layers]
     if skipped:
         notes.append(f"{len(skipped)} grouped/depthwise or non-zero-padded convs stay dense: {', '.join(skipped[:5])}"

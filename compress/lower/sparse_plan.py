@@ -30,10 +30,14 @@ class LayerPlan:
     error_before: float | None = None  # relative output error of the selection, before any weight update
     error_after: float | None = None   # ... of the weights stored
     error_magnitude: float | None = None  # 2:4 only: plain magnitude 2:4 (the baseline)
+    skipped: str | None = None         # why the layer could not take the run's pattern and stays dense (format
+                                       # "dense"); written only when set, so plans without one keep their bytes
 
     def __post_init__(self):
         if not (self.format in ("2:4", "unstructured", "dense") or self.format.startswith("block:")):
             raise CompressError(f"layer {self.name}: unknown format {self.format!r}")
+        if self.skipped is not None and self.format != "dense":
+            raise CompressError(f"layer {self.name}: skipped ({self.skipped}) but stored as {self.format}, not dense")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         for f in ("density", "error_before", "error_after", "error_magnitude"):
             object.__setattr__(self, f, _r(getattr(self, f)))
@@ -56,7 +60,16 @@ class SparsePlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+        d = asdict(self)
+        for layer in d["layers"]:
+            if layer["skipped"] is None:
+                del layer["skipped"]
+        return json.dumps(d, indent=1, sort_keys=True) + "\n"
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """{layer: why it stays dense} for the layers that could not take the run's pattern."""
+        return {lp.name: lp.skipped for lp in self.layers if lp.skipped is not None}
 
     @classmethod
     def from_json(cls, text: str, path: str = PLAN_FILE) -> "SparsePlan":

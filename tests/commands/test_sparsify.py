@@ -80,6 +80,12 @@ BAD = [
     (["--pattern", "2:4", "--sparsity", "0.7"], "2:4 keeps 2 of every 4"),
     (["--pattern", "block:16", "--sparsity", "0.5", "--update", "obs"], "--update obs applies to --pattern 2:4"),
     (["--pattern", "4:8", "--sparsity", "0.5"], "--pattern '4:8'"),
+    (["--pattern", "block:N", "--sparsity", "0.5"], "--pattern 'block:N': use block:16, block:32 or block:64"),
+    (["--pattern", "block:", "--sparsity", "0.5"], "--pattern 'block:': use block:16"),
+    (["--pattern", "block:32.0", "--sparsity", "0.5"], "--pattern 'block:32.0': use block:16"),
+    (["--pattern", "block:0", "--sparsity", "0.5"], "block size 0 is not a power of two >= 16"),
+    (["--pattern", "block:-16", "--sparsity", "0.5"], "block size -16 is not a power of two >= 16"),
+    (["--pattern", "block:48", "--sparsity", "0.5"], "block size 48 is not a power of two >= 16"),
 ]
 
 
@@ -94,11 +100,40 @@ def test_bad_input_is_one_line_exit_2_and_no_output(args, msg, tmp_path, capsys,
     assert not os.listdir(tmp_path)
 
 
-def test_24_on_a_layer_with_reduction_dim_not_multiple_of_4_names_it(tmp_path, capsys, monkeypatch):
+def test_24_strict_on_a_layer_with_reduction_dim_not_multiple_of_4_names_it(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    code = cli.main(["sparsify", "tests.lower.lowering_models:odd_linear", "--pattern", "2:4",
+    code = cli.main(["sparsify", "tests.lower.lowering_models:odd_linear", "--pattern", "2:4", "--strict",
                      "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "layer bad: 2:4 needs a reduction dimension that is a multiple of 4, it has 10" in err
     assert not os.listdir(tmp_path)
+
+
+def test_24_keeps_layers_it_cannot_take_dense_and_names_them(tmp_path, capsys, monkeypatch):
+    """Without --strict a layer 2:4 cannot take stays dense: named with the reason in sparse_plan.json,
+    summary.json and the printed summary; a model none of whose layers fits is still refused."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "out"
+    assert cli.main(["sparsify", "tests.lower.lowering_models:odd_linear", "--pattern", "2:4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    why = "2:4 needs a reduction dimension that is a multiple of 4, it has 10"
+    assert "3 layers to 2:4 (magnitude), 1 kept dense" in text
+    assert f"skipped: layer bad stays dense: {why}" in text and "--strict" in text
+    plan = json.loads((out / "sparse_plan.json").read_text())
+    layers = {e["name"]: e for e in plan["layers"]}
+    assert layers["bad"]["format"] == "dense" and layers["bad"]["skipped"] == why and layers["bad"]["density"] == 1.0
+    assert all("skipped" not in e and e["format"] == "2:4" for n, e in layers.items() if n != "bad")
+    s = json.loads((out / "summary.json").read_text())
+    assert s["skipped"] == {"bad": why} and s["layers"]["bad"]["skipped"] == why and s["onnx_parity"]["ok"]
+
+    from compress import models
+    from compress.export.sparsity import read_plan
+    assert read_plan(str(out / "sparse_plan.json"))["bad"] == {"format": "dense", "density": 1.0}
+    assert isinstance(models.load(str(out)).model.bad, torch.nn.Linear)
+
+    code = cli.main(["sparsify", "tests.lower.lowering_models:all_odd", "--pattern", "2:4",
+                     "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no layer of the model can take 2:4" in err
+    assert not (tmp_path / "x").exists()

@@ -1,6 +1,7 @@
 """Tiny models for the lowering tests, importable as MODEL specs (`tests.lower.lowering_models:vit_mlp`, from the
 repository root): a ViT-style MLP block, a BERT-style encoder taking token ids, and a ResNet-style
-bottleneck block whose 1x1 convs (one with stride 2) are replaced by the sparse modules."""
+bottleneck block whose 1x1 convs (one with stride 2) are replaced by the sparse modules; a CNN whose stem
+conv reads 3 input channels (2:4 keeps it dense) and a model none of whose layers can take 2:4."""
 
 from __future__ import annotations
 
@@ -111,6 +112,40 @@ class OddLinear(nn.Module):
         return self.bad(self.odd(self.proj(self.ok(x))))
 
 
+class StemCNN(nn.Module):
+    """A ResNet-style stem on 3 input channels (3x3, stride 2: reduction dim 3, which 2:4 cannot take),
+    a 1x1 conv, a 3x3 conv, GAP and a Linear head."""
+
+    compress_input_shape = (2, 3, 16, 16)
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 1, bias=False)
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.conv3(F.relu(self.conv2(y))))
+        return self.fc(y.mean((2, 3)))
+
+
+class AllOdd(nn.Module):
+    """Only reduction dimensions that are not multiples of 4: no layer can take 2:4."""
+
+    compress_input_shape = (2, 10)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(10, 6)
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
 def _randomized(model: nn.Module) -> nn.Module:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -142,3 +177,13 @@ def bottleneck() -> nn.Module:
 def odd_linear() -> nn.Module:
     torch.manual_seed(0)
     return OddLinear().eval()
+
+
+def stem_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return _randomized(StemCNN())
+
+
+def all_odd() -> nn.Module:
+    torch.manual_seed(0)
+    return AllOdd().eval()

@@ -30,6 +30,7 @@ def test_json_round_trip_and_determinism(one_thread):
     assert make_plan().to_json() == text                      # same inputs and seed: same bytes
     d = json.loads(text)
     assert d["schema_version"] == 1 and d["config"]["pattern"] == "2:4"
+    assert '"skipped"' not in text and back.skipped == {}        # written only for layers kept dense
     lp = back.layer("layers.0.query")
     assert lp.format == "2:4" and lp.density == 0.5 and lp.kind == "linear" and lp.shape == (64, 64)
     assert lp.error_after <= lp.error_before and lp.error_magnitude is not None
@@ -44,3 +45,6 @@ def test_bad_plans_are_clear_errors():
         SparsePlan.from_json("{not json")
     with pytest.raises(CompressError, match="unknown format"):
         LayerPlan(name="fc", kind="linear", shape=(4, 4), format="3:8", density=0.5, criterion="magnitude")
+    with pytest.raises(CompressError, match="skipped .* but stored as 2:4"):
+        LayerPlan(name="fc", kind="linear", shape=(4, 4), format="2:4", density=0.5, criterion="magnitude",
+                  skipped="why")
