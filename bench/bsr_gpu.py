@@ -182,7 +182,7 @@ def run_point(x, w, bsr, density, args) -> dict:
             if t.get(other):
                 entry[f"speedup_vs_{other}"] = round(t[other] / t["ours"], 3)
     block = bsr.values().shape[-1]
-    entry["config"] = bm.best_config(block, x.shape[0], w.shape[0], w.shape[1], x.dtype)
+    entry["config"] = bm.best_config(block, x.shape[0], w.shape[0], w.shape[1], x.dtype, nnz=int(bsr.values().shape[0]))
     entry["ours_correct"] = ok.get("ours", False)
     return entry
 

@@ -1,9 +1,16 @@
 """Every GPU measurement of the project in one command, results as JSON.
 
-    python bench/gpu_suite.py                  # all steps, bench/results/gpu/suite.json (+ each step's own JSON)
-    python bench/gpu_suite.py --list           # the steps
+    python bench/gpu_suite.py --results DIR     # the default run: fits 8 minutes (one 10-minute device call)
+    python bench/gpu_suite.py --dry-run         # the plan: steps, commands, time budgets, total; runs nothing
+    python bench/gpu_suite.py --full            # the long run: the whole test grid and benchmark grid
+    python bench/gpu_suite.py --list
     python bench/gpu_suite.py --only tests_gpu bsr_gpu
-    python bench/gpu_suite.py --quick          # smoke run: quick variants, results under /tmp/gpu_suite/
+
+Each step has a time budget (its subprocess timeout) and the suite a deadline: the default steps' budgets add
+up to at most DEFAULT_BUDGET_S (8 minutes); a step that would start past the deadline is recorded as skipped,
+not run. Results: DIR/suite.json plus each step's own JSON (default bench/results/gpu/), rewritten after every
+step, so a run cut short keeps what it finished. `pytest` is checked for up front (the tests_gpu step is
+recorded as failed at once without it; the other steps still run).
 
 Works from a plain checkout without installing anything: `ensure_compress_packages` puts the
 repository root on sys.path (compress.kernels, compress.export and compress.hardware_profiles find
@@ -11,9 +18,9 @@ their top-level folders by themselves, see compress/_layout.py), and every step 
 subprocess through `python bench/gpu_suite.py --exec ...`, which does the same.
 `pip install --no-deps --no-build-isolation -e .` works as well.
 
-Add a measurement: append a Step to STEPS (a name, the argv run after the mapping is applied,
-where it writes its JSON, a timeout). The suite records each step's exit code, time, output tail
-and its JSON (inlined), and keeps going when one fails; exit code 1 if any step failed.
+Add a measurement: append a Step to STEPS (a name, the argv run after the mapping is applied, where it
+writes its JSON, its time budget, and its --full variant). The suite records each step's exit code, time,
+output tail and its JSON (inlined), and keeps going when one fails; exit code 1 if any step failed.
 """
 
 from __future__ import annotations
@@ -60,26 +67,52 @@ def _exec(argv: list[str]) -> int:
 
 # --------------------------------------------------------------------------- steps
 
+DEFAULT_BUDGET_S = 480  # the default run: 8 minutes, so one 10-minute device call also starts and copies back
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
     name: str
     what: str
     argv: tuple  # run as: python bench/gpu_suite.py --exec *argv ({out} is replaced by `out`)
     out: str  # JSON the step writes, relative to the results folder
-    timeout_s: int = 900
-    quick_argv: tuple | None = None
+    budget_s: int  # the default run's timeout for this step
+    full_argv: tuple | None = None  # --full: the long variant (None: the same argv)
+    full_budget_s: int = 0
+    env: tuple = ()  # (name, value) pairs set for the step's process
+    full_env: tuple = ()
+    needs: tuple = ()  # modules the step imports; checked before anything runs
 
 
 STEPS = [
-    Step("tests_gpu", "pytest tests/gpu (compiled Triton kernel correctness on the GPU)",
+    Step("tests_gpu", "pytest tests/gpu (compiled Triton kernel and 2:4 module on the GPU; --full: every config "
+         "and autotune case)",
          ("-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", "tests/gpu", "--junitxml={out_xml}"),
-         "tests_gpu.json", 900),
-    Step("bsr_gpu", "our BSR kernel vs cuBLAS dense vs torch's BSR matmul (bench/bsr_gpu.py)",
-         ("bench/bsr_gpu.py", "--out", "{out}"), "bsr.json", 1800, ("bench/bsr_gpu.py", "--quick", "--out", "{out}")),
+         "tests_gpu.json", 200, None, 900, (), (("COMPRESS_GPU_FULL", "1"),), ("pytest",)),
+    Step("bsr_gpu", "our BSR kernel vs cuBLAS dense vs torch's BSR matmul (bench/bsr_gpu.py; default: --quick grid)",
+         ("bench/bsr_gpu.py", "--quick", "--out", "{out}"), "bsr.json", 180,
+         ("bench/bsr_gpu.py", "--out", "{out}"), 1800),
     Step("semi_structured_24", "2:4 sparsity via torch.sparse.to_sparse_semi_structured (cuSPARSELt / CUTLASS) vs dense",
-         ("bench/gpu_suite.py", "--measure-24", "--out", "{out}"), "semi_structured_24.json", 600,
-         ("bench/gpu_suite.py", "--measure-24", "--quick", "--out", "{out}")),
+         ("bench/gpu_suite.py", "--measure-24", "--quick", "--out", "{out}"), "semi_structured_24.json", 90,
+         ("bench/gpu_suite.py", "--measure-24", "--out", "{out}"), 600),
 ]
+
+
+def plan(steps: list[Step], full: bool) -> dict:
+    """What a run will do: each step's command, env and time budget, the total against the deadline, and
+    the modules each step needs that are missing here."""
+    import importlib.util
+
+    rows, total = [], 0
+    for st in steps:
+        budget = st.full_budget_s if full else st.budget_s
+        missing = [m for m in st.needs if importlib.util.find_spec(m) is None]
+        rows.append({"name": st.name, "argv": list(st.full_argv if full and st.full_argv else st.argv),
+                     "env": dict(st.full_env if full else st.env), "budget_s": budget, "missing": missing})
+        total += 0 if missing else budget
+    deadline = total if full else DEFAULT_BUDGET_S
+    return {"mode": "full" if full else "default", "steps": rows, "total_budget_s": total, "deadline_s": deadline,
+            "fits": total <= deadline}
 
 
 def junit_summary(xml_path: Path) -> dict:
@@ -103,24 +136,32 @@ def junit_summary(xml_path: Path) -> dict:
     return {"counts": counts, "tests": tests}
 
 
-def run_step(step: Step, results: Path, quick: bool) -> dict:
+def run_step(row: dict, results: Path, timeout_s: float, what: str = "") -> dict:
+    """Run one planned step (a row of `plan`) with `timeout_s`; its record for suite.json."""
     import tempfile
 
+    step = next(s for s in STEPS if s.name == row["name"])
     out = results / step.out
     out_xml = Path(tempfile.mkdtemp(prefix="gpu_suite_")) / (Path(step.out).stem + ".xml")
-    argv = step.quick_argv if quick and step.quick_argv else step.argv
-    argv = [a.replace("{out}", str(out)).replace("{out_xml}", str(out_xml)) for a in argv]
+    argv = [a.replace("{out}", str(out)).replace("{out_xml}", str(out_xml)) for a in row["argv"]]
     cmd = [sys.executable, str(BENCH / "gpu_suite.py"), "--exec", *argv]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiled kernels are measured
+    env.update(row["env"])
+    rec = {"name": step.name, "what": what or step.what, "budget_s": row["budget_s"],
+           "command": " ".join(["python", "bench/gpu_suite.py", "--exec", *argv])}
+    if row["missing"]:
+        rec.update({"exit_code": None, "seconds": 0.0, "ok": False,
+                    "error": f"not run: {', '.join(row['missing'])} is not installed here (pip install "
+                             f"{' '.join(row['missing'])})"})
+        return rec
     t0 = time.time()
-    rec = {"name": step.name, "what": step.what, "command": " ".join(["python", "bench/gpu_suite.py", "--exec", *argv])}
     try:
-        p = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=step.timeout_s)
+        p = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout_s)
         rec["exit_code"] = p.returncode
         tail = (p.stdout + p.stderr)[-4000:]
     except subprocess.TimeoutExpired as exc:
         rec["exit_code"] = None
-        rec["timed_out_after_s"] = step.timeout_s
+        rec["timed_out_after_s"] = round(timeout_s, 1)
         tail = ((exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace"))[-4000:]
     rec["seconds"] = round(time.time() - t0, 1)
     rec["output_tail"] = tail
@@ -226,13 +267,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--exec":
         return _exec(argv[1:])
-    p = argparse.ArgumentParser(description="Run every GPU measurement; JSON under bench/results/gpu/.")
+    p = argparse.ArgumentParser(description="Run every GPU measurement; JSON under --results (bench/results/gpu/).")
     p.add_argument("--only", nargs="+", metavar="STEP", help="run these steps only")
     p.add_argument("--list", action="store_true")
-    p.add_argument("--quick", action="store_true", help="quick variants, results under /tmp/gpu_suite unless --results")
+    p.add_argument("--full", action="store_true", help="the long run (every test case, the whole benchmark grid)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (steps, budgets, total) and run nothing")
     p.add_argument("--results", type=Path, help="results folder (default bench/results/gpu)")
     p.add_argument("--allow-no-gpu", action="store_true", help="run even without CUDA (checks the suite itself)")
     p.add_argument("--measure-24", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # --measure-24's small variant
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.measure_24:
@@ -240,36 +283,52 @@ def main(argv=None) -> int:
         return measure_24(a.out or RESULTS / "semi_structured_24.json", a.quick)
     if a.list:
         for s in STEPS:
-            print(f"{s.name:22s} {s.what}")
+            print(f"{s.name:22s} {s.budget_s:4d} s (--full {s.full_budget_s} s)  {s.what}")
         return 0
     names = [s.name for s in STEPS]
     unknown = [n for n in (a.only or []) if n not in names]
     if unknown:
         print(f"gpu_suite.py: unknown step(s) {unknown}; steps: {names}", file=sys.stderr)
         return 2
+    the_plan = plan([s for s in STEPS if not a.only or s.name in a.only], a.full)
+    if a.dry_run:
+        print(json.dumps(the_plan, indent=1))
+        return 0 if the_plan["fits"] else 1
     if not a.allow_no_gpu:
         import torch
 
         if not torch.cuda.is_available():
             print("gpu_suite.py: no CUDA device here; run it on a GPU machine (--allow-no-gpu runs the "
-                  "plumbing anyway)", file=sys.stderr)
+                  "plumbing anyway, --dry-run prints the plan)", file=sys.stderr)
             return 2
-    results = a.results or (Path("/tmp/gpu_suite") if a.quick else RESULTS)
-    steps = [s for s in STEPS if not a.only or s.name in a.only]
+    for row in the_plan["steps"]:
+        if row["missing"]:
+            print(f"gpu_suite.py: step {row['name']} needs {', '.join(row['missing'])}, not installed here: "
+                  "it is recorded as failed, the other steps run", file=sys.stderr)
+    results = a.results or RESULTS
     sys.path.insert(0, str(BENCH))
     import _common as C
 
     t0 = time.time()
+    deadline = t0 + the_plan["deadline_s"]
     doc = C.result_header("gpu_suite", "every GPU measurement of the project, one command", t0)
+    doc["plan"] = the_plan
     doc["steps"] = []
     summary_path = results / "suite.json"
-    for step in steps:
-        C.log(f"step {step.name}: {step.what}")
-        rec = run_step(step, results, a.quick)
-        C.log(f"step {step.name}: exit {rec['exit_code']} in {rec['seconds']} s")
+    for row in the_plan["steps"]:
+        left = deadline - time.time()
+        if not row["missing"] and left < min(30, row["budget_s"]):
+            doc["steps"].append({"name": row["name"], "ok": False, "exit_code": None, "seconds": 0.0,
+                                 "error": f"skipped: {left:.0f} s left of the suite's {the_plan['deadline_s']} s"})
+            continue
+        C.log(f"step {row['name']} (budget {row['budget_s']} s)")
+        rec = run_step(row, results, min(row["budget_s"], max(left, 1)))
+        C.log(f"step {row['name']}: exit {rec['exit_code']} in {rec['seconds']} s")
         doc["steps"].append(rec)
         doc["wall_seconds"] = round(time.time() - t0, 1)
         json_write(summary_path, doc)
+    doc["wall_seconds"] = round(time.time() - t0, 1)
+    json_write(summary_path, doc)
     C.log(f"wrote {summary_path}")
     return 0 if all(r["ok"] for r in doc["steps"]) else 1
 

@@ -35,7 +35,7 @@ def files(d: str) -> dict[str, dict]:
 
 def runtime_versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "onnx", "onnxruntime", "apache-tvm", "tensorrt", "cuda-bindings"):
+    for pkg in ("torch", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "tensorrt", "cuda-bindings"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -15,12 +15,27 @@ def render(manifest: dict) -> str:
     for c in manifest["commands"]:
         lines += [f"{c['what']}" + (f" (needs {c['needs']})" if c.get("needs") else "") + ":", "",
                   "```sh", c["command"], "```", ""]
+    trt = manifest.get("tensorrt")
+    if trt:
+        lines += ["`build_engine.sh` and `run_engine.sh` find trtexec as `$TRTEXEC`, then on `PATH`, then in "
+                  "`/usr/src/tensorrt/bin` (deb and tar installs). The build line follows the installed TensorRT: "
+                  "10.x builds `model.onnx` with weak typing" + (" and `--fp16`" if trt.get("fp16") else "")
+                  + "; 11 and later are strongly typed (`--fp16` was removed) and build "
+                  + ("`model_fp16.onnx` (fp16 weights, fp32 inputs and outputs)" if trt.get("fp16") else "`model.onnx`")
+                  + ", so the precision is the ONNX file's. `build_trt.py` chooses the same way.", ""]
     if t["name"] == "jetson":
+        tv = manifest["tvm"]
+        rt = tv.get("runtime") or {}
+        sched = tv.get("schedule") or {}
         lines += ["TVM's library was cross-compiled for the device's aarch64 CPU and CUDA "
-                  f"{manifest['tvm'].get('cuda_arch', '')}; it needs apache-tvm {manifest['versions'].get('apache-tvm')} "
-                  "built with CUDA on the Jetson (the runtime alone is enough: `tvm.runtime.load_module`). "
-                  "Its cubins were made by this machine's CUDA toolkit; a device whose driver is older than that "
-                  "toolkit cannot load them, rebuild with the device's CUDA version in that case.", ""]
+                  f"{tv.get('cuda_arch', '')}; it needs apache-tvm {rt.get('apache-tvm')} (tvm-ffi {rt.get('tvm-ffi')}) "
+                  "built with CUDA on the Jetson (the runtime alone is enough: `tvm.runtime.load_module`); "
+                  "`run_tvm.py` checks that against this manifest before loading it. Its cubins were made by "
+                  f"CUDA {tv.get('cuda_version')} ({tv.get('cuda_compiler')}) for {tv.get('device_cuda', 'the device')}."
+                  + (f" **{tv['cuda_mismatch']}.**" if tv.get("cuda_mismatch") else ""), ""]
+        if sched:
+            lines += [f"Its kernels use {sched['kind']}: {sched['library_dispatch']}. Expected speed: "
+                      f"{sched['expected_gap']}. {sched['fast_path'][0].upper() + sched['fast_path'][1:]}.", ""]
     nv = manifest.get("not_verified_here") or []
     if nv:
         lines += ["## Not verified on the machine that exported it", ""] + [f"- {x}" for x in nv] + [""]

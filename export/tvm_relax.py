@@ -83,18 +83,64 @@ def jetson_target(tag: str, host: dict):
     return tvm.target.Target(tvm.target.Target(tag), host=host)
 
 
-def cuda_compiler() -> str:
-    """How TVM turns generated CUDA C into a cubin without a GPU here: NVRTC when cuda-bindings is
-    importable (TVM's default), else nvcc when it is on PATH."""
+# A CUDA 12 compiler for a JetPack 6 device (its driver is CUDA 12.2 / 12.6: a cubin from a newer CUDA major
+# needs a newer driver, CUDA 13's >= 580, and minor-version compatibility holds only within one major).
+CUDA12_INSTALL = ("put a CUDA 12 toolkit's nvcc (e.g. CUDA 12.6, JetPack 6.1/6.2's) first on PATH, or pip install "
+                  "'cuda-bindings>=12.8,<13' 'cuda-toolkit[nvrtc]==12.6.*' with CUDA_PATH at a CUDA 12 toolkit "
+                  "(a torch built for CUDA 13 pins cuda-bindings 13: use another environment)")
+ANY_CUDA_ENV = "COMPRESS_JETSON_ANY_CUDA"  # =1: build with whatever CUDA is here, recorded as such (not for JetPack 6)
+SCHEDULES = {  # what the Jetson library's CUDA kernels are, and what that means for its speed
+    "kind": "dlight default GPU rules (Matmul, GEMV, Reduction, GeneralReduction, then Fallback)",
+    "tuned": False,
+    "library_dispatch": "no MetaSchedule tuning, no cuBLAS / cuDNN / CUTLASS kernels",
+    "expected_gap": "not measured; generic untuned schedules are expected to run several times slower than "
+                    "TensorRT on the same device",
+    "fast_path": "the TensorRT engine (build_engine.sh) is the fast path on the Jetson; this library is the "
+                 "portable fallback and a second opinion on correctness",
+}
+
+
+def nvrtc_version() -> tuple[int, int] | None:
+    """NVRTC's (major, minor) through cuda-bindings (what TVM's default NVRTC path loads), None without it."""
     try:
-        from cuda.bindings import nvrtc  # noqa: F401
-        return "nvrtc"
-    except ImportError:
-        pass
-    if shutil.which("nvcc"):
-        return "nvcc"
-    raise CompressError("compiling TVM's CUDA kernels needs NVRTC (pip install cuda-bindings cuda-toolkit[nvrtc]) "
-                        "or nvcc on PATH; neither is available")
+        from cuda.bindings import nvrtc
+        res, major, minor = nvrtc.nvrtcVersion()
+    except Exception:  # cuda-bindings missing, or its NVRTC library
+        return None
+    return (int(major), int(minor)) if int(res) == 0 else None
+
+
+def nvcc_version() -> tuple[int, int] | None:
+    """The (major, minor) of the nvcc on PATH (the one TVM_CUDA_COMPILE_MODE=nvcc runs), None without one."""
+    import re
+    import subprocess
+
+    exe = shutil.which("nvcc")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def cuda_compiler(major: int | None = None) -> tuple[str, str]:
+    """(compiler, CUDA version) TVM turns generated CUDA C into cubins with, without a GPU here: NVRTC when
+    cuda-bindings loads it (TVM's default), else nvcc on PATH. `major`: only a compiler of that CUDA major
+    (the device driver's); otherwise a one-line CompressError naming what was found and what to install."""
+    found = [(name, v) for name, v in (("nvrtc", nvrtc_version()), ("nvcc", nvcc_version())) if v]
+    for name, v in found:
+        if major is None or v[0] == major:
+            return name, f"{v[0]}.{v[1]}"
+    if not found:
+        raise CompressError("compiling TVM's CUDA kernels needs NVRTC (pip install cuda-bindings 'cuda-toolkit[nvrtc]') "
+                            "or nvcc on PATH; neither is available")
+    have = ", ".join(f"{'NVRTC' if n == 'nvrtc' else 'nvcc'} {v[0]}.{v[1]}" for n, v in found)
+    raise CompressError(f"the Jetson library needs a CUDA {major} compiler (JetPack 6's driver is CUDA 12; a newer "
+                        f"major's cubins need a newer driver), found {have}: {CUDA12_INSTALL}; or set {ANY_CUDA_ENV}=1 "
+                        "for a device whose driver is that new")
 
 
 def _cuda_pipeline(target, fell_back: list[str]):
@@ -143,22 +189,35 @@ def _main_block(func) -> str:
         return "(unnamed function)"
 
 
-def build(onnx_path: str, target, out_path: str, cc: str | None = None) -> dict:
-    """Build the ONNX model with Relax for `target` and export a shared library to `out_path`."""
+def runtime_versions() -> dict:
+    """The TVM runtime a library built here needs on the device: apache-tvm and its tvm-ffi ABI."""
+    tvm = _tvm()
+    try:
+        import tvm_ffi
+        ffi = tvm_ffi.__version__
+    except (ImportError, AttributeError):
+        ffi = None
+    return {"apache-tvm": tvm.__version__, "tvm-ffi": ffi}
+
+
+def build(onnx_path: str, target, out_path: str, cc: str | None = None, cuda_major: int | None = None) -> dict:
+    """Build the ONNX model with Relax for `target` and export a shared library to `out_path`. A CUDA target
+    compiles its kernels with a compiler of CUDA `cuda_major` (None: any), recorded with its version."""
     tvm = _tvm()
     from tvm import relax
 
     mod = import_onnx(onnx_path)
     tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-    info = {"target": str(tgt), "file": os.path.basename(out_path)}
+    info = {"target": str(tgt), "file": os.path.basename(out_path), "runtime": runtime_versions()}
     env_before = os.environ.get("TVM_CUDA_COMPILE_MODE")
     fell_back: list[str] = []
     try:
         pipeline = "default"
         if tgt.kind.name == "cuda":
-            info["cuda_compiler"] = cuda_compiler()
+            info["cuda_compiler"], info["cuda_version"] = cuda_compiler(cuda_major)
             os.environ["TVM_CUDA_COMPILE_MODE"] = info["cuda_compiler"]
             info["cuda_arch"] = str(tgt.attrs.get("arch", ""))
+            info["schedule"] = dict(SCHEDULES)
             pipeline = _cuda_pipeline(tgt, fell_back)
         with tgt:
             ex = relax.build(mod, target=tgt, relax_pipeline=pipeline)

@@ -11,6 +11,11 @@ copy (bsr_dense_mm uses Y^T = (A @ B)^T with X = B^T).
 Triton is imported lazily by the launcher: importing this module never needs it. `CONFIGS` (data)
 are the autotune candidates; every tile dimension is >= 16 because tl.dot needs that on a GPU
 (the interpreter accepts smaller tiles, so `validate_config` enforces it for both).
+
+Autotuning happens on the first call of each key (`AUTOTUNE_KEY`: token-count bucket, stored blocks per
+block row, N, K, block, precision, dtypes). It benchmarks every candidate, which cannot run inside CUDA-graph
+capture: `warmup(...)` (or one eager run per token-count bucket) before capturing; a capture that would
+autotune raises a one-line CompressError instead.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ CONFIGS: list[dict] = [
 ]
 
 MIN_TILE = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
+# What the autotuner retunes on: the token-count bucket, the density bucket (stored blocks per block row,
+# next power of two: a config tuned at 50% density is not reused at 5%), the problem and the precision.
+AUTOTUNE_KEY = ("M_BUCKET", "NNZ_BUCKET", "N", "K", "BLOCK", "DOT_PRECISION")
 SMEM_BYTES = 200 * 1024  # conservative budget (H100: 227 KiB per block) used to prune configs
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -146,7 +154,7 @@ def check_bsr(a, what: str = "weight"):
 
 def _bsr_linear_kernel(
     x_ptr, crow_ptr, col_ptr, val_ptr, bias_ptr, y_ptr,
-    M, M_BUCKET, N, K,
+    M, M_BUCKET, NNZ_BUCKET, N, K,
     stride_xm, stride_xk, stride_vb, stride_vn, stride_vk, stride_ym, stride_yn,
     HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -209,7 +217,7 @@ def _kernel(interpret: bool):
         k = InterpretedFunction(_bsr_linear_kernel)
     else:
         cands = _triton_configs(triton)
-        k = triton.autotune(configs=cands, key=["M_BUCKET", "N", "K", "BLOCK", "DOT_PRECISION"],
+        k = triton.autotune(configs=cands, key=list(AUTOTUNE_KEY),
                             prune_configs_by={"early_config_prune": prune_configs})(_kernel_plain())
     _KERNELS[interpret] = k
     return k
@@ -264,9 +272,13 @@ def launch_linear(x2, crow, col, values, out_features: int, bias, *, interpret: 
         return out
     if values.shape[0] == 0 or values.stride(-1) != 1:
         values = values.contiguous()
+    # the kernel indexes bias, crow and col with unit stride: a strided view would be read wrongly
+    crow, col = crow.contiguous(), col.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     precision = _dot_precision(x2.dtype)
+    nnz_bucket = density_bucket(values.shape[0], out_features // block)
     bias_arg = bias if bias is not None else values  # never read when HAS_BIAS is False
-    args = (x2, crow, col, values, bias_arg, out, m, _bucket(m), out_features, k,
+    args = (x2, crow, col, values, bias_arg, out, m, _bucket(m), nnz_bucket, out_features, k,
             x2.stride(0), x2.stride(1), values.stride(0), values.stride(1), values.stride(2),
             out.stride(0), out.stride(1))
     meta = {"HAS_BIAS": bias is not None, "BLOCK": block, "DOT_PRECISION": precision}
@@ -283,8 +295,39 @@ def launch_linear(x2, crow, col, values, out_features: int, bias, *, interpret: 
             _kernel_plain()[grid](*args, **meta, BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"],
                                   num_stages=config["num_stages"], num_warps=config["num_warps"])
         else:
+            key = (_bucket(m), nnz_bucket, out_features, k, block, precision, str(x2.dtype))
+            check_capture(key)
             _kernel(False)[lambda meta_: (triton_cdiv(m, meta_["BLOCK_M"]), out_features // block)](*args, **meta)
+            _TUNED.add(key)
     return out
+
+
+_TUNED: set = set()  # autotune keys (+ dtype) this process has already tuned
+
+
+def check_capture(key) -> None:
+    """Triton's autotuner times every candidate on the first call of a key, which cannot happen inside
+    CUDA-graph capture (it synchronises and allocates): refuse with a one-line error instead of a broken
+    capture. Warm up first (`warmup`, or one eager run per token-count bucket)."""
+    if key not in _TUNED and torch.cuda.is_current_stream_capturing():
+        raise CompressError(f"the block-sparse kernel would autotune during CUDA-graph capture (M bucket {key[0]}, "
+                            f"{key[1]} blocks/row, N {key[2]}, K {key[3]}, block {key[4]}, {key[6]}): call "
+                            "compress.kernels.bsr_matmul.warmup(...) or run the model once eagerly per token count "
+                            "before capturing")
+
+
+def warmup(crow, col, values, out_features: int, in_features: int, tokens=(1, 16, 128, 1024), bias=None) -> list:
+    """Autotune the compiled kernel for these token counts (one launch each on the weight's CUDA device),
+    so later calls, including those inside CUDA-graph capture, reuse the configs chosen. Returns them."""
+    chosen = []
+    for m in tokens:
+        x = torch.zeros((m, in_features), dtype=values.dtype, device=values.device)
+        launch_linear(x, crow, col, values, out_features, bias)
+        chosen.append(best_config(int(values.shape[-1]), m, out_features, in_features, values.dtype,
+                                  nnz=int(values.shape[0])))
+    if values.is_cuda:
+        torch.cuda.synchronize(values.device)
+    return chosen
 
 
 def _check_config(cfg: dict, block: int) -> None:
@@ -299,17 +342,19 @@ def _kernel_plain():
     specialised on (M == 1, M % 16), so a new M reuses the compiled kernels."""
     if "plain" not in _KERNELS:
         triton = _import_triton()
-        _KERNELS["plain"] = triton.jit(_bsr_linear_kernel, do_not_specialize=["M", "M_BUCKET"])
+        _KERNELS["plain"] = triton.jit(_bsr_linear_kernel, do_not_specialize=["M", "M_BUCKET", "NNZ_BUCKET"])
     return _KERNELS["plain"]
 
 
-def best_config(block: int, m: int, n: int, k: int, dtype) -> dict | None:
-    """The config the autotuner picked for this problem (after a run on CUDA), as a CONFIGS entry."""
+def best_config(block: int, m: int, n: int, k: int, dtype, nnz: int | None = None) -> dict | None:
+    """The config the autotuner picked for this problem (after a run on CUDA), as a CONFIGS entry.
+    `nnz` (stored blocks) selects the density bucket; None: any."""
     kern = _KERNELS.get(False)
     if kern is None:
         return None
     for key, cfg in getattr(kern, "cache", {}).items():
-        if tuple(key[:4]) == (_bucket(m), n, k, block):
+        if (tuple(key[:1] + key[2:5]) == (_bucket(m), n, k, block)
+                and (nnz is None or key[1] == density_bucket(nnz, n // block))):
             return {"BLOCK_M": cfg.kwargs["BLOCK_M"], "BLOCK_K": cfg.kwargs["BLOCK_K"],
                     "num_stages": cfg.num_stages, "num_warps": cfg.num_warps}
     return None
@@ -322,6 +367,14 @@ def triton_cdiv(a: int, b: int) -> int:
 def _bucket(m: int) -> int:
     """Autotune key for the token count: the next power of two (retune per bucket, not per M)."""
     return 1 << max(0, (m - 1).bit_length())
+
+
+def density_bucket(nnz: int, block_rows: int) -> int:
+    """Autotune key for the density: stored blocks per block row, rounded up to a power of two (0 when
+    there are none). Read from shapes only (no device sync)."""
+    if nnz <= 0 or block_rows <= 0:
+        return 0
+    return _bucket(-(-nnz // block_rows))
 
 
 # --------------------------------------------------------------------------- public functions

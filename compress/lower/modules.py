@@ -79,8 +79,61 @@ class _SparseBase(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, backend={self.backend}{conv}"
 
 
+SEMI_DTYPES = (torch.float16, torch.bfloat16, torch.int8)  # torch's 2:4 kernels; fp32 semi-structured is 1:2
+
+
+def _rows_bucket(rows: int) -> int:
+    return 1 << max(0, (max(rows, 1) - 1).bit_length())
+
+
+def _capturing_or_compiling() -> bool:
+    """Inside torch.compile / torch.export tracing or CUDA-graph capture: no one-off timing there."""
+    comp = torch.compiler
+    if comp.is_compiling() or getattr(comp, "is_exporting", lambda: False)():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _cuda_ms(fn, reps: int = 20) -> float:
+    import statistics
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def measure_24(mod: "Sparse24Linear", device, dtype, rows: int) -> tuple[float | None, float | None]:
+    """One-off timing of the layer's matmul at `rows` tokens on `device`: (semi-structured ms or None when it
+    cannot run, dense ms or None when dense cannot run in this dtype)."""
+    x = torch.randn(rows, mod.in_features, device=device).to(dtype)
+    w, semi = mod._weight(device, dtype), mod._semi_weight(device, dtype)
+    out = []
+    for fn in ((lambda: F.linear(x, semi)) if semi is not None else None, lambda: F.linear(x, w)):
+        try:
+            out.append(None if fn is None else _cuda_ms(fn))
+        except (RuntimeError, ValueError, NotImplementedError, TypeError):
+            out.append(None)
+    return out[0], out[1]
+
+
 class Sparse24Linear(_SparseBase):
-    """2:4 weight along the input dimension: kept values (N, K/2) and positions 0..3 (uint8)."""
+    """2:4 weight along the input dimension: kept values (N, K/2) and positions 0..3 (uint8).
+
+    On CUDA the semi-structured path (cuSPARSELt / CUTLASS) is taken per layer only where it is faster, since
+    2:4 is often slower than dense (H100, small token counts): backend "sparse" (set from a measured profile
+    by `set_backends`), or for "auto" a one-off timing per (device, dtype, token-count bucket). Each choice
+    and why is recorded in `choices`. Only fp16/bf16/int8 inputs can take it (fp32 semi-structured is 1:2,
+    not 2:4, and cuSPARSELt has no fp32): others run dense. The converted weights are a cache that
+    state_dict, copy.deepcopy and pickle leave out."""
 
     format = "2:4"
 
@@ -90,7 +143,7 @@ class Sparse24Linear(_SparseBase):
         formats.check_24(f"Sparse24Linear({in_features}->{out_features})", in_features)
         self.register_buffer("values", values.detach().clone().contiguous())
         self.register_buffer("indices", indices.detach().to(torch.uint8).clone().contiguous())
-        self._semi = None
+        self.choices: dict[str, dict] = {}
         self.refresh()
 
     def dense_weight(self) -> torch.Tensor:
@@ -98,30 +151,74 @@ class Sparse24Linear(_SparseBase):
 
     def refresh(self) -> None:
         super().refresh()
-        self._semi = None
+        self._cast: dict = {}    # (device, dtype) -> the dense weight in that dtype
+        self._semi: dict = {}    # (device, dtype) -> its semi-structured form, or None where torch refuses it
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a SparseSemiStructuredTensor breaks copy.deepcopy: drop the caches
+        state["_cast"], state["_semi"] = {}, {}
+        return state
+
+    def _weight(self, device, dtype) -> torch.Tensor:
+        key = (torch.device(device), dtype)
+        if key not in self._cast:
+            self._cast[key] = self.weight_dense.to(device=key[0], dtype=dtype)
+        return self._cast[key]
+
+    def _semi_weight(self, device, dtype):
+        key = (torch.device(device), dtype)
+        if key not in self._semi:
+            from torch.sparse import to_sparse_semi_structured
+            try:
+                self._semi[key] = to_sparse_semi_structured(self._weight(*key))
+            except (RuntimeError, ValueError, NotImplementedError, TypeError) as e:
+                warnings.warn(f"Sparse24Linear({self.in_features}->{self.out_features}): semi-structured "
+                              f"path unavailable ({first_line(e, 120, strip=False)}); running dense")
+                self._semi[key] = None
+        return self._semi[key]
+
+    def choose(self, device, dtype, rows: int) -> str:
+        """'sparse' or 'dense' for inputs on `device` in `dtype` with `rows` tokens; recorded in `choices`."""
+        key = f"{self.backend} {device} {str(dtype).replace('torch.', '')} rows<={_rows_bucket(rows)}"
+        if key in self.choices:
+            return self.choices[key]["choice"]
+        if dtype not in SEMI_DTYPES:
+            rec = {"choice": "dense", "why": f"{dtype} input: 2:4 semi-structured takes float16, bfloat16 or int8 "
+                                             "(fp32 semi-structured is 1:2, and cuSPARSELt has no fp32)"}
+        elif self.backend == "sparse":
+            rec = {"choice": "sparse", "why": "backend 'sparse' (a measured profile or a preference)"}
+        elif _capturing_or_compiling():
+            return "dense"  # no timing while tracing or capturing; decided on the next eager call
+        else:
+            sparse_ms, dense_ms = measure_24(self, device, dtype, _rows_bucket(rows))
+            fast = sparse_ms is not None and (dense_ms is None or sparse_ms < dense_ms)
+            rec = {"choice": "sparse" if fast else "dense", "sparse_ms": sparse_ms, "dense_ms": dense_ms,
+                   "why": "timed once for this shape" if sparse_ms is not None else "semi-structured path unavailable"}
+        self.choices[key] = rec
+        return rec["choice"]
+
+    def _use_sparse(self, x) -> bool:
+        if not x.is_cuda or self.backend == "dense":
+            return False
+        return self.choose(x.device, x.dtype, x.numel() // self.in_features) == "sparse"
+
+    def _linear(self, x):
+        if x.is_cuda and not self._use_sparse(x):  # dense on CUDA: the weight cast once, not per call
+            return F.linear(x, self._weight(x.device, x.dtype), self.bias)
+        return super()._linear(x)
 
     def _sparse_linear(self, x2):
         """cuSPARSELt/CUTLASS via torch's semi-structured tensor. Shapes or dtypes it refuses
         (e.g. too small a layer for its tiles) run dense, once noted with a warning."""
-        from torch.sparse import to_sparse_semi_structured
-
-        w = self.weight_dense.to(device=x2.device, dtype=x2.dtype)
-        key = (x2.device, x2.dtype)
-        if self._semi is None or self._semi[0] != key:
+        semi = self._semi_weight(x2.device, x2.dtype)
+        if semi is not None:
             try:
-                self._semi = (key, to_sparse_semi_structured(w))
-            except (RuntimeError, ValueError, NotImplementedError, TypeError) as e:
-                warnings.warn(f"Sparse24Linear({self.in_features}->{self.out_features}): semi-structured "
-                              f"path unavailable ({first_line(e, 120, strip=False)}); running dense")
-                self._semi = (key, None)
-        if self._semi[1] is None:
-            return F.linear(x2, w)
-        try:
-            return F.linear(x2, self._semi[1])
-        except (RuntimeError, ValueError, NotImplementedError) as e:
-            warnings.warn(f"Sparse24Linear: semi-structured matmul failed ({first_line(e, 120, strip=False)}); running dense")
-            self._semi = (key, None)
-            return F.linear(x2, w)
+                return F.linear(x2, semi)
+            except (RuntimeError, ValueError, NotImplementedError) as e:
+                warnings.warn(f"Sparse24Linear: semi-structured matmul failed ({first_line(e, 120, strip=False)}); "
+                              "running dense")
+                self._semi[(x2.device, x2.dtype)] = None
+        return F.linear(x2, self._weight(x2.device, x2.dtype))
 
 
 class BlockSparseLinear(_SparseBase):

@@ -1,7 +1,9 @@
-"""Backends one by one: TensorRT (skips here: it cannot be installed on this machine), AOTInductor
+"""Backends one by one: TensorRT (skips here: not installable, or installed without a usable GPU), AOTInductor
 packaging of a model that calls torch.ops.compress.bsr_linear, real parity inputs."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -12,16 +14,38 @@ from compress.export import aoti
 from compress.export import inputs as inp
 
 
+def tensorrt_with_gpu():
+    """tensorrt, or a skip: not installed, or installed without a usable GPU (it imports, then trt.Builder()
+    raises 'pybind11::init(): factory function returned nullptr')."""
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installable on this machine (no NVIDIA GPU/driver); "
+                                                 "the engine is built on the device by build_engine.sh")
+    from compress.export.build_trt import usable_gpu
+
+    why = usable_gpu(trt)
+    if why:
+        pytest.skip(why)
+    return trt
+
+
+def test_a_tensorrt_without_gpu_skips_instead_of_failing(monkeypatch):
+    from tests.export.test_trt_scripts import _fake_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt("10.3.0", builder_raises=True))
+    with pytest.raises(pytest.skip.Exception, match="no usable GPU"):
+        tensorrt_with_gpu()
+
+
 def test_tensorrt_engine_builds_with_fp16_and_sparsity(tmp_path):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installable on this machine (no NVIDIA GPU/driver); "
-                                           "the engine is built on the device by build_engine.sh")
-    from compress.export.build_trt import build
+    tensorrt_with_gpu()
+    from compress.export.build_trt import FP16_ONNX, build, write_fp16_onnx
     from compress.export.onnx import export_onnx
     from tests.export.export_models import tiny_cnn_24
 
     m = tiny_cnn_24()
     export_onnx(m, (torch.randn(1, 3, 32, 32),), str(tmp_path / "m.onnx"))
-    info = build(str(tmp_path / "m.onnx"), str(tmp_path / "m.engine"), fp16=True, sparsity=True)
+    write_fp16_onnx(str(tmp_path / "m.onnx"), str(tmp_path / FP16_ONNX))
+    info = build(str(tmp_path / "m.onnx"), str(tmp_path / "m.engine"), fp16=True, sparsity=True,
+                 fp16_onnx=str(tmp_path / FP16_ONNX))
     assert (tmp_path / "m.engine").stat().st_size > 0 and info["sparsity"] and info["fp16"]
 
 

@@ -13,7 +13,7 @@ from compress.lower.modules import (BlockSparseLinear, Sparse24Linear, choose_ba
                                     sparse_module)
 from compress.lower.pipeline import SparsifyConfig, save_sparse_dir, sparsify
 from compress.models import load_sparse_dir
-from lowering_models import bottleneck, odd_linear, tiny_bert, vit_mlp
+from lowering_models import all_odd, bottleneck, odd_linear, stem_cnn, tiny_bert, vit_mlp
 
 MODELS = {"vit_mlp": vit_mlp, "tiny_bert": tiny_bert, "bottleneck": bottleneck}
 
@@ -122,10 +122,57 @@ def test_sparse24_module_from_a_conv_with_stride(one_thread):
         assert torch.allclose(mod(x), conv(x), atol=1e-6)
 
 
-def test_2_4_refuses_a_reduction_dim_not_multiple_of_4():
+def test_2_4_strict_refuses_a_reduction_dim_not_multiple_of_4():
     model = odd_linear()
-    with pytest.raises(CompressError, match="layer bad: 2:4 .* multiple of 4, it has 10"):
-        sparsify(model, (torch.randn(2, 12),), SparsifyConfig(pattern="2:4"), {"model": "x"})
+    with pytest.raises(CompressError, match="layer bad: 2:4 .* multiple of 4, it has 10; pick another --pattern"):
+        sparsify(model, (torch.randn(2, 12),), SparsifyConfig(pattern="2:4", strict=True), {"model": "x"})
+    with pytest.raises(CompressError, match="no layer of the model can take 2:4 .*layer a: .* it has 10"):
+        sparsify(all_odd(), (torch.randn(2, 10),), SparsifyConfig(pattern="2:4"), {"model": "x"})
+
+
+def test_2_4_keeps_a_layer_it_cannot_take_dense_and_says_why(one_thread, tmp_path):
+    """A 3-channel stem under 2:4 stays dense (as NVIDIA ASP / ModelOpt leave it), named with the reason in
+    the plan; every other layer is lowered; the directory round-trips and export's read_plan reads it."""
+    from compress.export.sparsity import read_plan
+    from compress.lower.sparse_plan import SparsePlan
+
+    model = stem_cnn()
+    x = inputs_for(model)
+    calib = [inputs_for(model, 4, 1)]
+    res = sparsify(model, x, SparsifyConfig(pattern="2:4", update="obs", data_select=True, calib="random:4"),
+                   {"model": "tests.lower.lowering_models:stem_cnn", "input_shape": list(x[0].shape)}, calib)
+    stem = res.plan.layer("conv1")
+    assert stem.format == "dense" and stem.module == "dense" and stem.density == 1.0
+    assert stem.skipped == "2:4 needs a reduction dimension that is a multiple of 4, it has 3"
+    assert stem.error_before is None and stem.error_after is None
+    assert res.plan.skipped == {"conv1": stem.skipped}
+    assert any("conv1" in n and "--strict" in n for n in res.plan.notes)
+    for name in ("conv2", "conv3", "fc"):
+        lp = res.plan.layer(name)
+        assert lp.format == "2:4" and lp.density == 0.5 and lp.skipped is None, name
+    assert isinstance(res.model.conv2, Sparse24Linear) and isinstance(res.model.conv1, nn.Conv2d)
+    assert torch.equal(res.masked.conv1.weight, model.conv1.weight)            # untouched
+    text = res.plan.to_json()
+    assert text.count('"skipped"') == 1 and SparsePlan.from_json(text) == res.plan
+    save_sparse_dir(str(tmp_path), res)
+    back = load_sparse_dir(str(tmp_path))
+    with torch.no_grad():
+        assert torch.allclose(back(*x), res.masked(*x), rtol=1e-5, atol=1e-5)
+    formats = read_plan(str(tmp_path / "sparse_plan.json"))
+    assert formats["conv1"] == {"format": "dense", "density": 1.0} and formats["conv2"]["format"] == "2:4"
+    with pytest.raises(CompressError, match="layer conv1: 2:4 needs .* it has 3"):
+        sparsify(model, x, SparsifyConfig(pattern="2:4", strict=True), {"model": "x"})
+
+
+@pytest.mark.parametrize("pattern", ["block:16", "block:64"])
+def test_block_formats_take_every_layer_even_a_3_channel_stem(pattern, one_thread):
+    """Block formats pad the weight to whole blocks, so no layer is skipped (nothing to refuse)."""
+    model = stem_cnn()
+    x = inputs_for(model)
+    res = sparsify(model, x, SparsifyConfig(pattern=pattern, sparsity=0.5, strict=True), {"model": "x"})
+    assert not res.plan.skipped and all(lp.format == pattern for lp in res.plan.layers)
+    with torch.no_grad():
+        assert torch.allclose(res.model(*x), res.masked(*x), rtol=1e-5, atol=1e-5)
 
 
 def test_block_sparse_sparse_backend_traces_through_the_custom_op(one_thread):
