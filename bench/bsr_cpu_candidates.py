@@ -32,7 +32,12 @@ Candidates (CANDIDATES, name -> factory(W, X, block, threads) -> zero-argument c
   tvm runs anything in the timing process (main() runs each thread count in a fresh worker process
   that sets it before importing tvm; a library caller must do the same).
 
-Adding a candidate (e.g. the project's own C++ kernel): one function, registered by name:
+- `compress_ort`: compress's own kernel (kernels/bsr_cpu.cpp) as it ships in `compress export --target cpu`:
+  the `ai.compress::BlockSparseLinear` custom op in onnxruntime (weights as initializers, read in place),
+  on onnxruntime's intra-op thread pool.
+- `compress_ctypes`: the same kernel called directly (ctypes, OpenMP threads).
+
+Adding a candidate: one function, registered by name:
 
     @register("compress_cpp")
     def compress_cpp(w: np.ndarray, x: np.ndarray, block: int, threads: int):
@@ -352,6 +357,47 @@ def tvm_bsr(w, x, block, threads, tile: int | None = None):
     return run
 
 
+@register("compress_ort")
+def compress_ort(w, x, block, threads):
+    """compress's kernel (kernels/bsr_cpu.cpp) as it ships: the BlockSparseLinear custom op in a one-node
+    onnxruntime model (weights as initializers), on onnxruntime's intra-op pool of `threads`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.kernels import bsr_cpu, bsr_cpu_runtime as rt
+
+    if block not in bsr_cpu.BLOCKS:
+        raise Unavailable(f"the kernel takes blocks {bsr_cpu.BLOCKS}")
+    n, k = w.shape
+    p = bsr_cpu.from_dense(w, block)
+    bias = np.zeros(len(p["rowptr"]) * block - block, np.float32)
+    inits = [numpy_helper.from_array(a, name) for name, a in
+             (("values", p["values"]), ("rowptr", p["rowptr"]), ("cols", p["cols"]), ("bias", bias))]
+    node = helper.make_node(rt.OP_TYPE, ["X", "values", "rowptr", "cols", "bias"], ["Y"], domain=rt.DOMAIN,
+                            block=block, out_features=n)
+    graph = helper.make_graph([node], "compress_bsr", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", n])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(rt.DOMAIN, 1)])
+    import onnxruntime as ort
+
+    so = rt.session_options(bsr_cpu.cached_library(), threads)
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = {"X": x}
+    return lambda: sess.run(["Y"], feeds)
+
+
+@register("compress_ctypes")
+def compress_ctypes(w, x, block, threads):
+    """compress's kernel called directly (ctypes, OpenMP threads): the kernel without onnxruntime around it."""
+    from compress.kernels import bsr_cpu
+
+    if block not in bsr_cpu.BLOCKS:
+        raise Unavailable(f"the kernel takes blocks {bsr_cpu.BLOCKS}")
+    p, lib = bsr_cpu.from_dense(w, block), bsr_cpu.kernel()
+    xc = np.ascontiguousarray(x)
+    return lambda: bsr_cpu.linear(xc, p, w.shape[0], None, threads, lib)
+
+
 # --------------------------------------------------------------------------- timing
 
 def time_block(fn: Callable[[], Any], warmup: int, runs: int, max_seconds: float) -> dict:
@@ -495,7 +541,7 @@ def main(argv=None) -> int:
     data |= {"protocol": {"rounds": args.rounds, "runs": args.runs, "warmup": args.warmup,
                           "max_seconds": args.max_seconds, "block": args.block, "seed": args.seed,
                           "tolerance": TOLERANCE, "workers": workers},
-             "loadavg_end": C.loadavg(), "points": points}
+             "loadavg_end": C.loadavg(), "points": points, "bars": bars(points)}
     C.write_json(args.out, data)
     C.log(f"wrote {args.out}")
     bad = [(p["shape"], p["tokens"], p["sparsity"], n) for p in points for n, r in p["candidates"].items()
@@ -504,6 +550,34 @@ def main(argv=None) -> int:
         print(f"check failed for {len(bad)} candidate point(s), e.g. {bad[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def bars(points: list[dict], ours: str = "compress_ort") -> dict | None:
+    """Issue #19's kernel bars for `ours` at block 32, 2 threads: break-even with dense F.linear at or below 50%
+    block sparsity from 128 tokens; at 90%, at least 3x dense and 2x torch's BSR (its faster path)."""
+    pts = [p for p in points if p["threads"] == 2 and p["block"] == 32 and ours in p["candidates"]]
+    if not pts:
+        return None
+
+    def speed(p, other):
+        a, b = p["candidates"].get(ours, {}), p["candidates"].get(other, {})
+        return b["median_ms"] / a["median_ms"] if a.get("ok") and b.get("ok") else None
+
+    def torch_bsr(p):
+        got = [v for v in (speed(p, "torch_bsr_mm"), speed(p, "torch_bsr_linear")) if v is not None]
+        return min(got) if got else None
+
+    half = [(p, speed(p, "dense_torch")) for p in pts if p["tokens"] >= 128 and p["sparsity"] <= 0.5]
+    ninety = [p for p in pts if abs(p["sparsity"] - 0.9) < 1e-9]
+    x_dense = [v for v in (speed(p, "dense_torch") for p in ninety) if v is not None]
+    x_bsr = [v for v in (torch_bsr(p) for p in ninety) if v is not None]
+    slow = [f"{p['shape']}@{p['tokens']}: {v:.2f}x" for p, v in half if v is not None and v < 1.0]
+    return {"break_even_50": {"met": bool(half) and not slow and all(v is not None for _, v in half),
+                              "detail": ("slower than dense at " + ", ".join(slow)) if slow else
+                              f"{len(half)} points at 50% from 128 tokens, min "
+                              f"{min(v for _, v in half if v is not None):.2f}x dense" if half else "no points"},
+            "x3_dense_90": {"met": bool(x_dense) and min(x_dense) >= 3.0, "min": min(x_dense) if x_dense else 0.0},
+            "x2_torch_bsr_90": {"met": bool(x_bsr) and min(x_bsr) >= 2.0, "min": min(x_bsr) if x_bsr else 0.0}}
 
 
 def _extra_versions() -> dict:

@@ -334,6 +334,28 @@ def results_summary_section(results: Path) -> list[str]:
         rows.append(f"| all-MiniLM-L6-v2, 30% heads + MLP removed, distilled (`minilm_distill.py`) | cosine to dense "
                     f"{a['cosine_mean']:.3f} (bar 0.90), probe {a['probe_accuracy']:.3f} vs dense "
                     f"{d['probe_accuracy_dense']:.3f} |")
+    d = load("reconstruct")
+    if d:
+        r = d["results"]
+        for key in ("fmnist-cnn", "efficientnet-lite0-fmnist"):
+            e = r.get(key)
+            if e:
+                rows.append(f"| {key} at ratio {e['ratio']}, no fine-tuning, `--reconstruct` on {e['calib'].split(' (')[0]} "
+                            f"(`reconstruct.py`) | dense {e['accuracy_dense']:.2%}, pruned "
+                            f"{e['accuracy_without_reconstruct']:.2%} without, {e['accuracy_with_reconstruct']:.2%} with "
+                            f"(bar: within {e['bar_points']:g} points: {'met' if e['bar_met'] else 'not met'}) |")
+        e = r.get("minilm")
+        if e:
+            both = e.get("with_reconstruct_and_distill")
+            rows.append(f"| all-MiniLM-L6-v2, 30% heads + MLP removed, `--reconstruct` (`reconstruct.py`) | cosine to dense "
+                        f"{e['without_reconstruct']['cosine_mean']:.3f} without, {e['with_reconstruct']['cosine_mean']:.3f} "
+                        f"with (bar 0.90)" + (f"; + distillation {both['cosine_mean']:.3f} (distilled only "
+                                             f"{_f(e['distilled_only_reference']['cosine_mean'], 3)})" if both else "") + " |")
+        e = r.get("resnet50")
+        if e:
+            rows.append(f"| `--reconstruct` time, resnet50 at ratio 0.3, {e['calib']} (`reconstruct.py`) | "
+                        f"{e['reconstruct_seconds']:.0f} s, peak {e['peak_rss_gb']:.1f} GB (bar 120 s, 8 GB: "
+                        f"{'met' if e['bar']['met'] else 'not met'}; {_machine(d).split(',')[0]}) |")
     d = load("lowering_error")
     if d:
         h = d["summary"]["heldout"]
@@ -357,12 +379,62 @@ def results_summary_section(results: Path) -> list[str]:
         "was lent to a session so far; `python bench/gpu_suite.py` measures them all in one command."]
 
 
+def bsr_cpu_section(d: dict) -> list[str]:
+    """The CPU block-sparse kernel candidates: speedup over dense per point, and the issue's bars for ours."""
+    pts = [p for p in d["points"] if p["threads"] == 2] or d["points"]
+    names = [n for n in ("compress_ort", "tvm_bsr", "torch_bsr_mm", "torch_bsr_linear", "ort_sparse_csr",
+                         "ort_sparse_coo") if any(n in p["candidates"] for p in pts)]
+
+    def sp(p, n):
+        r, dense = p["candidates"].get(n), p["candidates"].get("dense_torch")
+        if not r or not r.get("ok") or not dense or not dense.get("ok"):
+            return "-"
+        return f"{dense['median_ms'] / r['median_ms']:.2f}"
+
+    lines = [f"### CPU block-sparse kernels: speedup over dense `F.linear` (`bsr_cpu_candidates.py`, block "
+             f"{pts[0]['block']}, {pts[0]['threads']} threads, fp32)", "",
+             "Every point checked against float64 before timing; median of alternating rounds. `compress_ort` is "
+             "our kernel as `compress export --target cpu` ships it (the `ai.compress::BlockSparseLinear` op in "
+             "onnxruntime). " + _machine(d) + ".", "",
+             "| N x K | tokens | sparsity | dense ms | " + " | ".join(names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    for p in pts:
+        dense = p["candidates"].get("dense_torch", {})
+        lines.append(f"| {p['shape']} | {p['tokens']} | {p['sparsity']} | {_f(dense.get('median_ms'), 3)} | "
+                     + " | ".join(sp(p, n) for n in names) + " |")
+    bars = d.get("bars")
+    if bars:
+        lines += ["", f"Bars for `compress_ort` (block 32, 2 threads): break-even with dense at or below 50% "
+                  f"from 128 tokens: {'met' if bars['break_even_50']['met'] else 'not met'} "
+                  f"({bars['break_even_50']['detail']}); at 90%: at least 3x dense "
+                  f"({'met' if bars['x3_dense_90']['met'] else 'not met'}, min {bars['x3_dense_90']['min']:.2f}x) and "
+                  f"2x torch's BSR ({'met' if bars['x2_torch_bsr_90']['met'] else 'not met'}, min "
+                  f"{bars['x2_torch_bsr_90']['min']:.2f}x)."]
+    return lines
+
+
+def minilm_block_section(d: dict) -> list[str]:
+    lines = ["### all-MiniLM-L6-v2 on this CPU: structured vs block-sparse, exported and timed (`minilm_block.py`)", "",
+             f"Each candidate distilled the same way, exported with `compress export --target cpu`, timed at batch 1 x "
+             f"{d['tokens']} tokens, {d['threads']} threads, in lockstep with the dense artifact. {_machine(d)}.", "",
+             "| candidate | artifact | cosine to dense (held-out) | before distillation | latency ms | vs dense |",
+             "|---|---|---|---|---|---|"]
+    for k, v in d["candidates"].items():
+        lines.append(f"| {k} | {v['file']} | {v['cosine_after']:.3f} | {v['cosine_before']:.3f} | "
+                     f"{v['median_ms']:.2f} | {v['speedup_vs_dense']:.2f}x |")
+    b = d["bar"]
+    lines += ["", f"Bar (a block-sparse MiniLM with cosine >= 0.90 runs faster than dense): "
+                  f"{'met by ' + ', '.join(b['met_by']) if b['met'] else 'not met'}."]
+    return lines
+
+
 def section(results: Path = RESULTS) -> str:
     parts = ["", "Generated by `python bench/make_tables.py` from `bench/results/cpu/*.json`; "
              "see `bench/README.md`. Do not edit by hand.", ""]
     for fname, fn in (("prune_latency.json", prune_latency_section), ("channel_step.json", channel_step_section),
                       ("planner_budget.json", planner_budget_section),
-                      ("depthwise_linear.json", depthwise_linear_section), ("export_zoo.json", export_zoo_section)):
+                      ("depthwise_linear.json", depthwise_linear_section), ("export_zoo.json", export_zoo_section),
+                      ("bsr_cpu_candidates.json", bsr_cpu_section), ("minilm_block.json", minilm_block_section)):
         f = results / fname
         if f.is_file():
             extra = results / "planner_budget_measured.json"

@@ -165,6 +165,9 @@ def _serve(path: str, batch: int, b: Block) -> None:
     so.log_severity_level = 3
     if b.threads:
         so.intra_op_num_threads = b.threads
+    from compress.kernels import bsr_cpu_runtime
+
+    bsr_cpu_runtime.register_beside(so, path)           # model.bsr.onnx: compress's block-sparse op
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     feeds = {}
     for i in sess.get_inputs():

@@ -30,6 +30,9 @@ def run(path: str, arrays: list[np.ndarray], optimized: bool = False) -> np.ndar
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     so.log_severity_level = 3
+    from compress.kernels import bsr_cpu_runtime
+
+    bsr_cpu_runtime.register_beside(so, path)           # model.bsr.onnx: compress's block-sparse op
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     feeds = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
     return sess.run(None, feeds)[0]

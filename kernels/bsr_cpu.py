@@ -9,6 +9,7 @@ Build configurations are data: BUILD holds the compiler flags; `march` picks the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -63,12 +64,19 @@ def cached_library(march: str = "native") -> str:
                                                      sorted(cpuinfo().flags))).encode()).hexdigest()[:16]
     root = Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress") / "bsr_cpu" / key
     lib = root / LIB_NAME
-    if not lib.exists():
+    if not (lib.exists() and (root / "build.json").exists()):
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".{LIB_NAME}.{os.getpid()}"
-        build(str(tmp), march)
+        info = build(str(tmp), march) | {"file": LIB_NAME}
+        (root / "build.json").write_text(json.dumps(info, indent=1))
         os.replace(tmp, lib)
     return str(lib)
+
+
+def build_info(lib: str) -> dict:
+    """What `cached_library` built (compiler, flags, source sha256), or {} for a library built elsewhere."""
+    p = Path(lib).with_name("build.json")
+    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def kernel(path: str | None = None) -> runtime.Kernel:

@@ -85,3 +85,13 @@ def session_options(lib: str | None = None, threads: int = 0):
         so.intra_op_num_threads = threads
     so.register_custom_ops_library(os.path.abspath(lib))
     return so
+
+
+def register_beside(so, model_path: str) -> bool:
+    """Register the kernel library lying beside `model_path` (an exported artifact's model.bsr.onnx) with the
+    SessionOptions `so`; False when there is none (any other ONNX file)."""
+    lib = os.path.join(os.path.dirname(os.path.abspath(model_path)), LIB_NAME)
+    if not os.path.isfile(lib):
+        return False
+    so.register_custom_ops_library(lib)
+    return True

@@ -69,9 +69,10 @@ def _batches(tokens, batch_size: int, seed: int, epoch: int):
 
 
 def distill(student: nn.Module, teacher: nn.Module, tokens, cfg: TextDistillConfig = TextDistillConfig(),
-            desc: str = "distill") -> list[dict]:
+            desc: str = "distill", after_step=None) -> list[dict]:
     """Train `student` in place to reproduce `teacher`'s mean-pooled embeddings on `tokens`
-    (compress.accuracy.text.Tokens). Returns per-epoch {"epoch", "loss", "cosine", "seconds"}."""
+    (compress.accuracy.text.Tokens). `after_step()`, when given, runs after every optimiser step (e.g. to
+    re-apply sparsity masks). Returns per-epoch {"epoch", "loss", "cosine", "seconds"}."""
     from tqdm import tqdm
 
     if len(tokens) == 0:
@@ -120,6 +121,8 @@ def distill(student: nn.Module, teacher: nn.Module, tokens, cfg: TextDistillConf
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if after_step is not None:
+                    after_step()
                 step += 1
                 tot += float(loss.detach()) * len(j)
                 cos_sum += float(cos.detach().sum())

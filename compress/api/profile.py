@@ -30,6 +30,10 @@ class ProfileRun:
     - `extend`: a profile to add `measure.models`' missing tables to, in place (--extend).
     - `refit`: a profile whose calibration is recomputed, in place, without timing (--refit); the
       other fields are then ignored.
+    - `sparse`: a CPU profile whose dense vs block-sparse table is re-measured, in place, with the kernel
+      that ships (--sparse); `measure.models` choose the layer shapes (default: a generic grid), and
+      `measure.threads` / `measure.reps` apply. Shapes measured earlier with the same kernel are kept;
+      entries measured by anything else are dropped.
     - `input_shape`: example input shape for the models, "N,C,H,W" (--input-shape; batch ignored).
     - `name`: the profile's name (--name; default: the stem of `out`).
     """
@@ -37,6 +41,7 @@ class ProfileRun:
     out: str | None = None
     extend: str | None = None
     refit: str | None = None
+    sparse: str | None = None
     input_shape: str | None = None
     name: str | None = None
 
@@ -45,6 +50,8 @@ def profile(cfg: ProfileRun) -> dict:
     """Validate, then measure, extend or refit as `cfg` says; {"text", "json"}."""
     if cfg.refit:
         return _refit(cfg.refit)
+    if cfg.sparse:
+        return _sparse(cfg)
     _check(cfg)
     base = _base_profile(cfg)
     mcfg = replace(cfg.measure, max_points=max(cfg.measure.max_points, 2))
@@ -149,6 +156,43 @@ def _extend(cfg: ProfileRun, base: dict, layers, dense, mcfg: ProfileConfig) -> 
     text = (f"extended {dest}: {info['tables']} layer tables added; calibrated "
             + (", ".join(f"{m} x{cal[m]}" for m in info["models"]) or "no new model (all were calibrated already)"))
     return {"text": text, "json": {"out": str(dest), "added": info, "calibration": prof["calibration"]}}
+
+
+def _sparse(cfg: ProfileRun) -> dict:
+    """Re-measure the sparse table of the CPU profile `cfg.sparse` with the deployed kernel, in place."""
+    from compress.hardware_profiles import schema, sparse_bench
+    from compress.hardware_profiles.profiler import _write
+
+    path = Path(cfg.sparse)
+    if not path.is_file():
+        raise CompressError(f"--sparse {cfg.sparse}: no such profile file")
+    prof = schema.read(str(path))
+    if prof["device"]["kind"] != "cpu":
+        raise CompressError(f"--sparse {cfg.sparse}: a {prof['device']['kind']} profile; the sparse table is "
+                            "measured on this CPU (use a cpu profile)")
+    if cfg.measure.reps < 1:
+        raise CompressError("--reps must be >= 1")
+    layers, _ = _layers(cfg)
+    table = sparse_bench.table(layers, prof["batch"], cfg.measure.reps, cfg.measure.threads)
+    table["machine"] = sparse_bench.machine("cpu")
+    if table["machine"]["name"] != prof["device"]["name"]:
+        table["warning"] = (f"measured on {table['machine']['name']}, the profile's tables on "
+                            f"{prof['device']['name']}")
+    old = prof.get("sparse") or {}
+    if old.get("runtime") == table["runtime"]:          # keep the shapes measured before with the same kernel
+        fresh = {(e["layer"], e["in"], e["out"], e["rows"]) for e in table["entries"]}
+        table["entries"] = [e for e in old.get("entries", [])
+                            if (e["layer"], e["in"], e["out"], e["rows"]) not in fresh] + table["entries"]
+    prof["sparse"] = table
+    _write(prof, path)
+    n = sum(e["format"] != "dense" for e in table["entries"])
+    shapes = sorted({(e["layer"], e["in"], e["out"], e["rows"]) for e in table["entries"]})
+    best = max((e for e in table["entries"] if e["format"] != "dense"), key=lambda e: e["speedup_vs_dense"],
+               default=None)
+    text = (f"re-measured {path}'s sparse table with {table['runtime']}: {len(shapes)} shapes, {n} block-sparse "
+            f"points" + (f"; best {best['format']} at density {best['density']}: {best['speedup_vs_dense']}x dense"
+                         if best else ""))
+    return {"text": text, "json": {"out": str(path), "sparse": table}}
 
 
 def layers_of(spec: str, input_shape):

@@ -28,6 +28,9 @@ def add_arguments(p) -> None:
     p.add_argument("--extend", metavar="FILE",
                    help="add the tables and dense timings of --model that FILE lacks to FILE (same device, runtime, "
                         "batch), keeping everything FILE has, then recompute its calibration; in place")
+    p.add_argument("--sparse", metavar="FILE",
+                   help="re-measure FILE's dense vs block-sparse table with the kernel `compress export --target cpu` "
+                        "ships (compress's block-sparse op in onnxruntime), in place; --model picks the layer shapes")
     p.add_argument("--refit", metavar="FILE",
                    help="no timing: recompute FILE's per-model calibration from the measurements stored in it "
                         "(after a change to how the predictor uses them), in place")
@@ -42,7 +45,8 @@ def run(args) -> dict:
                               max_points=args.grid_points, rounds=args.rounds, warmup=args.warmup, reps=args.reps,
                               threads=args.threads, max_seconds=args.max_seconds, staircase=not args.no_staircase,
                               sparse=not args.no_sparse, models=tuple(args.model)),
-        out=args.out, extend=args.extend, refit=args.refit, input_shape=args.input_shape, name=args.name))
+        out=args.out, extend=args.extend, refit=args.refit, sparse=args.sparse, input_shape=args.input_shape,
+        name=args.name))
 
 
 def _layers_of(spec: str, input_shape):

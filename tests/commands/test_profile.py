@@ -176,3 +176,35 @@ def test_profile_python_api(tiny_profile, tmp_path):
     assert r["text"].startswith(f"refitted {copy}: ") and set(r) == {"text", "json"}
     assert r["json"] == {"out": str(copy), "calibration": json.loads(copy.read_text())["calibration"]}
     assert not Path(new).exists()
+
+
+def test_sparse_table_is_measured_with_the_kernel_that_ships(capsys, tmp_path):
+    """`compress profile --sparse FILE` replaces a profile's torch-measured sparse table with one measured with
+    compress's block-sparse op in onnxruntime and keeps earlier shapes of the same kernel; bad input is one
+    line."""
+    import shutil
+
+    from compress.planner.formats import SPARSE_RUNTIME
+
+    prof = tmp_path / "p.json"
+    shutil.copy(REPO / "hardware_profiles" / "cpu-x86-2core-ort-amd-avx512-b1.json", prof)
+    assert json.loads(prof.read_text())["sparse"]["runtime"] == "torch"
+    code, err, out = main(capsys, "profile", "--sparse", prof, "--model", "tests.lower.lowering_models:tiny_bert",
+                          "--reps", "1", "--threads", "1", "--json")
+    assert code == 0, err
+    sp = json.loads(prof.read_text())["sparse"]
+    assert sp["runtime"] == SPARSE_RUNTIME and sp["threads"] == 1 and sp["kernel"]["march"] == "native"
+    shapes = {(e["layer"], e["in"], e["out"]) for e in sp["entries"]}
+    assert ("linear", 64, 128) in shapes and ("linear", 128, 64) in shapes
+    fmts = {e["format"] for e in sp["entries"]}
+    assert {"dense", "bsr16x16", "bsr32x32", "bsr64x64"} <= fmts
+    assert all(e["ms"] > 0 for e in sp["entries"])
+    n = len(sp["entries"])
+    code, err, _ = main(capsys, "profile", "--sparse", prof, "--model", "tests.lower.lowering_models:bottleneck",
+                        "--reps", "1", "--threads", "1")
+    assert code == 0, err
+    sp2 = json.loads(prof.read_text())["sparse"]
+    assert len(sp2["entries"]) > n and ("linear", 64, 128) in {(e["layer"], e["in"], e["out"]) for e in sp2["entries"]}
+
+    code, err, _ = main(capsys, "profile", "--sparse", tmp_path / "missing.json")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no such profile file" in err
