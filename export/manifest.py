@@ -48,12 +48,13 @@ def runtime_versions() -> dict:
     return out
 
 
-def expected_latency(model, inputs, target: str, batch: int) -> dict:
-    """The hardware profile's expected latency, or null with the reason it is unavailable."""
+def expected_latency(model, inputs, target: str, batch: int, sparse: bool = False) -> dict:
+    """The hardware profile's expected latency, or null with the reason it is unavailable. `sparse`: of the
+    artifact whose block-sparse layers run the sparse kernel (model.bsr.onnx)."""
     from compress.hardware_profiles import expected_latency_ms
 
     try:
-        ms = expected_latency_ms(model, inputs, target, batch)
+        ms = expected_latency_ms(model, inputs, target, batch, sparse)
     except Exception as e:  # a profile missing for this target or op is not an export failure
         return {"ms": None, "reason": f"{type(e).__name__}: {first_line(e, 200, strip=False, empty='')}"}
     if ms is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,10 +284,54 @@ class DeviceProfile:
         o = self.data["overhead"]["per_inference_ms"] + self.per_op_ms() * layers
         return o if fit is None or fit.b_ms is not None else o * fit.scale
 
-    def total_ms(self, layers, fit: "NetworkFit | None" = None) -> float:
+    def sparse_factor(self, sig: LayerSig, block: int, density: float) -> tuple[float, str] | None:
+        """(block-sparse time / dense time, source) of a Linear / 1x1 conv at `block` and `density` (fraction
+        of blocks kept), from the profile's sparse entries measured with the kernel that ships (on a CPU
+        profile: sparse_bench.RUNTIME): the nearest measured shape of the same kind, interpolated linearly in
+        density between measured densities (clamped to the measured range). None without such entries."""
+        from compress.hardware_profiles.sparse_bench import RUNTIME
+
+        sp = self.data.get("sparse") or {}
+        if self.data["device"]["kind"] == "cpu" and sp.get("runtime") != RUNTIME:
+            return None
+        kind = "linear" if sig.op == LINEAR else "conv1x1"
+        entries = sp.get("entries") or []
+        cands = [e for e in entries if e.get("format") == f"bsr{block}x{block}"]
+        if not cands:
+            return None
+        same = [e for e in cands if e["layer"] == kind] or cands
+        want = sig.cin * sig.cout
+        best = min(same, key=lambda e: (abs(math.log(e["in"] * e["out"] / want)), e["in"], e["out"]))
+        key = (best["layer"], best["in"], best["out"], best["rows"])
+        pts = sorted((float(e["density"]), e["ms"]) for e in same if (e["layer"], e["in"], e["out"], e["rows"]) == key)
+        dense = [e["ms"] for e in entries if e.get("format") == "dense"
+                 and (e["layer"], e["in"], e["out"], e["rows"]) == key]
+        if not pts or not dense:
+            return None
+        d = min(max(density, pts[0][0]), pts[-1][0])
+        ms = pts[0][1]
+        for (d0, m0), (d1, m1) in zip(pts, pts[1:]):
+            if d0 <= d <= d1:
+                ms = m0 + (m1 - m0) * (d - d0) / (d1 - d0) if d1 > d0 else m0
+                break
+        else:
+            ms = pts[-1][1] if d >= pts[-1][0] else pts[0][1]
+        return ms / dense[0], (f"measured ({sp.get('runtime')}): {best['layer']} {best['in']}x{best['out']} rows "
+                               f"{best['rows']}, block {block}, density {d:.2f}")
+
+    def total_ms(self, layers, fit: "NetworkFit | None" = None, sparse: dict | None = None) -> float:
+        """`sparse`: {module name: (block, density)} of block-sparse layers, each costed at its dense time
+        times `sparse_factor` (dense when the profile has no factor for it)."""
         layers = list(layers)
         fit = fit if fit is not None else self.fit(layers)
-        return self.overhead_ms(fit, len(layers)) + sum(self.layer_ms(s, fit) for s in layers)
+        total = self.overhead_ms(fit, len(layers))
+        for s in layers:
+            ms = self.layer_ms(s, fit)
+            if sparse and s.module in sparse and s.op in (LINEAR, CONV):
+                f = self.sparse_factor(s, *sparse[s.module])
+                ms = ms * f[0] if f else ms
+            total += ms
+        return total
 
 
 @dataclass(frozen=True)
@@ -327,9 +372,14 @@ def _untagged(name: str) -> str:
     return name
 
 
+# JSON files of this package that are data, not device profiles (two_four_published.json: the published
+# 2:4 measurements the planner prices 2:4 with on a GPU/Jetson profile without measured entries)
+NOT_PROFILES = ("defaults.json", "two_four_published.json")
+
+
 def shipped() -> list[str]:
-    """Names of the profiles shipped in this package (files *.json other than defaults.json)."""
-    return sorted(p.stem for p in HERE.glob("*.json") if p.name != "defaults.json")
+    """Names of the profiles shipped in this package (files *.json other than NOT_PROFILES)."""
+    return sorted(p.stem for p in HERE.glob("*.json") if p.name not in NOT_PROFILES)
 
 
 def _cpuinfo_field(key: str) -> str:
@@ -396,18 +446,27 @@ def load_profile(name_or_path, runtime: str | None = None, dtype: str | None = N
     return DeviceProfile(d, str(p))
 
 
-def predict_ms(model, example_inputs, profile: DeviceProfile) -> float:
-    """Predicted end-to-end latency (ms) of `model` at the profile's batch size."""
+def block_sparse_layers(model) -> dict[str, tuple[int, float]]:
+    """{module name: (block, density)} of the block-sparse modules (compress.lower's BlockSparseLinear) in `model`."""
+    return {n: (int(m.block), float(m.density)) for n, m in model.named_modules()
+            if str(getattr(m, "format", "")).startswith("block:") and hasattr(m, "col_indices")}
+
+
+def predict_ms(model, example_inputs, profile: DeviceProfile, sparse: bool = False) -> float:
+    """Predicted end-to-end latency (ms) of `model` at the profile's batch size. `sparse`: its block-sparse
+    layers run the deployed sparse kernel (model.bsr.onnx), priced from the profile's sparse entries;
+    otherwise they run dense (model.onnx: the zeros in place)."""
     from compress.hardware_profiles.layers import extract_layers
 
-    return profile.total_ms(extract_layers(model, example_inputs))
+    layers = extract_layers(model, example_inputs)
+    return profile.total_ms(layers, sparse=block_sparse_layers(model) if sparse else None)
 
 
-def expected_latency_ms(model, example_inputs, target: str, batch: int) -> float | None:
+def expected_latency_ms(model, example_inputs, target: str, batch: int, sparse: bool = False) -> float | None:
     """Predicted latency on `target` (cpu, jetson or a profile name) at `batch`; None without a profile."""
     name = TARGETS.get(target, target)
     try:
         prof = load_profile(name, batch=batch)
     except CompressError:
         return None
-    return predict_ms(model, example_inputs, prof)
+    return predict_ms(model, example_inputs, prof, sparse)

@@ -9,6 +9,7 @@ import platform
 
 import numpy as np
 
+RUNTIME = "onnxruntime + compress BSR kernel"   # what measures (and what runs) a CPU artifact's sparse layers
 BLOCKS = (16, 32, 64)
 DENSITIES = (0.5, 0.3, 0.1)
 MAX_SHAPES = 6          # the model's largest distinct Linear / 1x1 shapes
@@ -102,7 +103,6 @@ def table(layers, batch: int, reps: int, threads: int = 0) -> dict:
     import onnxruntime as ort
 
     from compress.kernels import bsr_cpu
-    from compress.planner.formats import SPARSE_RUNTIME
 
     lib = bsr_cpu.cached_library()
     rng = np.random.default_rng(0)
@@ -128,5 +128,5 @@ def table(layers, batch: int, reps: int, threads: int = 0) -> dict:
                 entries.append({"layer": kind, "in": fin, "out": fout, "rows": rows, "format": f"bsr{b}x{b}",
                                 "density": dens, "ms": round(ms, 5), "speedup_vs_dense": round(dense / ms, 3)})
     info = bsr_cpu.build_info(lib)
-    return {"runtime": SPARSE_RUNTIME, "note": NOTE.format(ort=ort.__version__), "threads": threads,
+    return {"runtime": RUNTIME, "note": NOTE.format(ort=ort.__version__), "threads": threads,
             "kernel": info, "two_four": "not runnable on this runtime", "entries": entries}

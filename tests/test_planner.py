@@ -131,32 +131,44 @@ def test_plan_and_prune_cli(tmp_path, one_thread):
 
 
 def test_formats_report_prices_2_4_on_a_gpu_profile_and_never_on_cpu(one_thread):
+    """2:4 on a GPU: measured entries price it (a constructed profile where 2:4 halves a layer's time: it
+    wins, and the mixed plan keeps at least as much importance); without them the model fitted to published
+    measurements prices it (these 4-row GEMMs are far below the size where cuSPARSELt pays: priced, labelled
+    published, never chosen); never on a CPU, measured entries or not."""
     from compress.planner import formats as planner_formats
     from compress.planner.solve import finish, prepare
+    from tests.hardware_profiles.profile_fixtures import sparse_section
 
     mlp = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
     x = (torch.randn(4, 64),)
-    for kind, expect_24 in (("gpu", True), ("cpu", False)):
+    for kind, measured in (("gpu", True), ("gpu", False), ("cpu", True)):
         d = copy.deepcopy(PROFILE)
         d["device"]["kind"] = kind
         d["peak"]["gbps"] = 1e4          # compute-bound, so halving the math pays
         d["peak"]["gflops"] = 0.1
         d["overhead"] = {"per_inference_ms": 0.0, "per_op_ms": 0.0}
+        if measured:
+            d["sparse"] = sparse_section("constructed GPU runtime" if kind == "gpu" else planner_formats.SPARSE_RUNTIME,
+                                         {"2:4": 0.5})
         prof = DeviceProfile(d)
         cfg = PlanConfig(latency_budget=0.8)
         prep = prepare(copy.deepcopy(mlp), x, prof, cfg)
         plan, res, _ = finish(prep, cfg, {"model": "mlp"})
-        rep, mixed = planner_formats.report(prep, cfg, {"model": "mlp"}, res, ("2:4", "block"))
+        rep, mixed = planner_formats.report(prep, cfg, {"model": "mlp"}, res, ("2:4",))
         formats = {o["format"] for layer in rep["layers"] for o in layer["options"]}
-        assert ("2:4" in formats) == expect_24
-        if expect_24:
+        sources = {o["source"].split(" ")[0] for layer in rep["layers"] for o in layer["options"]}
+        if kind == "cpu":
+            assert rep["layers"] == [] and rep["winner"] == "structured"
+        elif measured:
+            assert formats == {"2:4"} and sources == {"measured"}
             assert rep["summary"].get("2:4", 0) >= 1
             assert rep["unstructured"]["speedup"] > 1.0
             assert rep["mixed"]["meets_budget"] and mixed is not None
             # the mixed plan keeps at least as much importance as structured-only at the same budget
             assert rep["mixed"]["importance_kept"] >= rep["mixed"]["structured_importance_kept"] - 1e-9
         else:
-            assert rep["layers"] == [] and rep["winner"] == "structured"
+            assert formats == {"2:4"} and sources == {"published,"}
+            assert rep["summary"] == {"dense": len(rep["layers"])} and rep["winner"] == "structured" and mixed is None
 
 
 class Stream(nn.Module):

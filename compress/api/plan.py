@@ -73,6 +73,9 @@ def plan(cfg: PlanRun) -> dict:
     prof = _profile(cfg)
     if cfg.measure and prof.runtime != "ort":
         raise CompressError(f"--measure times with onnxruntime; profile {prof.name} is for {prof.runtime}")
+    from compress.planner.formats import check_formats
+
+    check_formats(prof, cfg.formats)       # a sparse format this profile cannot price: bad input, nothing written
     cfg.planner.validate()
     lm, inputs = _load(cfg, prof)
     solved = _solve(cfg, prof, lm, inputs)
@@ -194,13 +197,17 @@ def _compare_formats(solved: _Solved, prep: Prepared, config: PlanConfig, source
 
 
 def _report(cfg: PlanRun, prof: DeviceProfile, solved: _Solved) -> dict:
-    """report.json without its groups and formats report."""
+    """report.json without its groups and formats report. `costs`: per format, where its costs come from
+    (measured, with profile, runtime and date; published, not measured here; or analytic)."""
+    from compress.planner.formats import cost_sources
+
     res, measured = solved.res, solved.measured
     report = {"profile": prof.name, "profile_source": prof.data["source"], "batch": prof.batch,
               "dense_ms": round(res.dense_ms, 4), "target_ms": round(res.target_ms, 4),
               "predicted_ms": round(res.predicted_ms, 4), "predicted_speedup": round(res.dense_ms / res.predicted_ms, 4),
               "smallest_ms": round(res.min_ms, 4), "iterations": res.iterations,
-              "roofline_fallback_layers": res.fallback_layers, "formats": list(cfg.formats)}
+              "roofline_fallback_layers": res.fallback_layers, "formats": list(cfg.formats),
+              "costs": cost_sources(prof, cfg.formats, res.fallback_layers)}
     if measured is not None:
         report["measured"] = {"runtime": "onnxruntime CPUExecutionProvider (this machine)", "batch": prof.batch,
                               "target_ratio": measured.target_ratio, "measured_ratio": measured.measured_ratio,
@@ -222,6 +229,8 @@ def _summary(cfg: PlanRun, prof: DeviceProfile, solved: _Solved, groups: list[di
     """The lines the CLI prints for a written plan."""
     import numpy as np
 
+    from compress.planner.formats import cost_sources
+
     res, measured, fr = solved.res, solved.measured, solved.fmt_report
     kept = np.mean([g["channels_after"] / max(g["channels_before"], 1) for g in groups]) if groups else 1.0
     plan_json = os.path.join(cfg.out, "plan.json")
@@ -241,6 +250,8 @@ def _summary(cfg: PlanRun, prof: DeviceProfile, solved: _Solved, groups: list[di
                      f"{'' if fr['unstructured']['meets_budget'] else ' (misses the budget)'}"
                      + (f", mixed {fr['mixed']['speedup']:.2f}x" if "speedup" in fr.get("mixed", {}) else "")
                      + f"; per-layer winners {fr['summary']}; chosen: {fr['winner']}")
+    costs = cost_sources(prof, cfg.formats, res.fallback_layers)
+    lines += [f"costs, {f}: {src}" for f, src in costs.items()]
     if res.fallback_layers:
         lines.insert(1, f"warning: no measured table for {len(res.fallback_layers)} layer kinds, roofline used: "
                         + ", ".join(res.fallback_layers[:6]))

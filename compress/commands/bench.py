@@ -26,7 +26,8 @@ def run(args) -> dict:
         if r.get("median_ms") is None:
             lines.append(f"  {r['runtime']:36s} not measured: {r['reason']}")
             continue
-        vs = f", {r['median_ms'] / exp:.2f}x the expected {exp:.3f} ms" if exp else ""
+        e = r.get("expected_ms", exp)
+        vs = f", {r['median_ms'] / e:.2f}x the expected {e:.3f} ms" if e else ""
         lines.append(f"  {r['runtime']:36s} median {r['median_ms']:8.3f} ms (min {r['min_ms']:.3f}){vs}")
     if not exp:
         lines.append(f"expected latency: unknown ({res['expected_reason']})")

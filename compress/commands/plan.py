@@ -18,7 +18,9 @@ def add_arguments(p) -> None:
     p.add_argument("--criterion", default="l1", choices=CRITERIA)
     p.add_argument("--calib", help="calibration data for data-driven criteria (as for compress prune)")
     p.add_argument("--formats", default="structured",
-                   help="comma list of structured,2:4,block: formats the report compares (the plan is structured)")
+                   help="comma list of structured,2:4,block: formats the report compares (a mixed plan wins only when it "
+                        "keeps more). block: from the profile's sparse entries (on cpu only those timed with the kernel "
+                        "that ships); 2:4: gpu/jetson only, measured entries or a fit to published measurements")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules whose output channels are kept")
     p.add_argument("--min-keep", type=float, default=0.1, help="never keep fewer than this fraction of a group")
     p.add_argument("--seed", type=int, default=0)

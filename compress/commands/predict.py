@@ -50,6 +50,22 @@ def run(args) -> dict:
                                               else f", x{factor:.3f} network calibration ({cal_src})"))
     if fb:
         text += f", {len(fb)} from the roofline fallback ({fb_ms:.3f} ms)"
+    from compress.hardware_profiles.predictor import block_sparse_layers
+
+    sparse = block_sparse_layers(lm.model)
+    if sparse:
+        priced = [s for s in layers if s.module in sparse and prof.sparse_factor(s, *sparse[s.module])]
+        if priced:
+            sms = prof.total_ms(layers, fit, sparse=sparse)
+            out["predicted_sparse_kernel_ms"] = round(sms, 4)
+            text += (f"\nwith its {len(sparse)} block-sparse layers on compress's CPU kernel (model.bsr.onnx): "
+                     f"{sms:.3f} ms ({len(priced)} layers priced from the profile's sparse entries; the figure above "
+                     f"is the masked dense model.onnx)")
+        else:
+            out["predicted_sparse_kernel_ms"] = None
+            text += (f"\n{len(sparse)} block-sparse layers, not priced: the profile has no sparse entries measured "
+                     f"with the kernel that ships (compress profile --sparse FILE measures them); the figure above is "
+                     f"the masked dense model.onnx")
     if args.layers:
         text += "\n" + "\n".join(f"  {r['module'] or '-':40} {r['op']:8} {r['cin']:>5}->{r['cout']:<5} {r['ms']:9.4f} ms"
                                  + ("  (roofline)" if r["roofline"] else "") for r in rows)

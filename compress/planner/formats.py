@@ -1,25 +1,39 @@
 """Structured vs unstructured per layer: which format a device profile says is faster.
 
 Eligible layers are Linear and 1x1 convolutions (groups 1). For each, the profile gives the dense
-latency (its tables) and, per sparse format, a factor:
+latency (its tables) and, per sparse format, a factor. The planner prices only what ships:
 - block-sparse (`block:B@D`): from the profile's measured sparse entries (dense vs BSR at block B and
-  density D, nearest measured shape of the same layer kind);
-- 2:4: from measured entries when the profile has them; on a GPU/Jetson profile without them,
-  modelled as the same layer with half its reduction dimension (sparse tensor cores do 2x the math
-  of dense at 2:4), labelled analytic. CPU runtimes have no 2:4 kernel: never offered there.
+  density D, nearest measured shape of the same layer kind). On a CPU profile only entries measured
+  by the runtime the CPU artifact deploys, `SPARSE_RUNTIME` (compress's own BSR kernel inside
+  onnxruntime), count: entries timed by anything else (torch's BSR, `"runtime": "torch"`) price a
+  kernel nobody deploys and are never used;
+- 2:4: from measured entries when the profile has them; on a GPU/Jetson profile without them, from a
+  model fitted to published cuSPARSELt / CUTLASS measurements (`hardware_profiles/two_four_published.json`:
+  speedup over dense as a function of M*N*K per GPU class), labelled "published, not measured here".
+  CPU runtimes have no 2:4 kernel: never offered there.
 Densities below `min_density` are not offered: without fine-tuning they lose too much.
 
 The report compares, at one budget: structured-only (the planner), unstructured-only (every layer
 in its fastest sparse format, no channels removed) and mixed (the planner re-solved with the
-sparse layers' costs scaled by their format's factor, so channels are kept where a format pays).
+sparse layers' costs scaled by their format's factor, so channels are kept where a format pays),
+and says per format where its costs come from (`cost_sources`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
 
-TWO_FOUR_ANALYTIC = ("analytic: 2:4 modelled as the layer with half its reduction dimension "
-                     "(sparse tensor cores: 2x dense math); no measured 2:4 entry in the profile")
+from compress.errors import CompressError
+
+# the runtime the CPU artifact runs block-sparse layers with; a CPU profile's `sparse` section (or
+# entry) names the runtime that measured it, and only this one prices block formats on a CPU
+from compress.hardware_profiles.sparse_bench import RUNTIME as SPARSE_RUNTIME  # noqa: E402 - the deployed CPU kernel
+PUBLISHED = "published, not measured here"
+TWO_FOUR_FILE = "two_four_published.json"
 
 
 @dataclass(frozen=True)
@@ -42,12 +56,41 @@ def eligible(sig) -> bool:
     return sig.op == "linear" or (sig.op == "conv" and sig.kernel == (1, 1) and sig.groups == 1)
 
 
-def _entries(profile) -> list[dict]:
-    return list(((profile.data.get("sparse") or {}).get("entries")) or [])
+# ---------------------------------------------------------------------------------------- measured entries
+def _section(profile) -> dict:
+    return profile.data.get("sparse") or {}
 
 
-def _measured_factor(entries: list[dict], kind: str, fmt: str, density: float, sig) -> tuple[float, str] | None:
-    """dense/sparse from the nearest measured shape of the same layer kind (or any kind)."""
+def entry_runtime(profile, e: dict) -> str:
+    """The runtime that measured entry `e`: its own `runtime`, else its section's."""
+    return str(e.get("runtime") or _section(profile).get("runtime") or "unknown")
+
+
+def usable_entries(profile) -> list[dict]:
+    """The sparse entries that may price a plan: on a CPU profile those measured by SPARSE_RUNTIME only."""
+    entries = list(_section(profile).get("entries") or [])
+    if profile.data["device"]["kind"] == "cpu":
+        entries = [e for e in entries if entry_runtime(profile, e) == SPARSE_RUNTIME]
+    return entries
+
+
+def _block_formats(entries: list[dict]) -> list[str]:
+    return sorted({str(e["format"]) for e in entries if str(e.get("format", "")).startswith("bsr")},
+                  key=lambda f: int(f[3:].split("x")[0]))
+
+
+def _when(profile, sparse: bool) -> str:
+    """When the sparse table (its own `date`, else the profile's) or the dense tables were measured."""
+    when = (_section(profile).get("date") if sparse else None) or (profile.data.get("measurement") or {}).get("date")
+    return str(when or "date not recorded")
+
+
+def measured_label(profile, runtime: str, sparse: bool = True) -> str:
+    return f"measured (profile {profile.name}, runtime {runtime}, {_when(profile, sparse)})"
+
+
+def _measured_factor(profile, entries: list[dict], kind: str, fmt: str, density: float, sig) -> tuple[float, str] | None:
+    """sparse/dense from the nearest measured shape of the same layer kind (or any kind)."""
     dense = {(e["layer"], e["in"], e["out"], e["rows"]): e["ms"] for e in entries if e.get("format") == "dense"}
     cands = [e for e in entries if e.get("format") == fmt and abs(float(e.get("density", 1.0)) - density) < 1e-6]
     if not cands:
@@ -57,14 +100,118 @@ def _measured_factor(entries: list[dict], kind: str, fmt: str, density: float, s
     d = dense.get((best["layer"], best["in"], best["out"], best["rows"]))
     if not d:
         return None
-    return best["ms"] / d, f"measured: {best['layer']} {best['in']}x{best['out']} rows {best['rows']} ({fmt} @ {density})"
+    return best["ms"] / d, (f"{measured_label(profile, entry_runtime(profile, best))}: {best['layer']} "
+                            f"{best['in']}x{best['out']} rows {best['rows']} ({fmt} @ {density})")
+
+
+def no_block_entries(profile) -> str | None:
+    """Why `block` cannot be priced on `profile` (None: it can): one line naming the profile and the fix."""
+    if _block_formats(usable_entries(profile)):
+        return None
+    kind = profile.data["device"]["kind"]
+    if kind != "cpu":
+        return (f"--formats block: profile {profile.name} has no measured block-sparse entries, so block formats "
+                f"cannot be priced on this {kind} (nothing in compress measures them there yet); drop block from --formats")
+    others = sorted({entry_runtime(profile, e) for e in (_section(profile).get("entries") or [])
+                     if str(e.get("format", "")).startswith("bsr")})
+    why = (f"its block-sparse entries were measured with {', '.join(others)}, not the kernel the CPU artifact runs "
+           f"({SPARSE_RUNTIME})" if others else "it has no block-sparse entries")
+    from compress.hardware_profiles import predictor
+
+    path = Path(profile.path) if profile.path else None
+    shipped = path is None or path.resolve().parent == Path(predictor.__file__).resolve().parent
+    target = "FILE" if shipped else str(path)
+    copy = f" a copy of {path.name if path else 'the profile'} as " if shipped else " "
+    return (f"--formats block: profile {profile.name} cannot price block formats: {why}; re-measure the sparse "
+            f"table of{copy}{target} with the kernel that ships, `compress profile --sparse {target} "
+            f"[--model MODEL]`, and plan with --profile {target}, or drop block from --formats")
+
+
+def check_formats(profile, allowed) -> None:
+    """Bad input before any work: a sparse format asked for that this profile cannot price."""
+    if "block" in allowed:
+        msg = no_block_entries(profile)
+        if msg:
+            raise CompressError(msg)
+
+
+# ---------------------------------------------------------------------------------------- 2:4, published
+@lru_cache(maxsize=1)
+def published_two_four() -> dict:
+    """The published 2:4 measurements and the fitted model (hardware_profiles/two_four_published.json)."""
+    from compress.hardware_profiles import predictor
+
+    return json.loads((Path(predictor.__file__).parent / TWO_FOUR_FILE).read_text())
+
+
+def gpu_class(profile) -> tuple[str, str]:
+    """(class in the published table, why): a100, h100 or orin, from the profile's device."""
+    dev = profile.data["device"]
+    if dev.get("kind") == "jetson":
+        return "orin", f"{dev.get('name', 'Jetson')} (Jetson Orin)"
+    name = " ".join(str(dev.get(k, "")) for k in ("name", "gpu", "module")).upper()
+    cc = str(dev.get("compute_capability") or "")
+    try:
+        major = int(cc.split(".")[0]) if cc else None
+    except ValueError:
+        major = None
+    if any(t in name for t in ("H100", "H200", "H800", "GH200", "B100", "B200", "GB200")) or (major is not None and major >= 9):
+        return "h100", f"{dev.get('name', 'GPU')} (H100-class)"
+    if "ORIN" in name or cc == "8.7":
+        return "orin", f"{dev.get('name', 'GPU')} (Orin)"
+    if "A100" in name or "A800" in name or cc == "8.0":
+        return "a100", f"{dev.get('name', 'GPU')} (A100-class)"
+    return "a100", f"{dev.get('name', 'GPU')} (no published points of its own: A100-class assumed)"
+
+
+def two_four_speedup(m: int, n: int, k: int, cls: str, model: dict | None = None) -> float:
+    """Published-fit speedup of a 2:4 GEMM over dense (dense ms / sparse ms) on GPU class `cls`;
+    monotone non-decreasing in M*N*K."""
+    model = model or published_two_four()["model"]
+    c = model["classes"][cls]
+    lw = math.log10(max(m * n * k, 1))
+    z = max(min((lw - c["w0"]) / model["width"], 60.0), -60.0)
+    return model["s_min"] + (c["s_max"] - model["s_min"]) / (1.0 + math.exp(-z))
+
+
+def fit_two_four(points: list[dict], s_min: float, width: float) -> dict:
+    """s_max and w0 that minimise the largest |log(model / published)| over `points` (grid search,
+    s_max in 0.3..2 by 0.005, w0 in 7..12.5 decades by 0.01); max_error = exp of that."""
+    import numpy as np
+
+    lw = np.array([math.log10(p["m"] * p["n"] * p["k"]) for p in points])
+    s = np.array([float(p["speedup"]) for p in points])
+    smax = np.arange(0.3, 2.0 + 1e-9, 0.005)[:, None, None]
+    w0 = np.arange(7.0, 12.5 + 1e-9, 0.01)[None, :, None]
+    pred = s_min + (smax - s_min) / (1.0 + np.exp(-(lw[None, None, :] - w0) / width))
+    err = np.abs(np.log(pred / s[None, None, :])).max(axis=2)
+    i, j = np.unravel_index(int(np.argmin(err)), err.shape)
+    return {"s_max": round(float(smax[i, 0, 0]), 3), "w0": round(float(w0[0, j, 0]), 2),
+            "max_error": round(float(np.exp(err[i, j])), 3)}
+
+
+def gemm_shape(sig, batch: int) -> tuple[int, int, int]:
+    """(M rows, N out, K in) of a Linear / 1x1 conv at `batch`."""
+    rows = sig.tokens if sig.op == "linear" else sig.out_hw[0] * sig.out_hw[1]
+    return max(1, rows * batch), sig.cout, sig.cin
+
+
+def _published_source(cls: str, why: str, m: int, n: int, k: int, s: float) -> str:
+    data = published_two_four()
+    c = data["model"]["classes"][cls]
+    pts = [p for p in data["points"] if p["class"] == cls and p.get("used_in_fit")]
+    err = (f"fit to {len(pts)} published points, within x{c['max_error']:.2f} of each" if c.get("max_error")
+           else "no published speedup; users report none (GPU or DLA)")
+    return (f"{PUBLISHED}: cuSPARSELt/CUTLASS 2:4 on {why}, GEMM M={m} N={n} K={k}: {s:.2f}x dense "
+            f"({err}; hardware_profiles/{TWO_FOUR_FILE})")
 
 
 def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5) -> dict[int, list[FormatOption]]:
     """Per eligible costed-layer index, the sparse formats the profile can price."""
-    entries = _entries(profile)
+    entries = usable_entries(profile)
     kind = profile.data["device"]["kind"]
-    blocks = sorted({int(e["format"][3:].split("x")[0]) for e in entries if str(e.get("format", "")).startswith("bsr")})
+    blocks = [int(f[3:].split("x")[0]) for f in _block_formats(entries)]
+    cls = gpu_class(profile) if kind in ("gpu", "jetson") else None
     out: dict[int, list[FormatOption]] = {}
     for i, cl in enumerate(costed):
         sig = cl.sig
@@ -74,13 +221,15 @@ def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5)
         dense_ms = profile.layer_ms(sig)
         shape = f"{sig.cin}->{sig.cout}" + (f" @{sig.h}x{sig.w}" if sig.op == "conv" else f" x{sig.tokens}")
         opts = []
-        if "2:4" in allowed and sig.cin % 4 == 0:
-            m = _measured_factor(entries, lk, "2:4", 0.5, sig)
+        if "2:4" in allowed and sig.cin % 4 == 0 and kind != "cpu":
+            m = _measured_factor(profile, entries, lk, "2:4", 0.5, sig)
             if m is not None:
                 opts.append(FormatOption(sig.module, sig.op, shape, "2:4", 0.5, dense_ms, dense_ms * m[0], m[1]))
-            elif kind in ("gpu", "jetson"):
-                half = profile.layer_ms(replace(sig, cin=max(1, sig.cin // 2)))
-                opts.append(FormatOption(sig.module, sig.op, shape, "2:4", 0.5, dense_ms, half, TWO_FOUR_ANALYTIC))
+            elif cls is not None:
+                gm, gn, gk = gemm_shape(sig, profile.batch)
+                sp = two_four_speedup(gm, gn, gk, cls[0])
+                opts.append(FormatOption(sig.module, sig.op, shape, "2:4", 0.5, dense_ms, dense_ms / sp,
+                                         _published_source(cls[0], cls[1], gm, gn, gk, sp)))
         if "block" in allowed:
             for b in blocks:
                 if sig.cin % b or sig.cout % b:
@@ -88,12 +237,46 @@ def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5)
                 for dens in sorted({float(e["density"]) for e in entries if e.get("format") == f"bsr{b}x{b}"}):
                     if dens < min_density:
                         continue
-                    m = _measured_factor(entries, lk, f"bsr{b}x{b}", dens, sig)
+                    m = _measured_factor(profile, entries, lk, f"bsr{b}x{b}", dens, sig)
                     if m is not None:
                         opts.append(FormatOption(sig.module, sig.op, shape, f"block:{b}", dens, dense_ms,
                                                  dense_ms * m[0], m[1]))
         if opts:
             out[i] = opts
+    return out
+
+
+def cost_sources(profile, allowed, fallback_layers=()) -> dict[str, str]:
+    """Per format asked for (and the structured/dense tables, always): where its costs come from --
+    "measured (profile X, runtime Y, date)", "published, not measured here: ..." or "analytic: ..."."""
+    rt = profile.data.get("runtime") or {}
+    rt_name = " ".join(str(x) for x in (rt.get("name"), rt.get("version")) if x)
+    if profile.data.get("source") == "analytic":
+        dense = (f"analytic (profile {profile.name}: a roofline from published figures and stated assumptions, "
+                 f"no measured tables)")
+    else:
+        dense = measured_label(profile, rt_name, sparse=False)
+        if fallback_layers:
+            dense += f"; analytic (roofline) for {len(fallback_layers)} layer kind(s) without a table"
+    out = {"structured": dense}
+    kind = profile.data["device"]["kind"]
+    entries = usable_entries(profile)
+    if "block" in allowed:
+        rts = sorted({entry_runtime(profile, e) for e in entries if str(e.get("format", "")).startswith("bsr")})
+        out["block"] = (measured_label(profile, ", ".join(rts)) if rts
+                        else "not priced: " + (no_block_entries(profile) or "no block-sparse entries"))
+    if "2:4" in allowed:
+        m24 = sorted({entry_runtime(profile, e) for e in entries if e.get("format") == "2:4"})
+        if kind == "cpu":
+            out["2:4"] = "not offered: CPU runtimes have no 2:4 kernel"
+        elif m24:
+            out["2:4"] = measured_label(profile, ", ".join(m24))
+        else:
+            cls, why = gpu_class(profile)
+            n = sum(1 for p in published_two_four()["points"] if p["class"] == cls and p.get("used_in_fit"))
+            out["2:4"] = (f"{PUBLISHED}: cuSPARSELt/CUTLASS 2:4 speedup over dense modelled from "
+                          + (f"{n} published measurements" if n else "published reports of no speedup")
+                          + f" for {why} (hardware_profiles/{TWO_FOUR_FILE}, docs/profiles.md)")
     return out
 
 
@@ -121,6 +304,7 @@ def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...],
     unstructured_ms = dense_ms - sum(o.dense_ms - o.sparse_ms for o in wins.values())
     target = structured_res.target_ms
     out = {"dense_ms": round(dense_ms, 4), "target_ms": round(target, 4), "formats": list(allowed),
+           "costs": cost_sources(cost.profile, allowed, structured_res.fallback_layers),
            "structured": {"predicted_ms": round(structured_res.predicted_ms, 4),
                           "speedup": round(dense_ms / structured_res.predicted_ms, 4), "meets_budget": True},
            "unstructured": {"predicted_ms": round(unstructured_ms, 4), "speedup": round(dense_ms / unstructured_ms, 4),

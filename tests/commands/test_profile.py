@@ -184,7 +184,7 @@ def test_sparse_table_is_measured_with_the_kernel_that_ships(capsys, tmp_path):
     line."""
     import shutil
 
-    from compress.planner.formats import SPARSE_RUNTIME
+    from compress.hardware_profiles.sparse_bench import RUNTIME as SPARSE_RUNTIME
 
     prof = tmp_path / "p.json"
     shutil.copy(REPO / "hardware_profiles" / "cpu-x86-2core-ort-amd-avx512-b1.json", prof)

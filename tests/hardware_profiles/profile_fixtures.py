@@ -21,3 +21,22 @@ def constructed() -> dict:
         "tables": [{"key": "conv k3x3 s1x1 p1x1 g1 8x8", "op": "conv", "cin": cin, "cout": cout,
                     "ms": [[0.001 * a * b for b in cout] for a in cin]}],
     })
+
+
+# shapes the sparse tables of a constructed profile cover: (layer kind, in, out, rows)
+SPARSE_SHAPES = (("linear", 256, 256, 4), ("conv1x1", 64, 64, 256))
+
+
+def sparse_section(runtime: str, formats: dict[str, float], shapes=SPARSE_SHAPES, density: float = 0.5,
+                   date: str = "2026-12-05T00:00:00+00:00") -> dict:
+    """A profile's `sparse` section as `runtime` would have measured it: per shape a dense entry of
+    1 ms per million MACs and one entry per format (`bsr16x16`, `2:4` ...) at `density`, taking
+    `formats[fmt]` x the dense time (constructed for tests, not measured)."""
+    entries = []
+    for kind, fin, fout, rows in shapes:
+        dense = round(fin * fout * rows * 1e-6, 6)
+        entries.append({"layer": kind, "in": fin, "out": fout, "rows": rows, "format": "dense", "ms": dense})
+        for fmt, factor in formats.items():
+            entries.append({"layer": kind, "in": fin, "out": fout, "rows": rows, "format": fmt,
+                            "density": 0.5 if fmt == "2:4" else density, "ms": round(dense * factor, 6)})
+    return {"runtime": runtime, "date": date, "note": "constructed for tests", "entries": entries}
