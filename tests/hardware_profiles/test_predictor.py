@@ -322,3 +322,33 @@ def test_a_depthwise_cost_never_falls_as_channels_grow():
     p = _dw_profile([0.5, 0.3, 0.2, 0.25, 0.4, 0.6, 0.8])   # noisy, even decreasing at first
     costs = [p.layer_ms(dataclasses.replace(DW, cin=c, cout=c, groups=c)) for c in range(16, 145, 16)]
     assert all(b >= a for a, b in zip(costs, costs[1:])) and min(costs) > 0
+
+
+def _sparse_profile(runtime):
+    from compress.hardware_profiles.predictor import DeviceProfile
+    from profile_fixtures import constructed, sparse_section
+
+    d = constructed()
+    lo, hi = sparse_section(runtime, {"bsr32x32": 0.6}, density=0.5), sparse_section(runtime, {"bsr32x32": 0.2},
+                                                                                       density=0.1)
+    d["sparse"] = lo | {"entries": lo["entries"] + [e for e in hi["entries"] if e["format"] != "dense"]}
+    return DeviceProfile(d)
+
+
+def test_block_sparse_factor_from_the_kernel_that_ships():
+    """A block-sparse layer costs its dense time x the measured ratio of the nearest shape, interpolated in
+    density; entries measured by anything but the deployed kernel price nothing on a CPU."""
+    from compress.hardware_profiles.layers import LINEAR, LayerSig
+    from compress.hardware_profiles.sparse_bench import RUNTIME
+
+    prof = _sparse_profile(RUNTIME)
+    sig = LayerSig(op=LINEAR, cin=256, cout=256, tokens=4, module="fc")
+    assert prof.sparse_factor(sig, 32, 0.5)[0] == pytest.approx(0.6, rel=1e-4)
+    assert prof.sparse_factor(sig, 32, 0.1)[0] == pytest.approx(0.2, rel=1e-4)
+    assert prof.sparse_factor(sig, 32, 0.3)[0] == pytest.approx(0.4, rel=1e-4)  # halfway between the densities
+    assert prof.sparse_factor(sig, 32, 0.9)[0] == pytest.approx(0.6, rel=1e-4)        # clamped to the measured range
+    assert prof.sparse_factor(sig, 16, 0.5) is None                          # no bsr16 entries
+    dense = prof.total_ms([sig])
+    assert prof.total_ms([sig], sparse={"fc": (32, 0.3)}) == pytest.approx(
+        dense - prof.layer_ms(sig, prof.fit([sig])) * 0.6, rel=1e-4)
+    assert _sparse_profile("torch").sparse_factor(sig, 32, 0.5) is None
