@@ -36,6 +36,19 @@ def render(manifest: dict) -> str:
         if sched:
             lines += [f"Its kernels use {sched['kind']}: {sched['library_dispatch']}. Expected speed: "
                       f"{sched['expected_gap']}. {sched['fast_path'][0].upper() + sched['fast_path'][1:]}.", ""]
+    sc = manifest.get("sparse_cpu")
+    if sc and sc.get("file"):
+        exp = (sc.get("expected_latency") or {}).get("ms")
+        lines += [f"`{sc['file']}` runs {len(sc['layers'])} block-sparse layers on compress's kernel "
+                  f"(`{sc['library']['file']}`, built with `-march={sc['library']['march']}`: this CPU's instruction "
+                  f"set) inside onnxruntime; `model.ort.onnx` runs the same weights dense. Load it with "
+                  f"`{sc['runtime_module']}`'s `session_options()` (or `run_ort.py --bsr-kernel`). "
+                  + (f"Expected latency on the profiled CPU: {exp:.3f} ms. " if exp else "")
+                  + "`compress bench` times both; deploy the faster.", ""]
+    for note in manifest.get("runs_dense") or []:
+        lines.append(f"- dense fallback: {note}")
+    if manifest.get("runs_dense"):
+        lines.append("")
     nv = manifest.get("not_verified_here") or []
     if nv:
         lines += ["## Not verified on the machine that exported it", ""] + [f"- {x}" for x in nv] + [""]
