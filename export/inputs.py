@@ -59,6 +59,9 @@ def torch_output(model, inputs) -> np.ndarray:
     except Exception as e:
         raise CompressError(f"the model does not run on its example input {[list(t.shape) for t in inputs]}: "
                             f"{type(e).__name__}: {first_line(e)}") from None
-    out = getattr(out, "logits", out)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    return out.detach().cpu().numpy()
+    from compress.models.outputs import primary
+
+    t, _ = primary(out)
+    if t is None:
+        raise CompressError(f"the model returns {type(out).__name__} holding no tensor; nothing to check an export against")
+    return t.detach().cpu().numpy()

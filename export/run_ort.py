@@ -3,6 +3,7 @@
 random inputs, warm-up, then the median of N runs; prints one JSON line. Needs onnxruntime and numpy.
 
     python3 run_ort.py model.ort.onnx --shape 1,3,224,224 --runs 50
+    python3 run_ort.py model.bsr.onnx --bsr-kernel --shape 1,128 --dtype int64   (block-sparse layers)
 """
 
 import argparse
@@ -20,6 +21,9 @@ def main(argv=None):
     ap.add_argument("--high", type=int, default=1000, help="int64 inputs are drawn from [0, high)")
     ap.add_argument("--provider", default="CPUExecutionProvider")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
+    ap.add_argument("--bsr-kernel", action="store_true",
+                    help="run BlockSparseLinear nodes with the kernel shipped beside the model "
+                         "(bsr_cpu_runtime.py + libcompress_bsr.so)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--runs", type=int, default=50)
     a = ap.parse_args(argv)
@@ -27,10 +31,17 @@ def main(argv=None):
     import numpy as np
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if a.threads:
-        so.intra_op_num_threads = a.threads
+    if a.bsr_kernel:
+        import os
+        sys.path.insert(0, os.path.dirname(os.path.abspath(a.model)))
+        import bsr_cpu_runtime
+
+        so = bsr_cpu_runtime.session_options(threads=a.threads)
+    else:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if a.threads:
+            so.intra_op_num_threads = a.threads
     sess = ort.InferenceSession(a.model, so, providers=[a.provider])
     shape = [int(s) for s in a.shape.split(",")]
     rng = np.random.default_rng(0)

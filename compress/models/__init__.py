@@ -1,5 +1,8 @@
-"""MODEL specs: `torchvision:NAME`, `hf:DIR` (or `hf:minilm`), `package.module:function`,
-or a directory written by `compress prune`. Nothing is downloaded; weights never unpickle code."""
+"""MODEL specs: `torchvision:NAME` (classification, segmentation and video models; a detection model up to
+its post-processing as `torchvision:NAME.heads` (`compress.models.detection`), its backbone + FPN as
+`torchvision:NAME.backbone`), `hf:DIR` (or `hf:minilm`), `package.module:function`,
+or a directory written by `compress prune`. Nothing is downloaded; weights never unpickle code.
+Models may return a tensor, a dict, a tuple or a Hugging Face output object (`compress.models.outputs`)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ class LoadedModel:
     hf_config: dict | None = None
     plan: object | None = None      # PrunePlan when loaded from a pruned directory
     notes: list[str] = field(default_factory=list)
+    shape_declared: bool = False    # the model states its input shape (compress_input_shape, compress:, hf:);
+                                    # otherwise input_shape is a default guess that data may override
 
 
 class HFTensorOutput(nn.Module):
@@ -89,15 +94,10 @@ def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
     if spec.startswith("compress:"):  # embedded model zoo (trained on first use, then cached)
         from compress.models import zoo
         model = zoo.build(spec.split(":", 1)[1], pretrained)
-        return LoadedModel(model.eval(), spec, "zoo", tuple(model.compress_input_shape))
+        return LoadedModel(model.eval(), spec, "zoo", tuple(model.compress_input_shape), shape_declared=True)
     if spec.startswith("torchvision:"):
-        import torchvision
-        name = spec.split(":", 1)[1]
-        if name not in torchvision.models.list_models(module=torchvision.models):
-            raise CompressError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()")
-        with _seeded_init():
-            model = torchvision.models.get_model(name, weights=None)
-        return LoadedModel(model.eval(), spec, "torchvision", (1, 3, 224, 224))
+        model, shape = _torchvision(spec)
+        return LoadedModel(model.eval(), spec, "torchvision", shape)
     if spec.startswith("hf:"):
         d = _hf_dir(spec[3:])
         tf = _transformers()
@@ -107,22 +107,81 @@ def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
             raise CompressError(f"cannot load Hugging Face model from {d}: {type(e).__name__}: {str(e)[:200]}") from None
         cfg = base.config.to_dict()
         return LoadedModel(HFTensorOutput(base).eval(), spec, "hf", (1, 16), "int64",
-                           getattr(base.config, "vocab_size", None), cfg)
+                           getattr(base.config, "vocab_size", None), cfg, shape_declared=True)
     if ":" in spec and not os.path.exists(spec):
         mod_name, fn_name = spec.split(":", 1)
         try:
             fn = getattr(importlib.import_module(mod_name), fn_name)
         except (ImportError, AttributeError) as e:
             raise CompressError(f"cannot import {spec!r} ({type(e).__name__}: {e}); use package.module:function") from None
-        with _seeded_init():
-            model = fn()
+        try:
+            with _seeded_init():
+                model = fn()
+        except CompressError:
+            raise
+        except Exception as e:   # e.g. a constructor that downloads pretrained weights with no network
+            raise CompressError(f"{spec}() failed ({type(e).__name__}: {first_line(e, 200)})") from None
         if not isinstance(model, nn.Module):
             raise CompressError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
         shape = tuple(getattr(model, "compress_input_shape", (1, 3, 224, 224)))
         dtype = getattr(model, "compress_input_dtype", "float32")
-        return LoadedModel(model.eval(), spec, "callable", shape, dtype, getattr(model, "compress_vocab_size", None))
+        return LoadedModel(model.eval(), spec, "callable", shape, dtype, getattr(model, "compress_vocab_size", None),
+                           shape_declared=hasattr(model, "compress_input_shape"))
     raise CompressError(
         f"unknown model {spec!r}: use torchvision:NAME, hf:DIR, compress:NAME, package.module:function or a directory written by compress prune")
+
+
+TORCHVISION_FAMILIES = ("", "segmentation", "video", "detection")   # torchvision.models submodules MODEL may name
+VIDEO_112 = ("r3d_18", "mc3_18", "r2plus1d_18")                    # trained on 112x112 clips
+
+
+def _torchvision(spec: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """torchvision:NAME of a classification, segmentation or video model (random weights drawn from a
+    fixed seed; a backbone's pretrained weights are never downloaded), or of a detection model
+    torchvision:NAME.heads (backbone + FPN + dense head, `compress.models.detection.DetectionHeads`) or
+    torchvision:NAME.backbone (backbone + FPN, returning a dict of feature maps): (model, input shape)."""
+    import torchvision
+
+    name = spec.split(":", 1)[1]
+    base, _, part = name.partition(".")
+    fam = next((f for f in TORCHVISION_FAMILIES if base in torchvision.models.list_models(
+        module=getattr(torchvision.models, f) if f else torchvision.models)), None)
+    if fam is None:
+        raise CompressError(f"unknown torchvision model {base!r}; see torchvision.models.list_models() "
+                            "(classification, segmentation, video and detection models)")
+    if part and (fam != "detection" or part not in ("backbone", "heads")):
+        raise CompressError(f"torchvision:{name}: only a detection model's .heads or .backbone can be named "
+                            f"(e.g. torchvision:fasterrcnn_mobilenet_v3_large_fpn.heads)")
+    if fam == "detection" and not part:
+        two_stage = "rcnn" in base
+        raise CompressError(
+            f"torchvision:{base} is a detection model: its post-processing (anchor decoding, score thresholds, "
+            "non-maximum suppression" + (", and the ROI heads that run on its proposals" if two_stage else "")
+            + ") has data-dependent shapes that torch.export cannot trace, so the whole model cannot be pruned; "
+            f"prune the backbone + FPN + {'region proposal head' if two_stage else 'heads'} with "
+            f"torchvision:{base}.heads, or the backbone + FPN alone with torchvision:{base}.backbone")
+    kwargs = {"weights": None}
+    if fam in ("segmentation", "detection") or "weights_backbone" in _params(torchvision.models.get_model_builder(base)):
+        kwargs["weights_backbone"] = None
+    with _seeded_init():
+        model = torchvision.models.get_model(base, **kwargs)
+    if part == "backbone":
+        model = model.backbone
+    elif part == "heads":
+        from compress.models.detection import DetectionHeads
+        model = DetectionHeads(model)
+    if fam == "video":
+        side = 112 if base in VIDEO_112 else 224
+        return model, (1, 3, 16, side, side)
+    return model, (1, 3, 224, 224)
+
+
+def _params(fn) -> set[str]:
+    import inspect
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def load_weights(model: nn.Module, path: str) -> None:
@@ -139,10 +198,41 @@ def load_weights(model: nn.Module, path: str) -> None:
     except Exception as e:
         raise CompressError(f"cannot read weights {path}: {type(e).__name__}: {str(e)[:200]}") from None
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(with_metadata(state, model), strict=True)
     except RuntimeError as e:
         raise CompressError(f"weights {path} do not fit the model: "
                             f"{first_line(e, 300, strip=False, empty='mismatch')}") from None
+
+
+def with_metadata(state: dict, model: nn.Module) -> dict:
+    """`state` carrying `model`'s own state-dict metadata (each module's version) when it has none, as a
+    safetensors file never does: modules that read it in `_load_from_state_dict` (torchvision's MNASNet
+    raises "version should be set to 1 or 2") then load it as they load their own state_dict()."""
+    if getattr(state, "_metadata", None) is not None:
+        return state
+    from collections import OrderedDict
+
+    out = OrderedDict(state)
+    out._metadata = getattr(model.state_dict(), "_metadata", None)   # type: ignore[attr-defined]
+    return out
+
+
+def load_safetensors(model: nn.Module, path: str) -> None:
+    """safetensors.torch.load_model (strict; tied tensors saved once) with the model's own metadata."""
+    from safetensors.torch import _remove_duplicate_names, load_file
+
+    state = load_file(path)
+    to_remove = _remove_duplicate_names(model.state_dict(), preferred_names=state.keys())
+    missing, unexpected = model.load_state_dict(with_metadata(state, model), strict=False)
+    missing = set(missing)
+    for group in to_remove.values():
+        for name in group:
+            if name in missing:
+                missing.remove(name)
+            else:
+                unexpected.append(name)
+    if missing or unexpected:
+        raise RuntimeError(f"missing keys {sorted(missing)[:3]}, unexpected keys {sorted(unexpected)[:3]}")
 
 
 def load(spec: str, weights: str | None = None) -> LoadedModel:
@@ -166,8 +256,6 @@ def load(spec: str, weights: str | None = None) -> LoadedModel:
 
 
 def load_pruned(d: str) -> LoadedModel:
-    from safetensors.torch import load_model as st_load_model
-
     from compress.graph.canonical import canonicalize
     from compress.prune.plan import PrunePlan
     from compress.prune.structured import apply_keep
@@ -187,7 +275,7 @@ def load_pruned(d: str) -> LoadedModel:
     canonicalize(lm.model)
     try:
         apply_keep(lm.model, plan.param_keep())
-        st_load_model(lm.model, w_path, strict=True)
+        load_safetensors(lm.model, w_path)
     except (KeyError, RuntimeError, IndexError) as e:
         raise CompressError(f"{d}: plan and weights do not fit {src} ({type(e).__name__}: {str(e)[:200]})") from None
     lm.input_shape = tuple(plan.source["input_shape"])
@@ -285,7 +373,7 @@ def load_sparse(d: str):
             else:
                 w2 = formats.decode(lp.format, enc, lp.shape_2d, lp.block)
                 state[f"{lp.name}.weight"] = formats.weight_from_2d(m, w2)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(with_metadata(state, model), strict=False)
         sparse_keys = {k for k in model.state_dict() if isinstance(
             model.get_submodule(k.rsplit(".", 1)[0]) if "." in k else model, (Sparse24Linear, BlockSparseLinear))}
         missing = [k for k in missing if k not in sparse_keys]

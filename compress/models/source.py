@@ -57,6 +57,21 @@ def sample_shape(lm: models.LoadedModel, input_shape: str | Sequence[int] | None
     return tuple(shape[1:])
 
 
+def data_sample_shape(lm: models.LoadedModel, data: str, input_shape: str | Sequence[int] | None = None):
+    """(per-sample shape, where it came from: "--input-shape" | "model" | "data", the --data test split loaded
+    at it). --input-shape rules when given; else the model's own shape when it states one
+    (`lm.shape_declared`); else the data's (IDX files have a fixed shape; image folders are resized to the
+    model's default). The split is checked to have that shape."""
+    from compress.accuracy import data as datasets
+
+    shape, origin = sample_shape(lm, input_shape), "--input-shape" if input_shape else "model"
+    ds = datasets.load(data, "test", shape)
+    if origin == "model" and not lm.shape_declared and ds.sample_shape != shape:
+        shape, origin = ds.sample_shape, "data"      # the model's shape was a default guess: the data's wins
+    datasets.check_shape(ds, shape)
+    return shape, origin, ds
+
+
 def dense_source(plan, source_weights: str | None = None):
     """Rebuild the dense model a pruned directory came from. Returns (model, None) when its weights
     hash matches the plan's, else (None, why not)."""

@@ -42,7 +42,13 @@ def ignored_groups(model: nn.Module, graph: ChannelGraph, ignore: tuple[str, ...
 
 
 def _flat(out) -> list[torch.Tensor]:
-    out = getattr(out, "logits", out)
+    """Every tensor the model returns (dicts, tuples, Hugging Face outputs: all of their tensors), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if hasattr(out, "keys") and hasattr(out, "__getitem__"):     # dicts and output objects (HF ModelOutput)
+        return [t for k in out.keys() for t in _flat(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _flat(v)]
     return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 

@@ -129,3 +129,59 @@ def tiny_mlp_lowered_24() -> nn.Module:
     res = sparsify(m, (torch.randn(1, 16),), SparsifyConfig(pattern="2:4"), {"model": "tests.export.export_models:tiny_mlp"})
     res.model.compress_input_shape = (1, 16)
     return res.model.eval()
+
+
+class DictOutput(nn.Module):
+    """A segmentation-style model returning {"out": ..., "aux": ...} like torchvision's segmentation models."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(16, 5, 1)
+        self.aux = nn.Conv2d(16, 5, 1)
+        self.compress_input_shape = (1, 3, 16, 16)
+
+    def forward(self, x):
+        f = self.body(x)
+        return {"out": self.head(f), "aux": self.aux(f)}
+
+
+def dict_output() -> nn.Module:
+    torch.manual_seed(0)
+    return DictOutput().eval()
+
+
+class TupleOutput(nn.Module):
+    """Returns (logits, auxiliary logits): the first tensor is the primary output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16, 4)
+        self.aux = nn.Linear(16, 2)
+        self.compress_input_shape = (1, 3, 8, 8)
+
+    def forward(self, x):
+        f = self.conv(x).mean((2, 3))
+        return self.fc(f), self.aux(f)
+
+
+def tuple_output() -> nn.Module:
+    torch.manual_seed(0)
+    return TupleOutput().eval()
+
+
+class HFStyleOutput(TupleOutput):
+    """Returns a Hugging Face output object (a dict subclass with attributes): logits is the primary output."""
+
+    def forward(self, x):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        f = self.conv(x).mean((2, 3))
+        return SequenceClassifierOutput(logits=self.fc(f), hidden_states=(self.aux(f),))
+
+
+def hf_style_output() -> nn.Module:
+    torch.manual_seed(0)
+    return HFStyleOutput().eval()

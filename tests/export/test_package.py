@@ -156,11 +156,14 @@ def test_bad_config_is_rejected_before_anything_is_written(tmp_path, cfg, match)
 
 @pytest.mark.parametrize("spec,target,match", [
     ("not_in_onnx", "cpu", r"op aten::special_zeta in layer odd cannot be exported to ONNX opset 18"),
-    ("not_in_tvm", "cpu", r"does not support op Celu in layer act \(ONNX node /act/Celu\)"),
+    ("not_in_tvm", "cpu-tvm", r"does not support op Celu in layer act \(ONNX node /act/Celu\)"),
     ("not_in_tvm", "jetson", r"does not support op Celu in layer act"),
 ])
 def test_unsupported_op_names_op_and_layer_and_leaves_nothing(tmp_path, spec, target, match):
-    cfg = ExportConfig(target, device="orin-nano" if target == "jetson" else None)
+    # TVM fails the export only where it is the target's runtime (jetson) or was asked for (--runtimes ...,tvm)
+    runtimes = ("ort", "tvm") if target == "cpu-tvm" else None
+    target = target.split("-")[0]
+    cfg = ExportConfig(target, device="orin-nano" if target == "jetson" else None, runtimes=runtimes)
     with pytest.raises(CompressError, match=match):
         export(M + spec, cfg, str(tmp_path / "x"))
     assert not list(tmp_path.iterdir())
@@ -180,3 +183,34 @@ def test_gpu_export_of_a_model_lowered_by_compress_lower(tmp_path):
     s = man["sparsity_2_4"]
     assert s["ok"] and s["checked"] == 2, s
     assert man["tensorrt"]["sparsity"] and man["ok"]
+
+
+def test_tvm_that_cannot_import_the_model_is_recorded_and_onnxruntime_ships(tmp_path):
+    man = export(M + "not_in_tvm", ExportConfig("cpu"), str(tmp_path / "o"))
+    assert man["ok"] and not man["tvm"]["built"]
+    assert "does not support op Celu in layer act" in man["tvm"]["reason"]
+    assert {c["runtime"] for c in man["parity"]} == {"onnxruntime (model.onnx)", "onnxruntime (model.ort.onnx)"}
+    assert [b["runtime"] for b in man["bench"]] == ["onnxruntime"] and "model_llvm.so" not in man["files"]
+
+
+def test_tvm_not_installed_is_a_manifest_entry(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tvm" else real(name, *a))
+    man = export(M + "tiny_mlp", ExportConfig("cpu"), str(tmp_path / "o"))
+    assert man["ok"] and man["tvm"] == {"built": False, "reason": "not built: install compress-deploy[tvm]"}
+    with pytest.raises(CompressError, match=r"--runtimes tvm needs Apache TVM: pip install 'compress-deploy\[tvm\]'"):
+        export(M + "tiny_mlp", ExportConfig("cpu", runtimes=("ort", "tvm")), str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("runtimes,match", [
+    (("ort", "tensorrt"), "unknown runtime 'tensorrt' in --runtimes"),
+    ((), "unknown runtime '\\(none\\)'"),
+])
+def test_bad_runtimes(tmp_path, runtimes, match):
+    with pytest.raises(CompressError, match=match):
+        export(M + "tiny_mlp", ExportConfig("cpu", runtimes=runtimes), str(tmp_path / "x"))
+    with pytest.raises(CompressError, match="--runtimes chooses the runtimes of --target cpu"):
+        export(M + "tiny_mlp", ExportConfig("gpu", runtimes=("ort",)), str(tmp_path / "x"))
