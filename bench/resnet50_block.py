@@ -1,0 +1,116 @@
+"""Structured vs block-sparse ResNet-50 on this CPU, exported and timed (latency only: random weights).
+
+Candidates from torchvision's resnet50 (seeded random weights; no accuracy is claimed here):
+- dense: `compress export torchvision:resnet50 --target cpu --batch 1` (onnxruntime, model.ort.onnx);
+- structured ratio R (each of --ratios): `compress prune --ratio R` (l1, round_to 16), exported;
+- block:32 at sparsity S (each of --sparsities): `compress sparsify --pattern block:32`: the 1x1 convs and the
+  classifier run compress's block-sparse kernel inside onnxruntime (model.bsr.onnx, with the NCHW<->NHWC
+  transposes a 1x1 conv needs), the 3x3 convs stay dense with the zeros in place.
+Each artifact is timed at batch 1 (224x224) in lockstep with the dense one (compress/measure.py: one
+onnxruntime worker per file, alternating blocks), 2 threads; the manifest's expected latency (the shipped
+profile for this CPU; block layers priced from its sparse entries when it has them) is reported beside.
+
+    python bench/resnet50_block.py                 # ~10 min on an idle 2-core VM
+    python bench/resnet50_block.py --time-only     # re-time the artifacts of an earlier run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import _common as c
+
+MODEL = "torchvision:resnet50"
+
+
+def cli(*args) -> None:
+    p = subprocess.run([sys.executable, "-m", "compress", *map(str, args)], cwd=c.ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if p.returncode != 0:
+        raise SystemExit(f"compress {' '.join(map(str, args[:2]))} failed: {p.stderr.strip()[-600:]}")
+
+
+def expected(art: c.Path, file: str) -> float | None:
+    man = json.loads((art / "manifest.json").read_text())
+    for b in man["bench"]:
+        if b["argv"][1] == file:
+            return b.get("expected_ms", man["expected_latency"].get("ms"))
+    return None
+
+
+def time_all(cands: dict, args) -> None:
+    from compress.measure import Block, block_ms
+
+    c.log("timing every artifact in lockstep")
+    jobs = [(k, str(c.Path(v["artifact"]) / v["file"]), 1) for k, v in cands.items()]
+    got = block_ms(jobs, Block(threads=args.threads), args.rounds, args.passes)
+    dense_ms = statistics.median(got["dense"])
+    for k, ms in got.items():
+        med = statistics.median(ms)
+        exp = cands[k].get("expected_ms")
+        cands[k] |= {"median_ms": round(med, 3), "min_block_ms": round(min(ms), 3), "max_block_ms": round(max(ms), 3),
+                     "speedup_vs_dense": round(dense_ms / med, 3), "timed_loadavg": c.loadavg(),
+                     "expected_error": round(exp / med - 1, 4) if exp else None}
+        c.log(f"{k}: {med:.2f} ms ({dense_ms / med:.2f}x dense), expected {exp}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.3])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--work", default=str(c.TMP / "resnet50_block"))
+    ap.add_argument("--out", default=str(c.RESULTS / "resnet50_block.json"))
+    ap.add_argument("--time-only", action="store_true", help="re-time the artifacts of an earlier run")
+    args = ap.parse_args()
+    t_start = time.time()
+    if args.time_only:
+        out = json.loads(c.Path(args.out).read_text())
+        time_all(out["candidates"], args)
+        out["timing"] |= {"retimed": c.now(), "retime_command": c.command_line()}
+    else:
+        work = c.Path(args.work)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        cands = {}
+
+        def add(name, src, file):
+            art = work / f"{name}-art"
+            cli("export", src, "--target", "cpu", "--runtimes", "ort", "--batch", "1", "--out", art)
+            cands[name] = {"artifact": str(art), "file": file, "expected_ms": expected(art, file)}
+
+        c.log("dense")
+        add("dense", MODEL, "model.ort.onnx")
+        for r in args.ratios:
+            c.log(f"structured {r}")
+            cli("prune", MODEL, "--ratio", r, "--out", work / f"structured{r}")
+            add(f"structured@{r}", work / f"structured{r}", "model.ort.onnx")
+        for s in args.sparsities:
+            name = f"block{args.block}@{s}"
+            c.log(name)
+            cli("sparsify", MODEL, "--pattern", f"block:{args.block}", "--sparsity", s, "--out", work / name)
+            add(name, work / name, "model.bsr.onnx")
+        time_all(cands, args)
+        out = c.result_header("resnet50_block", "ResNet-50 on this CPU: structured pruning vs block-sparse 1x1 convs "
+                              "(compress's kernel in onnxruntime), exported and timed at batch 1", t_start)
+        out |= {"model": MODEL, "batch": 1, "threads": args.threads, "weights": "random (seeded): latency only",
+                "timing": {"rounds": args.rounds, "passes": args.passes, "protocol": "compress.measure lockstep"},
+                "candidates": cands}
+    out["loadavg_end"] = c.loadavg()
+    out["wall_seconds"] = round(time.time() - t_start, 1)
+    c.write_json(c.Path(args.out), out)
+    c.log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
