@@ -6,6 +6,8 @@ The precision follows the installed TensorRT's major version:
 - 10.x: weak typing; --fp16 sets BuilderFlag.FP16 on the fp32 model.onnx;
 - 11 and later: strongly typed (BuilderFlag.FP16 was removed), the precision comes from the ONNX types:
   --fp16 builds the fp16 file given by --fp16-onnx (model_fp16.onnx in an artifact directory).
+--int8: the ONNX file is int8 QDQ (model.int8.onnx, explicit quantization): 10.x sets BuilderFlag.INT8, 11+
+  takes the precision from the Q/DQ nodes (strongly typed).
 parse_from_file reads ONNX files whose weights live in external data files next to them.
 
 Standalone: `compress export` copies this file into the artifact directory, and calls `build()`
@@ -53,7 +55,7 @@ def usable_gpu(trt=None):
 
 
 def build(onnx_path, engine_path, fp16=True, sparsity=False, min_batch=1, opt_batch=1, max_batch=32,
-          workspace_mib=WORKSPACE_MIB, fp16_onnx=None):
+          workspace_mib=WORKSPACE_MIB, fp16_onnx=None, int8=False):
     import tensorrt as trt
 
     strong = strongly_typed(trt.__version__)
@@ -79,6 +81,8 @@ def build(onnx_path, engine_path, fp16=True, sparsity=False, min_batch=1, opt_ba
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if fp16 and not strong:
         config.set_flag(trt.BuilderFlag.FP16)
+    if int8 and not strong:  # explicit quantization (Q/DQ nodes) on weak typing needs the INT8 flag
+        config.set_flag(trt.BuilderFlag.INT8)
     if sparsity:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     profile = builder.create_optimization_profile()
@@ -95,13 +99,14 @@ def build(onnx_path, engine_path, fp16=True, sparsity=False, min_batch=1, opt_ba
     with open(engine_path, "wb") as f:
         f.write(serialized)
     return {"tensorrt": trt.__version__, "typing": "strong" if strong else "weak", "onnx": os.path.basename(source),
-            "fp16": fp16, "sparsity": sparsity, "profile": [min_batch, opt_batch, max_batch], "inputs": shapes,
+            "fp16": fp16, "int8": int8, "sparsity": sparsity, "profile": [min_batch, opt_batch, max_batch], "inputs": shapes,
             "workspace_mib": workspace_mib}
 
 
 # ------------------------------------------------------------------ artifact scripts (written by compress export)
 
 FP16_ONNX = "model_fp16.onnx"
+INT8_ONNX = "model.int8.onnx"  # ONNX QDQ from compress export --dtype int8 (explicit quantization)
 TRTEXEC_DIR = "/usr/src/tensorrt/bin"  # where TensorRT's deb and tar installs (and JetPack) keep trtexec
 
 
@@ -110,13 +115,17 @@ def shape_spec(inputs, batch: int) -> str:
     return ",".join(f"{name}:" + "x".join(str(d) for d in (batch, *dims)) for name, dims in inputs)
 
 
-def trtexec_args(trt_major: int, fp16: bool, sparse: bool, inputs, batches=None) -> list:
+def trtexec_args(trt_major: int, fp16: bool, sparse: bool, inputs, batches=None, int8: bool = False) -> list:
     """The build-only trtexec arguments for TensorRT `trt_major`: weak typing with --fp16 on 10.x, strongly
-    typed from the fp16 ONNX file on 11+. `batches` (min, opt, max) for a dynamic batch, else None."""
+    typed from the fp16 ONNX file on 11+. `int8`: the QDQ file, with --int8 on 10.x (explicit quantization),
+    its Q/DQ types alone on 11+. `batches` (min, opt, max) for a dynamic batch, else None."""
     strong = trt_major >= STRONG_TYPING_MAJOR
-    args = [f"--onnx={FP16_ONNX if fp16 and strong else 'model.onnx'}", "--saveEngine=model.engine"]
+    onnx = INT8_ONNX if int8 else FP16_ONNX if fp16 and strong else "model.onnx"
+    args = [f"--onnx={onnx}", "--saveEngine=model.engine"]
     if fp16 and not strong:
         args.append("--fp16")
+    if int8 and not strong:
+        args.append("--int8")
     if sparse:
         args.append("--sparsity=enable")
     if batches is not None:
@@ -213,6 +222,7 @@ def main(argv=None):
     ap.add_argument("engine")
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--fp16-onnx", help="the fp16 ONNX file strongly typed TensorRT (11+) builds for --fp16")
+    ap.add_argument("--int8", action="store_true", help="the ONNX file is int8 QDQ (explicit quantization)")
     ap.add_argument("--sparsity", action="store_true")
     ap.add_argument("--min-batch", type=int, default=1)
     ap.add_argument("--opt-batch", type=int, default=1)
@@ -229,7 +239,7 @@ def main(argv=None):
         print(f"build_trt.py: {why}", file=sys.stderr)
         return 2
     info = build(a.onnx, a.engine, a.fp16, a.sparsity, a.min_batch, a.opt_batch, a.max_batch, a.workspace_mib,
-                 a.fp16_onnx)
+                 a.fp16_onnx, a.int8)
     print(f"wrote {a.engine} ({info})")
     return 0
 

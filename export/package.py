@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from compress.errors import CompressError, first_line
 from compress.export import manifest as mf
-from compress.export import sparsity
+from compress.export import sparse_cpu, sparsity
 from compress.export.inputs import torch_output
 from compress.export.targets import AARCH64_CXX, AARCH64_HOST, ExportConfig
 
@@ -74,49 +74,57 @@ def _shape_arg(shape) -> str:
     return ",".join(str(s) for s in shape)
 
 
-def _trt(cfg: ExportConfig, tmp: str, sample_shape, n_inputs: int, sparse: bool, trtexec: str) -> tuple[dict, list]:
-    """The TensorRT engine (when tensorrt imports here) or the scripts that build it on the device."""
+def _trt(cfg: ExportConfig, tmp: str, inputs: list, sparse: bool) -> tuple[dict, list]:
+    """The TensorRT engine (when tensorrt imports here and finds a GPU) or the scripts that build it on the device.
+    `inputs`: (name, shape without batch) of every ONNX input. build_engine.sh holds a TensorRT 10 line (weak
+    typing, --fp16 on model.onnx) and an 11+ line (strongly typed: model_fp16.onnx), picked on the device by
+    trtexec's version; build_trt.py picks the same way with the Python API."""
+    from compress.export import build_trt as bt
+
     shutil.copy(HERE / "build_trt.py", os.path.join(tmp, "build_trt.py"))
-    fp16 = cfg.dtype == "fp16"
+    fp16, int8 = cfg.dtype == "fp16", cfg.dtype == "int8"
     lo, opt, hi = cfg.trt_shapes()
-    names = ["input"] + [f"input{i}" for i in range(1, n_inputs)]
-    dims = "x".join(str(s) for s in sample_shape)
-    cmd = [trtexec, "--onnx=model.onnx", "--saveEngine=model.engine"]
-    if fp16:
-        cmd.append("--fp16")
-    if sparse:
-        cmd.append("--sparsity=enable")
-    if cfg.dynamic:
-        for flag, b in (("--minShapes", lo), ("--optShapes", opt), ("--maxShapes", hi)):
-            cmd.append(flag + "=" + ",".join(f"{n}:{b}x{dims}" for n in names))
-    trtexec_cmd = " ".join(cmd)
-    api_cmd = ("python3 build_trt.py model.onnx model.engine" + (" --fp16" if fp16 else "")
+    onnx_path = os.path.join(tmp, bt.INT8_ONNX if int8 else "model.onnx")
+    info = {"fp16": fp16, "int8": int8, "sparsity": sparse, "profile": {"min": lo, "opt": opt, "max": hi},
+            "inputs": {n: list(d) for n, d in inputs}, "workspace_mib": bt.WORKSPACE_MIB}
+    if fp16:  # what strongly typed TensorRT (11+) builds for fp16
+        try:
+            info["fp16_onnx"] = bt.write_fp16_onnx(onnx_path, os.path.join(tmp, bt.FP16_ONNX))
+        except Exception as e:  # e.g. a model past protobuf's 2 GB: TensorRT 10's weak-typing line still works
+            info["fp16_onnx"] = {"file": None, "reason": f"not written: {first_line(e, 200)}; TensorRT 11+ needs it"}
+    batches = (lo, opt, hi) if cfg.dynamic else None
+    weak, strong = (bt.trtexec_args(m, fp16, sparse, inputs, batches, int8=int8) for m in (10, bt.STRONG_TYPING_MAJOR))
+    api_cmd = (f"python3 build_trt.py {os.path.basename(onnx_path)} model.engine"
+               + (f" --fp16 --fp16-onnx {bt.FP16_ONNX}" if fp16 else "") + (" --int8" if int8 else "")
                + (" --sparsity" if sparse else "") + f" --min-batch {lo} --opt-batch {opt} --max-batch {hi}")
-    sh = os.path.join(tmp, "build_engine.sh")
-    Path(sh).write_text("#!/bin/sh\n# Build the TensorRT engine on the device (TensorRT's trtexec); the same build with the\n"
-                        f"# Python API: {api_cmd}\nset -e\ncd \"$(dirname \"$0\")\"\n{trtexec_cmd}\n")
-    run_cmd = f"{trtexec} --loadEngine=model.engine" + (
-        " --shapes=" + ",".join(f"{n}:{opt}x{dims}" for n in names) if cfg.dynamic else "")
-    info = {"fp16": fp16, "sparsity": sparse, "profile": {"min": lo, "opt": opt, "max": hi},
-            "trtexec": trtexec_cmd, "python_api": api_cmd}
-    commands = [{"what": "build the TensorRT engine", "command": "sh build_engine.sh", "needs": "TensorRT (trtexec)"},
+    build_sh, run_sh = bt.engine_scripts(weak, strong, bt.run_args(inputs, opt if cfg.dynamic else None), api_cmd)
+    Path(tmp, "build_engine.sh").write_text(build_sh)
+    Path(tmp, "run_engine.sh").write_text(run_sh)
+    info |= {"trtexec": " ".join(["trtexec"] + weak), "trtexec_strongly_typed": " ".join(["trtexec"] + strong),
+             "typing": "chosen on the device: weak (TensorRT 10.x) or strong (11+)", "python_api": api_cmd}
+    needs = f"TensorRT (trtexec: $TRTEXEC, PATH or {bt.TRTEXEC_DIR})"
+    commands = [{"what": "build the TensorRT engine", "command": "sh build_engine.sh", "needs": needs},
                 {"what": "build the TensorRT engine with the Python API instead", "command": api_cmd,
                  "needs": "TensorRT's Python bindings"},
-                {"what": "run and time the engine", "command": run_cmd, "needs": "TensorRT (trtexec)"}]
+                {"what": "run and time the engine", "command": "sh run_engine.sh", "needs": needs}]
     try:
-        import tensorrt  # noqa: F401
-    except ImportError as e:
+        import tensorrt as trt
+    except Exception as e:  # ImportError, or a tensorrt whose libraries do not load
         info |= {"engine": None, "verified": False,
                  "reason": f"{mf.NOT_VERIFIED}: tensorrt is not importable here ({first_line(e)}); build it on the device"}
         return info, commands
-    from compress.export.build_trt import build
     if cfg.target == "jetson":
         info |= {"engine": None, "verified": False,
                  "reason": f"{mf.NOT_VERIFIED}: a TensorRT engine is specific to the GPU it was built on; build it on the Jetson"}
         return info, commands
+    why = bt.usable_gpu(trt)
+    if why:  # tensorrt imports without a GPU, then trt.Builder() raises
+        info |= {"engine": None, "verified": False, "reason": f"{mf.NOT_VERIFIED}: {why}; build it on the device"}
+        return info, commands
     try:
-        info |= {"engine": "model.engine", "build": build(os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.engine"),
-                                                          fp16, sparse, lo, opt, hi)}
+        info |= {"engine": "model.engine", "build": bt.build(onnx_path, os.path.join(tmp, "model.engine"), fp16, sparse,
+                                                             lo, opt, hi, fp16_onnx=os.path.join(tmp, bt.FP16_ONNX),
+                                                             int8=int8)}
         info["verified"] = False
         info["reason"] = f"{mf.NOT_VERIFIED}: engine built here, not run against torch"
     except Exception as e:
@@ -239,16 +247,29 @@ def _dtype_args(lm, shape: list) -> str:
 def _onnx_step(b: _Build) -> dict:
     """model.onnx, checked in onnxruntime against torch (and its 2:4 layers, for a 2:4 plan or a GPU)."""
     from compress.export import tvm_relax as tvmx
+    from compress.models.outputs import describe
 
     b.log("exporting ONNX")
     export_model_onnx(b.model, b.example, b.onnx_path, b.cfg)
     import onnx
-    if b.cfg.target in ("cpu", "jetson"):
-        tvmx.import_onnx(b.onnx_path)  # fail early, naming the op and layer, before any build
+    if b.cfg.target == "jetson" or (b.cfg.target == "cpu" and b.cfg.explicit and b.cfg.wants("tvm")):
+        import importlib.util
+
+        from compress.export.onnx import quietly
+        if importlib.util.find_spec("tvm") is None:
+            why = "--target jetson" if b.cfg.target == "jetson" else "--runtimes tvm"
+            raise CompressError(f"{why} needs Apache TVM: pip install 'compress-deploy[tvm]'")
+        quietly(tvmx.import_onnx, b.onnx_path)  # TVM required: fail early, naming the op and layer
     b.log("onnxruntime parity")
     b.checks += _ort_parity(b.onnx_path, "onnxruntime (model.onnx)", b.cases, optimized=False)
-    return {"file": "model.onnx", "opset": onnx.load(b.onnx_path).opset_import[0].version,
+    info = {"file": "model.onnx", "opset": onnx.load(b.onnx_path).opset_import[0].version,
             "dynamic_batch": b.cfg.dynamic}
+    import torch
+    with torch.no_grad():
+        out = b.model(*b.example)
+    if not isinstance(out, torch.Tensor):   # dicts, tuples, HF outputs: model.onnx's one output is the primary one
+        info["output"] = {"name": "output", "from": describe(out)}
+    return info
 
 
 def _sparsity_24_step(b: _Build) -> dict:
@@ -278,14 +299,43 @@ def _ort_host_step(b: _Build) -> dict:
 
 
 def _tvm_host_step(b: _Build) -> dict:
-    """--target cpu: model_llvm.so (TVM for this host's CPU), checked against torch, and run_tvm.py."""
-    from compress.export import tvm_relax as tvmx
+    """--target cpu: model_llvm.so (TVM for this host's CPU), checked against torch, and run_tvm.py.
+    TVM is a secondary runtime: unless --runtimes names it, its absence, a frontend or build failure or a
+    parity mismatch is recorded ({"built": false, "reason": ...}) and the onnxruntime artifact ships alone."""
+    import importlib.util
 
+    from compress.export import tvm_relax as tvmx
+    from compress.export.onnx import quietly
+
+    required = b.cfg.explicit
+    if importlib.util.find_spec("tvm") is None:
+        if required:
+            raise CompressError("--runtimes tvm needs Apache TVM: pip install 'compress-deploy[tvm]'")
+        return {"built": False, "reason": "not built: install compress-deploy[tvm]"}
     b.log("TVM build (llvm)")
     lib = os.path.join(b.tmp, "model_llvm.so")
-    info = tvmx.build(b.onnx_path, tvmx.host_target(), lib) | {"version": tvmx.version()}
-    for what, x, ref in b.cases:
-        b.checks.append(_check("tvm (model_llvm.so)", what, tvmx.run(lib, [t.numpy() for t in x]), ref, TVM_TOL))
+    checks = []
+    try:
+        info = quietly(tvmx.build, b.onnx_path, tvmx.host_target(), lib) | {"version": tvmx.version()}
+        for what, x, ref in b.cases:
+            try:
+                got = tvmx.run(lib, [t.numpy() for t in x])
+            except Exception as e:
+                raise CompressError(f"TVM cannot run model_llvm.so: {first_line(e, 300)}") from None
+            checks.append(_check("tvm (model_llvm.so)", what, got, ref, TVM_TOL))
+    except CompressError as e:
+        if required:
+            raise
+        if os.path.exists(lib):
+            os.remove(lib)
+        return {"built": False, "reason": f"not built: {e}", "version": tvmx.version()}
+    if not required and not all(c["ok"] for c in checks):   # a wrong library never ships as a default extra
+        os.remove(lib)
+        worst = max((c.get("max_rel_error") or float("inf")) for c in checks)
+        return {"built": False, "reason": f"not shipped: TVM's output differs from torch (max rel error {worst:.2e})",
+                "version": tvmx.version(), "parity": checks}
+    b.checks += checks
+    info["built"] = True
     b.copy_script("run_tvm.py")
     b.bench.append({"runtime": "tvm",
                     "argv": ["run_tvm.py", "model_llvm.so", "--device", "cpu"] + shlex.split(b.dtype_args)})
@@ -295,14 +345,65 @@ def _tvm_host_step(b: _Build) -> dict:
     return info
 
 
+def _sparse_cpu_step(b: _Build) -> dict:
+    """--target cpu with block-sparse layers: model.bsr.onnx, whose block-sparse layers run compress's compiled
+    kernel inside onnxruntime (libcompress_bsr.so + bsr_cpu_runtime.py shipped beside it), checked against torch."""
+    from compress.export import sparse_cpu
+    from compress.kernels import bsr_cpu
+
+    layers = sparse_cpu.cpu_sparse_layers(b.model, b.formats)
+    missing = sparse_cpu.missing_requirements()
+    if missing:
+        b.not_verified.append(f"{sparse_cpu.MODEL_FILE}: {missing}")
+        return {"built": False, "reason": missing, "layers": layers}
+    b.log(f"CPU block-sparse kernel ({len(layers)} layers)")
+    lib = os.path.join(b.tmp, sparse_cpu.LIB_FILE)
+    info = bsr_cpu.build(lib)
+    path = os.path.join(b.tmp, sparse_cpu.MODEL_FILE)
+    sparse_cpu.export(b.model, layers, b.example, path, b.cfg.dynamic)
+    shutil.copy(Path(bsr_cpu.__file__).with_name(sparse_cpu.RUNTIME_FILE), os.path.join(b.tmp, sparse_cpu.RUNTIME_FILE))
+    runtime = f"onnxruntime + compress BSR kernel ({sparse_cpu.MODEL_FILE})"
+    for what, x, ref in b.cases:
+        b.checks.append(_check(runtime, what, sparse_cpu.run(path, lib, [t.numpy() for t in x]), ref, ORT_TOL))
+    b.copy_script("run_ort.py")
+    argv = ["run_ort.py", sparse_cpu.MODEL_FILE, "--bsr-kernel"] + shlex.split(b.dtype_args)
+    expected = mf.expected_latency(b.model, b.example, b.cfg.target, b.cfg.batch or 1, sparse=True)
+    b.bench.append({"runtime": "onnxruntime + compress BSR kernel", "argv": argv, "expected_ms": expected.get("ms")})
+    b.commands.append({"what": "run and time with onnxruntime, block-sparse layers on compress's kernel",
+                       "command": "python3 " + " ".join(argv), "needs": sparse_cpu.NEEDS})
+    return {"file": sparse_cpu.MODEL_FILE, "library": info, "runtime_module": sparse_cpu.RUNTIME_FILE,
+            "expected_latency": expected,
+            "op": f"{sparse_cpu.runtime.DOMAIN}::{sparse_cpu.runtime.OP_TYPE}", "layers": layers,
+            "needs": sparse_cpu.NEEDS, "portable_to": "x86-64 CPUs with the instruction set of -march="
+            f"{info['march']} (this machine's, when native)"}
+
+
 def _tensorrt_step(b: _Build) -> dict:
     """--target gpu or jetson: the TensorRT engine or its build scripts, and run_ort.py as a host reference."""
+    from compress.export import build_trt as bt
+    from compress.export import ort
+
     b.log("TensorRT")
-    trtexec = "/usr/src/tensorrt/bin/trtexec" if b.cfg.target == "jetson" else "trtexec"
-    info, trt_cmds = _trt(b.cfg, b.tmp, b.sample_shape, len(b.example), b.has_24, trtexec)
+    fp16_tol = 1e-2  # model_fp16.onnx vs torch (fp32), relative to the largest output
+    inputs = bt.onnx_inputs(b.onnx_path, [tuple(t.shape[1:]) for t in b.example])
+    info, trt_cmds = _trt(b.cfg, b.tmp, inputs, b.has_24)
     b.commands += trt_cmds
     if info.get("reason"):
         b.not_verified.append(f"TensorRT engine: {info['reason']}")
+    f16 = info.get("fp16_onnx") or {}
+    if f16 and not f16.get("file"):
+        b.not_verified.append(f"{bt.FP16_ONNX}: {f16['reason']}")
+    if f16.get("file"):  # what strongly typed TensorRT builds for fp16, checked in onnxruntime (CPU, fp16)
+        try:
+            f16["parity"] = [{"inputs": what} | ort.compare(ort.run(os.path.join(b.tmp, bt.FP16_ONNX),
+                                                                    [t.numpy() for t in x]), ref, fp16_tol)
+                             for what, x, ref in b.cases]
+            if not all(c["ok"] for c in f16["parity"]):
+                b.not_verified.append(f"{bt.FP16_ONNX} differs from torch beyond {fp16_tol} (fp16 range or rounding): "
+                                      "a strongly typed fp16 engine (TensorRT 11+) would too; consider --dtype fp32")
+        except Exception as e:  # an op onnxruntime's CPU provider has no fp16 kernel for
+            f16["parity"] = None
+            b.not_verified.append(f"{bt.FP16_ONNX}: {mf.NOT_VERIFIED} (onnxruntime CPU cannot run it: {first_line(e, 200)})")
     b.copy_script("run_ort.py")
     b.bench.append({"runtime": "onnxruntime (CPU, host reference)",
                     "argv": ["run_ort.py", "model.onnx"] + shlex.split(b.dtype_args)})
@@ -333,17 +434,59 @@ def _jetson_step(b: _Build) -> dict:
     if shutil.which(AARCH64_CXX) is None:
         raise CompressError(f"cross-compiling for the Jetson needs {AARCH64_CXX} "
                             "(apt-get install g++-aarch64-linux-gnu)")
-    info = tvmx.build(b.onnx_path, target, lib, cc=AARCH64_CXX) | {
+    cuda_major = dev.cuda_major  # cubins from the device driver's CUDA major, or refuse (one line)
+    if os.environ.get(tvmx.ANY_CUDA_ENV) == "1":
+        try:
+            tvmx.cuda_compiler(dev.cuda_major)
+        except CompressError:
+            cuda_major = None
+    info = tvmx.build(b.onnx_path, target, lib, cc=AARCH64_CXX, cuda_major=cuda_major) | {
         "version": tvmx.version(), "tag": dev.tvm_tag, "host": AARCH64_HOST, "cc": AARCH64_CXX,
-        "elf_machine": tvmx.elf_machine(lib)}
+        "elf_machine": tvmx.elf_machine(lib), "device_cuda": f"{dev.jetpack}: driver CUDA {dev.cuda_major}.x"}
     if info["elf_machine"] != tvmx.EM_AARCH64:
         raise CompressError(f"the cross-compiled TVM library is not an aarch64 ELF (e_machine {info['elf_machine']})")
+    if not info["cuda_version"].startswith(f"{dev.cuda_major}."):
+        info["cuda_mismatch"] = (f"built with CUDA {info['cuda_version']} ({tvmx.ANY_CUDA_ENV}=1): a CUDA "
+                                 f"{dev.cuda_major} driver ({dev.jetpack}) cannot load its kernels")
+        b.not_verified.append(f"TVM library {lib_name}: {info['cuda_mismatch']}")
+    rt = info["runtime"]
     b.copy_script("run_tvm.py")
-    b.commands.append({"what": "run and time the TVM library on the Jetson's GPU",
+    b.commands.append({"what": "run and time the TVM library on the Jetson's GPU (generic dlight schedules, "
+                               "expected slower than the TensorRT engine)",
                        "command": f"python3 run_tvm.py {lib_name} --device cuda {b.dtype_args}",
-                       "needs": f"apache-tvm {tvmx.version()} built with CUDA on the Jetson"})
-    b.not_verified.append(f"TVM library {lib_name}: {mf.NOT_VERIFIED} (aarch64 + CUDA {info.get('cuda_arch')}; "
-                          "no Jetson here)")
+                       "needs": f"apache-tvm {rt['apache-tvm']} (tvm-ffi {rt['tvm-ffi']}) built with CUDA on the Jetson"})
+    b.not_verified.append(f"TVM library {lib_name}: {mf.NOT_VERIFIED} (aarch64 + CUDA {info.get('cuda_arch')}, "
+                          f"CUDA {info['cuda_version']}; no Jetson here)")
+    return info
+
+
+def _int8_step(b: _Build) -> dict:
+    """--dtype int8: model.int8.onnx (ONNX QDQ: post-training static quantization of model.onnx on --calib,
+    compress.export.quantize), judged against model.onnx by task metric (top-1 agreement, or cosine); on --target
+    cpu onnxruntime runs and `bench` times it, on gpu/jetson it is TensorRT's input (explicit quantization)."""
+    from compress import models
+    from compress.export import quantize as q
+
+    src = b.man["source"]
+    lm = models.LoadedModel(b.model, src["model"], "hf" if src["model"].startswith("hf:") else "other",
+                            tuple(src["input_shape"]), src["input_dtype"], src["vocab_size"])
+    text = lm.input_dtype == "int64"
+    dataset = None if text else q.dataset_of(b.model, lm.spec)
+    cal = q.calibration(b.cfg.calib, lm, b.example, dataset, b.cfg.batch)
+    path = os.path.join(b.tmp, q.INT8_FILE)
+    info = q.build_int8(b.onnx_path, path, cal, q.parse_method(b.cfg.calib_method), dataset, b.sample_shape,
+                        b.cfg.batch, b.cfg.target, text, b.log)
+    b.log("int8 vs fp32 (task metric)")
+    info["parity"] = p = q.check(path, b.onnx_path, b.cases, dataset, b.sample_shape, b.cfg.batch, lm)
+    b.checks.append({"runtime": f"onnxruntime int8 ({q.INT8_FILE}) vs fp32 (model.onnx)", "inputs": p["inputs"],
+                     "ok": p["ok"], "metric": p["metric"], "value": p["value"], "threshold": p["threshold"]})
+    for why in (cal.warning, p.get("note")):
+        if why:
+            b.not_verified.append(f"{q.INT8_FILE}: {why}")
+    if b.cfg.target == "cpu":
+        b.bench.append({"runtime": "onnxruntime int8 (QDQ)", "argv": ["run_ort.py", q.INT8_FILE] + shlex.split(b.dtype_args)})
+        b.commands.append({"what": "run and time the int8 model with onnxruntime",
+                           "command": f"python3 run_ort.py {q.INT8_FILE} {b.dtype_args}", "needs": "onnxruntime, numpy"})
     return info
 
 
@@ -351,16 +494,20 @@ def _runtime_steps(b: _Build) -> None:
     """Every artifact of the target, each checked here as far as this machine can."""
     man, target = b.man, b.cfg.target
     man["onnx"] = _onnx_step(b)
+    if b.cfg.dtype == "int8":
+        man["int8"] = _int8_step(b)
     if b.has_24 or target == "gpu":
         man["sparsity_2_4"] = _sparsity_24_step(b)
     if target == "cpu":
-        ort_info = _ort_host_step(b)
-        man["tvm"] = _tvm_host_step(b)
+        ort_info = _ort_host_step(b) if b.cfg.wants("ort") else {"built": False, "reason": "not requested (--runtimes)"}
+        man["tvm"] = _tvm_host_step(b) if b.cfg.wants("tvm") else {"built": False, "reason": "not requested (--runtimes)"}
         man["onnxruntime"] = ort_info
     else:
         man["tensorrt"] = _tensorrt_step(b)
     if target == "gpu":
         man["aoti"] = _aoti_step(b)
+    if target == "cpu" and sparse_cpu.cpu_sparse_layers(b.model, b.formats):
+        man["sparse_cpu"] = _sparse_cpu_step(b)
     if target == "jetson":
         man["tvm"] = _jetson_step(b)
     if target == "gpu":
@@ -406,6 +553,10 @@ def export(model_or_dir: str, cfg: ExportConfig, out: str, *, weights: str | Non
     example, cases, real_desc = _parity_cases(lm, model, cfg)
     sample_shape = tuple(example[0].shape[1:])
     man = _source_manifest(lm, model, model_or_dir, cfg, command, plan_file, formats, example, real_desc)
+    if cfg.target == "cpu":
+        man["runs_dense"] = sparse_cpu.check_cpu(model, formats, cfg.dense_fallback)
+    elif cfg.target == "jetson":
+        man["runs_dense"] = sparse_cpu.check_jetson(formats, cfg.dense_fallback)
     with atomic_dir(out) as tmp:
         b = _Build(cfg, model, tmp, example, cases, formats, sample_shape,
                    _dtype_args(lm, [cfg.batch or 1, *sample_shape]), man, log)

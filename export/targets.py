@@ -15,6 +15,7 @@ class JetsonDevice:
     tvm_tag: str       # TVM target tag (CUDA target with its aarch64 host)
     arch: str          # CUDA compute capability as sm_XY
     jetpack: str       # the JetPack line the build script was written for
+    cuda_major: int = 12  # the CUDA major of that JetPack's driver: TVM's cubins must come from this major
 
 
 JETSON_DEVICES = {
@@ -24,6 +25,9 @@ JETSON_DEVICES = {
 
 AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
 AARCH64_CXX = "aarch64-linux-gnu-g++"
+RUNTIMES = ("ort", "tvm")   # --target cpu: onnxruntime (primary, base install) and Apache TVM (extra [tvm])
+DTYPES = ("fp32", "fp16", "int8")   # int8: post-training static quantization to ONNX QDQ (export/quantize.py)
+CALIB_METHODS = ("minmax", "percentile", "entropy")  # --calib-method of --dtype int8
 DYNAMIC_MAX_BATCH = 32  # upper end of the TensorRT optimisation profile for a dynamic batch
 
 
@@ -31,9 +35,15 @@ DYNAMIC_MAX_BATCH = 32  # upper end of the TensorRT optimisation profile for a d
 class ExportConfig:
     target: str                    # cpu | gpu | jetson
     device: str | None = None      # jetson: orin-nano | agx-orin; gpu: a free-form name (recorded only)
-    dtype: str | None = None       # fp32 | fp16 (TensorRT precision; ONNX stays fp32); None: the target's default
+    dtype: str | None = None       # fp32 | fp16 (TensorRT precision; ONNX stays fp32) | int8 (model.int8.onnx, QDQ);
+                                   # None: the target's default
     batch: int | None = None       # None: dynamic batch
     opt_batch: int = 1             # TensorRT profile's optimum for a dynamic batch
+    runtimes: tuple[str, ...] | None = None   # cpu: which of RUNTIMES to build, each then required (--runtimes);
+                                              # None: onnxruntime, plus TVM when it builds (else recorded why not)
+    dense_fallback: bool = False   # ship layers whose sparse format has no kernel on the target as masked dense
+    calib: str | None = None       # int8: calibration data (--calib: random[:N] | FILE.npy | data[:N], compress.calib)
+    calib_method: str | None = None  # int8: minmax | percentile | entropy (--calib-method); None: chosen (export.quantize)
 
     def __post_init__(self) -> None:
         if self.dtype is None:
@@ -49,13 +59,48 @@ class ExportConfig:
                 raise CompressError(f"unknown Jetson device {self.device!r}; choose one of {', '.join(JETSON_DEVICES)}")
         elif self.target == "cpu" and self.device not in (None, "host"):
             raise CompressError(f"--target cpu builds for this host; drop --device {self.device!r}")
-        if self.dtype not in ("fp32", "fp16"):
-            raise CompressError(f"unknown --dtype {self.dtype!r}; choose fp32 or fp16")
+        if self.dtype not in DTYPES:
+            raise CompressError(f"unknown --dtype {self.dtype!r}; choose fp32, fp16 or int8")
+        self._validate_int8()
         if self.target == "cpu" and self.dtype == "fp16":
             raise CompressError("--target cpu runs fp32 (onnxruntime and TVM on llvm); use --dtype fp32 or a GPU target")
         if self.batch is not None and self.batch < 1:
             raise CompressError(f"--batch {self.batch} must be a positive integer or 'dynamic'")
+        if self.runtimes is not None:
+            if self.target != "cpu":
+                raise CompressError(f"--runtimes chooses the runtimes of --target cpu ({', '.join(RUNTIMES)}); "
+                                    f"--target {self.target} builds its own")
+            bad = [r for r in self.runtimes if r not in RUNTIMES]
+            if bad or not self.runtimes:
+                raise CompressError(f"unknown runtime {bad[0] if bad else '(none)'!r} in --runtimes; "
+                                    f"choose from {', '.join(RUNTIMES)} (e.g. --runtimes ort,tvm)")
         return self
+
+    def _validate_int8(self) -> None:
+        """--dtype int8 is post-training static quantization (compress.export.quantize): it needs --calib;
+        --calib and --calib-method mean nothing without it."""
+        if self.dtype != "int8":
+            if self.calib or self.calib_method:
+                raise CompressError(f"--calib{'-method' if self.calib_method and not self.calib else ''} "
+                                    "calibrates --dtype int8; add --dtype int8 or drop it")
+            return
+        if self.calib_method is not None and self.calib_method.lower() not in CALIB_METHODS:
+            raise CompressError(f"unknown --calib-method {self.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
+        if not self.calib:
+            raise CompressError("--dtype int8 needs calibration data: --calib data:N (a stratified subset of the training "
+                                "split of compress: models), --calib FILE.npy (real inputs), or --calib random:N "
+                                "(noise: a warning in the manifest)")
+        if not (self.calib.startswith(("random", "data")) or self.calib.endswith(".npy")):
+            raise CompressError(f"--calib {self.calib!r}: use data[:N], random[:N] or a .npy file of inputs")
+
+    def wants(self, runtime: str) -> bool:
+        """Whether `runtime` is built: chosen by --runtimes, or (without it) a default one."""
+        return runtime in (self.runtimes if self.runtimes is not None else RUNTIMES)
+
+    @property
+    def explicit(self) -> bool:
+        """--runtimes was given: a chosen runtime that cannot be built fails the export."""
+        return self.runtimes is not None
 
     @property
     def dynamic(self) -> bool:
@@ -74,6 +119,18 @@ class ExportConfig:
 
 def default_dtype(target: str) -> str:
     return "fp32" if target == "cpu" else "fp16"
+
+
+def parse_runtimes(text: str | None) -> tuple[str, ...] | None:
+    """--runtimes ort,tvm -> ("ort", "tvm") in the order given, duplicates dropped; None when not given."""
+    if text is None:
+        return None
+    out = []
+    for r in (x.strip().lower() for x in text.split(",")):
+        r = {"onnxruntime": "ort"}.get(r, r)
+        if r and r not in out:
+            out.append(r)
+    return tuple(out)
 
 
 def parse_batch(text: str | None) -> int | None:

@@ -52,6 +52,13 @@ def tiny_cnn_3() -> nn.Module:
     return TinyCNN(classes=3)
 
 
+def undeclared_mlp() -> nn.Module:
+    """A user's own classifier for (1, 8, 8) grayscale images that does not state its input shape
+    (no compress_input_shape): it runs only on 8x8 single-channel inputs, not on the default guess."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
 def _write_idx(path: Path, arr: np.ndarray) -> None:
     head = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
     path.write_bytes(gzip.compress(head + arr.astype(np.uint8).tobytes(), mtime=0))
@@ -202,6 +209,34 @@ def test_eval_cli_dense_and_pruned(idx_dir, trained_weights, tmp_path, capsys):
 
     code, stdout, err = _main(capsys, "eval", str(out), "--data", str(idx_dir))      # text output
     assert code == 0 and "accuracy" in stdout and "not recoverable" in stdout
+
+
+def test_eval_takes_the_input_shape_from_the_data(idx_dir, tmp_path, capsys):
+    # issue #20: a callable without compress_input_shape, trained on small grayscale images, evaluated
+    # without --input-shape: the data's (1, 8, 8) wins over the (3, 224, 224) default guess
+    code, stdout, err = _main(capsys, "eval", "tests.test_evaluate:undeclared_mlp", "--data", str(idx_dir), "--json")
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["input_shape"] == [1, 8, 8] and res["input_shape_from"] == "data" and res["samples"] == 200
+    # --input-shape still rules when given, and a model that states its shape is checked against the data
+    code, stdout, err = _main(capsys, "eval", "tests.test_evaluate:undeclared_mlp", "--data", str(idx_dir),
+                              "--input-shape", "1,1,8,8", "--json")
+    assert code == 0 and json.loads(stdout)["input_shape_from"] == "--input-shape"
+    code, stdout, err = _main(capsys, "eval", "tests.test_evaluate:tiny_cnn", "--data", str(idx_dir), "--json")
+    assert code == 0 and json.loads(stdout)["input_shape_from"] == "model"
+    # a pruned directory of that model (pruned at --input-shape 1,1,8,8) evaluates the same way
+    out = tmp_path / "p"
+    code, _, err = _main(capsys, "prune", "tests.test_evaluate:undeclared_mlp", "--input-shape", "1,1,8,8",
+                         "--ratio", "0.5", "--round-to", "1", "--out", str(out))
+    assert code == 0, err
+    code, stdout, err = _main(capsys, "eval", str(out), "--data", str(idx_dir), "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["dense_source"] == "recovered"
+
+
+def test_eval_model_that_does_not_fit_the_data_says_pass_input_shape(idx_dir, capsys):
+    code, _, err = _main(capsys, "eval", "torchvision:resnet18", "--data", str(idx_dir))
+    assert code == 2 and "does not run on" in err and "--input-shape" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("argv, message", [

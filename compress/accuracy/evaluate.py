@@ -27,10 +27,11 @@ EVAL_BATCH = 256
 
 
 def _logits(out) -> torch.Tensor:
-    out = getattr(out, "logits", out)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
+    """The primary output (compress.models.outputs: 'out' of a dict, logits, the first of a tuple)."""
+    from compress.models.outputs import primary
+
+    t, _ = primary(out)
+    return out if t is None else t
 
 
 @torch.no_grad()
@@ -81,13 +82,15 @@ def compare(pruned: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def check_fits(model: nn.Module, ds, what: str = "the model") -> int:
-    """The model must map a batch of `ds` to (N, K) logits with K classes matching the dataset's."""
+def check_fits(model: nn.Module, ds, what: str = "the model", hint: str = "") -> int:
+    """The model must map a batch of `ds` to (N, K) logits with K classes matching the dataset's.
+    `hint` ends the message when the model does not run on the samples."""
     x = ds.images[:2]
     try:
         out = _logits(model.eval()(x))
     except Exception as e:
-        raise CompressError(f"{what} does not run on {ds.name} samples of shape {ds.sample_shape} ({first_line(e, 200)})") from None
+        raise CompressError(f"{what} does not run on {ds.name} samples of shape {ds.sample_shape} "
+                            f"({first_line(e, 200)}){hint}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CompressError(f"{what} is not a classifier: it returns {shape} for a batch of {x.shape[0]}, "

@@ -117,8 +117,9 @@ def _profile(cfg: PlanRun) -> DeviceProfile:
         return load_profile(name, batch=cfg.batch)
     except CompressError as e:
         if cfg.profile is None and cfg.target == "gpu":
-            raise CompressError("no measured GPU profile ships yet; run `compress profile --target gpu --out FILE` "
-                                "on the GPU machine and pass --profile FILE") from None
+            raise CompressError("no measured GPU profile ships yet; on the GPU machine run `python bench/gpu_suite.py` "
+                                "(its gpu_profile step writes bench/results/gpu/gpu_profile.json) and pass --profile "
+                                "FILE") from None
         raise e
 
 

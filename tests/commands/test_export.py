@@ -50,6 +50,7 @@ def test_export_gpu_dense_model_with_24_plan_fails_the_check(tmp_path, capsys):
     (["--target", "jetson", "--device", "nano-x"], "unknown Jetson device 'nano-x'"),
     (["--target", "jetson"], "needs --device"),
     (["--target", "cpu", "--batch", "zero"], "--batch 'zero'"),
+    (["--target", "cpu", "--runtimes", "ort,trt"], "unknown runtime 'trt' in --runtimes"),
 ])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, argv, msg):
     out = tmp_path / "o"
@@ -60,7 +61,34 @@ def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, argv, msg):
 
 
 def test_unsupported_op_exit_2_names_op_and_layer(tmp_path, capsys):
-    assert main(["export", M + "not_in_tvm", "--target", "cpu", "--out", str(tmp_path / "o")]) == 2
+    # TVM asked for explicitly: its frontend refusing an op fails the export, one line, nothing written
+    assert main(["export", M + "not_in_tvm", "--target", "cpu", "--runtimes", "ort,tvm", "--out", str(tmp_path / "o"),
+                 "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "op Celu in layer act" in err[-1]
+    assert len(err) == 1 and "op Celu in layer act" in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_tvm_is_secondary_by_default(tmp_path, capsys):
+    # without --runtimes the same refusal is recorded and the onnxruntime artifact ships (exit 0)
+    out = tmp_path / "o"
+    assert main(["export", M + "not_in_tvm", "--target", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "TVM: not built: " in text and "op Celu in layer act" in text
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["ok"] and not man["tvm"]["built"] and "model_llvm.so" not in man["files"]
+    assert main(["bench", str(out), "--runs", "2", "--warmup", "0", "--json"]) == 0
+    assert [r["runtime"] for r in json.loads(capsys.readouterr().out)["results"]] == ["onnxruntime"]
+    # --runtimes ort: TVM not requested
+    assert main(["export", M + "tiny_mlp", "--target", "cpu", "--runtimes", "ort", "--out", str(tmp_path / "p"),
+                 "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["tvm"] == {"built": False, "reason": "not requested (--runtimes)"}
+
+
+def test_dict_output_model_exports_its_primary_output(tmp_path, capsys):
+    out = tmp_path / "seg"
+    assert main(["export", "tests.export.export_models:dict_output", "--target", "cpu", "--runtimes", "ort",
+                 "--out", str(out), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["ok"] and man["onnx"]["output"] == {"name": "output", "from": "dict (out, aux): 'out'"}

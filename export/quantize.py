@@ -1,0 +1,435 @@
+"""`compress export --dtype int8`: post-training static quantization to the standard ONNX QDQ form.
+
+    model.onnx --quant_pre_process (shape inference, ORT basic optimisation)--> preprocessed graph
+      --quantize_static (QDQ, per-channel symmetric int8 weights, int8 activations,
+                         calibrated on --calib by MinMax | Percentile | Entropy)--> model.int8.onnx
+
+onnxruntime's own tooling (`onnxruntime.quantization`) does the work; this module feeds it the calibration
+data (`--calib`: `random:N`, a `.npy` of inputs, or `data:N`, a stratified subset of the training split of
+the dataset the model was trained on, e.g. Fashion-MNIST for `compress:` models), chooses the calibration
+method and judges the result against the fp32 model by task metric, not elementwise:
+
+- classifiers ((N, K) logits): top-1 agreement with fp32 >= AGREEMENT_MIN (0.95), plus the int8 and fp32
+  top-1 accuracy where a labelled dataset is known;
+- everything else (encoders, embeddings, dense maps): mean cosine similarity per sample >= COSINE_MIN
+  (0.98; for (N, T, H) hidden states, of the token-mean embedding).
+
+Why these bars: int8 PTQ of a CNN typically changes well under 1% of top-1 decisions on real inputs (the
+bench's bar is 0.5 point of accuracy); 0.95 agreement flags a broken quantization (a bad calibration set,
+an activation range blown up by outliers) without failing honest models on the handful of near-tie inputs
+of a small check set. 0.98 cosine is the sentence-embedding bar of bench/int8.py: retrieval rankings are
+essentially unchanged above it.
+
+The default calibration method is chosen by measured accuracy when the model's accuracy can be judged (a
+labelled dataset is known: `compress:` models and pruned directories of them): each method quantizes the
+model and the most accurate on a held-out slice of the training split wins (ties: the higher top-1 agreement
+with fp32, then MinMax, Percentile, Entropy). Otherwise MinMax (the method whose ranges cover every calibration activation; the
+histogram methods clip, which only pays off when it can be checked). The manifest says which and why.
+
+`--target gpu|jetson`: the same QDQ file feeds TensorRT's explicit quantization; TensorRT takes symmetric
+activations only (zero point 0), so activations are quantized symmetric there and biases stay fp32.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from compress.errors import CompressError, first_line
+from compress.export.build_trt import INT8_ONNX
+from compress.export.targets import CALIB_METHODS as METHODS  # minmax, percentile, entropy
+
+INT8_FILE = INT8_ONNX  # model.int8.onnx, the name build_engine.sh and build_trt.py read
+METHOD_NAMES = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+AGREEMENT_MIN = 0.95
+COSINE_MIN = 0.98
+SELECT_SAMPLES = 2000      # held-out training-split samples the method choice is measured on (1000: too noisy)
+CHECK_SAMPLES = 1000       # test-split samples the int8 model is judged on (classifiers with a known dataset)
+RANDOM_CHECK = 64          # random inputs the int8 model is judged on otherwise (besides the parity cases)
+PERCENTILE = 99.999
+TEXT_OPS = ("MatMul", "Gemm")  # transformers: quantize the matrix products only (LayerNorm/Softmax stay fp32)
+GELU_OPS = ("Erf", "Gelu", "FastGelu", "BiasGelu")  # a GELU, fused or as its erf subgraph
+GELU_HOPS = 4              # how far above a MatMul's activation input a GELU is looked for
+
+
+def parse_method(name: str | None) -> str | None:
+    """--calib-method: minmax | percentile | entropy (case-insensitive), None when not given."""
+    if name is None:
+        return None
+    m = name.strip().lower()
+    if m not in METHODS:
+        raise CompressError(f"unknown --calib-method {name!r}; choose one of {', '.join(METHODS)}")
+    return m
+
+
+def dataset_of(model, spec: str) -> str | None:
+    """The labelled dataset the model was trained on (compress: models and pruned directories of them)."""
+    d = getattr(model, "compress_dataset", None)
+    if d:
+        return d
+    if spec.startswith("compress:"):
+        from compress.models import zoo
+
+        try:
+            return zoo._entry(spec.split(":", 1)[1]).get("data")
+        except Exception:
+            return None
+    return None
+
+
+@dataclass
+class Calibration:
+    spec: str
+    kind: str                  # random | npy | data
+    arrays: list               # numpy batches of the model's first input
+    description: str
+    warning: str | None = None
+
+
+def calibration(spec: str, lm, example: tuple, dataset: str | None, batch: int | None, seed: int = 0) -> Calibration:
+    """The calibration batches of --calib `spec` (compress.calib's specs; data[:N] from `dataset`'s training
+    split). A static `batch` re-chunks them to that batch (an incomplete last chunk is dropped)."""
+    from compress import calib
+
+    c = calib.parse(spec, data=True)
+    if c.kind == "data":
+        if dataset is None:
+            raise CompressError(f"--calib {spec}: no training data is known for {lm.spec}; "
+                                "use a .npy file of real inputs (or random:N)")
+        from compress.accuracy import data
+
+        ds = data.load(dataset, "train", tuple(example[0].shape[1:]))
+        data.check_shape(ds, tuple(example[0].shape[1:]))
+        full = data.calibration_subset(ds, c.samples, seed).images
+        desc = f"{len(full)} samples of {dataset} (training split, stratified, seed {seed}; --calib {spec})"
+    else:
+        batches = calib.input_batches(spec, lm, example)
+        if not batches:
+            raise CompressError(f"--calib {spec}: no samples")
+        import torch
+
+        full = torch.cat([b[0] for b in batches])
+        desc = (f"{len(full)} random inputs (seed 1; --calib {spec})" if c.kind == "random"
+                else f"{len(full)} inputs of {spec}")
+    arr = full.numpy()
+    if len(arr) == 0:
+        raise CompressError(f"--calib {spec}: no samples")
+    step = batch or calib.BATCH
+    arrays = [arr[i:i + step] for i in range(0, len(arr), step)]
+    if batch:
+        arrays = [a for a in arrays if len(a) == batch]
+        if not arrays:
+            raise CompressError(f"--calib {spec}: {len(arr)} samples, fewer than the static batch {batch}")
+    warning = None
+    if c.kind == "random" and dataset is not None:
+        warning = (f"calibrated on random inputs although {lm.spec}'s training data ({dataset}) is known: activation "
+                   f"ranges do not match real inputs; use --calib data:{calib.DATA_SAMPLES}")
+    elif c.kind == "random":
+        warning = ("calibrated on random inputs: activation ranges come from noise, not real inputs; the int8 "
+                   "model's accuracy is not representative (pass --calib FILE.npy of real inputs)")
+    return Calibration(spec, c.kind, arrays, desc, warning)
+
+
+def _reader(input_name: str, arrays: list):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(arrays)
+
+        def get_next(self):
+            a = next(self._it, None)
+            return None if a is None else {input_name: a}
+
+        def rewind(self):
+            self._it = iter(arrays)
+
+    return Reader()
+
+
+def preprocess(src: str, dst: str) -> dict:
+    """onnxruntime's quant_pre_process (symbolic shape inference, ORT basic optimisation, ONNX shape
+    inference); falls back to ONNX shape inference alone, then to the model as is."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from compress.export.onnx import quietly
+
+    tries = [("symbolic + ONNX shape inference, onnxruntime basic optimisation", {}),
+             ("ONNX shape inference, onnxruntime basic optimisation (symbolic shape inference failed)",
+              {"skip_symbolic_shape": True})]
+    errors = []
+    for what, kw in tries:
+        try:
+            quietly(quant_pre_process, src, dst, **kw)
+            return {"quant_pre_process": what}
+        except Exception as e:
+            errors.append(first_line(e, 150))
+    shutil.copy(src, dst)
+    return {"quant_pre_process": f"skipped: {'; '.join(errors)}"}
+
+
+def quantize(src: str, dst: str, arrays: list, method: str, symmetric_activations: bool,
+             text: bool) -> dict:
+    """quantize_static(src) -> dst in QDQ form; returns the settings used."""
+    import onnx
+
+    name = onnx.load(src, load_external_data=False).graph.input[0].name
+    extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations,
+             "CalibTensorRangeSymmetric": symmetric_activations}
+    if symmetric_activations:
+        extra["QuantizeBias"] = False          # TensorRT: biases stay fp32, fused into the int8 kernels
+    if method == "percentile":
+        extra["CalibPercentile"] = PERCENTILE
+    ops = list(TEXT_OPS) if text else None
+    keep = gelu_fed_matmuls(src) if text else []
+    _quantize_in(src, dst, name, arrays, ops, method, extra, keep)
+    info = {"format": "QDQ", "weights": "int8, per-channel, symmetric", "activations":
+            f"int8, per-tensor, {'symmetric (TensorRT)' if symmetric_activations else 'asymmetric'}",
+            "op_types": ops or "onnxruntime's default (every op with a QDQ rule)",
+            "bias": "fp32 (not quantized)" if symmetric_activations else "int32",
+            "calibration_method": METHOD_NAMES[method]}
+    if text:
+        info["kept_fp32"] = {"nodes": keep, "why": "the FFN down-projections (input: the GELU output) of a transformer: "
+                             "per-tensor int8 of their outlier activations cost hf:minilm's embedding cosine 0.92 "
+                             "instead of 0.99 (bench/int8.py)"}
+    if method == "percentile":
+        info["percentile"] = PERCENTILE
+    return info
+
+
+def gelu_fed_matmuls(path: str) -> list[str]:
+    """The MatMul/Gemm nodes whose activation input comes from a GELU (within GELU_HOPS nodes): a transformer's
+    FFN down-projection, whose input has the outliers that per-tensor int8 clips or coarsens (Bondarenko et al.
+    2021, "Understanding and Overcoming the Challenges of Efficient Transformer Quantization")."""
+    import onnx
+
+    g = onnx.load(path, load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def gelu_above(t: str, hops: int) -> bool:
+        n = producer.get(t)
+        if n is None or hops == 0:
+            return False
+        return n.op_type in GELU_OPS or any(gelu_above(i, hops - 1) for i in n.input if i not in inits)
+
+    return [n.name for n in g.node if n.op_type in TEXT_OPS
+            and any(gelu_above(i, GELU_HOPS) for i in n.input if i not in inits)]
+
+
+def _quantize_in(src, dst, name, arrays, ops, method, extra, exclude=()):
+    """quantize_static, quietly; its failure as one line."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from compress.export.onnx import quietly
+
+    try:
+        quietly(quantize_static, src, dst, _reader(name, arrays), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=ops, per_channel=True, reduce_range=False,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude) or None,
+                calibrate_method=getattr(CalibrationMethod, METHOD_NAMES[method]), extra_options=dict(extra))
+    except CompressError:
+        raise
+    except Exception as e:
+        raise CompressError(f"onnxruntime cannot quantize the model ({METHOD_NAMES[method]}): {first_line(e, 200)}") from None
+
+
+# ----------------------------------------------------------------------------------- running and judging
+
+def session(path: str):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def run_batched(sess, x: np.ndarray, batch: int | None = None, step: int = 64) -> np.ndarray:
+    """The first output of `sess` on every row of `x`; a static `batch` pads the last chunk."""
+    name = sess.get_inputs()[0].name
+    step = batch or step
+    outs = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        n = len(chunk)
+        if batch and n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        outs.append(np.asarray(sess.run(None, {name: chunk})[0])[:n])
+    return np.concatenate(outs)
+
+
+def static_batch(path: str) -> int | None:
+    """The ONNX file's batch dimension when it is fixed, else None."""
+    import onnx
+
+    d = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return d.dim_value if d.dim_value > 0 else None
+
+
+def is_classifier(out: np.ndarray) -> bool:
+    return out.ndim == 2 and out.shape[1] > 1
+
+
+def embedding(out: np.ndarray) -> np.ndarray:
+    """Per-sample vectors: (N, T, H) hidden states -> token mean; anything else flattened."""
+    out = out.astype(np.float64)
+    if out.ndim == 3:
+        return out.mean(1)
+    return out.reshape(len(out), -1)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = embedding(a), embedding(b)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def judge(int8: np.ndarray, fp32: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """The task-metric comparison of int8 with fp32 outputs on the same inputs."""
+    out = {"samples": int(len(fp32))}
+    if is_classifier(fp32):
+        agree = float((int8.argmax(1) == fp32.argmax(1)).mean())
+        classes = len(np.unique(fp32.argmax(1)))
+        out |= {"metric": "top1_agreement", "value": agree, "threshold": AGREEMENT_MIN, "ok": agree >= AGREEMENT_MIN,
+                "logit_cosine_mean": float(cosine(int8, fp32).mean()), "fp32_classes_predicted": classes}
+        if classes == 1 and len(fp32) > 1:   # e.g. random-init torchvision nets: vanishing logits, one class
+            out["note"] = ("the fp32 model predicts one class on every check input, so top-1 agreement says little "
+                           f"(logit cosine int8 vs fp32 {out['logit_cosine_mean']:.3f})")
+        if labels is not None:
+            out |= {"accuracy_int8": float((int8.argmax(1) == labels).mean()),
+                    "accuracy_fp32": float((fp32.argmax(1) == labels).mean())}
+    else:
+        c = cosine(int8, fp32)
+        out |= {"metric": "cosine", "value": float(c.mean()), "min": float(c.min()), "threshold": COSINE_MIN,
+                "ok": float(c.mean()) >= COSINE_MIN}
+    return out
+
+
+def _labelled(dataset: str, split: str, shape: tuple, n: int, seed: int):
+    from compress.accuracy import data
+
+    ds = data.load(dataset, split, shape)
+    sub = data.calibration_subset(ds, n, seed)
+    return sub.images.numpy(), sub.labels.numpy(), f"{len(sub)} samples of {dataset} ({split} split, stratified, seed {seed})"
+
+
+def choose_method(fp32_path: str, pre: str, work: str, arrays: list, dataset: str | None, shape: tuple,
+                  batch: int | None, symmetric: bool, text: bool, log) -> tuple[str, dict, dict]:
+    """(method, selection record, the chosen method's quantize info); the chosen model is left at work/<method>.onnx."""
+    if dataset is None:
+        return "minmax", {"method": "MinMax", "chosen_by": "default: MinMax (no labelled data to judge the "
+                          "methods by; MinMax covers every calibration activation, the histogram methods clip)"}, {}
+    x, y, desc = _labelled(dataset, "train", shape, SELECT_SAMPLES, 1)
+    ref = run_batched(session(fp32_path), x, batch)
+    tried, infos = [], {}
+    for m in METHODS:
+        log(f"int8 calibration {METHOD_NAMES[m]}")
+        p = os.path.join(work, f"{m}.onnx")
+        infos[m] = quantize(pre, p, arrays, m, symmetric, text)
+        got = run_batched(session(p), x, batch)
+        tried.append({"method": METHOD_NAMES[m], "accuracy": float((got.argmax(1) == y).mean()),
+                      "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean())})
+    best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"], tried[i]["top1_agreement"], -i))
+    m = METHODS[best]
+    return m, {"method": METHOD_NAMES[m], "chosen_by": f"measured: highest int8 top-1 accuracy on {desc} "
+               "(ties: the higher top-1 agreement with fp32, then MinMax, Percentile, Entropy in that order)",
+               "fp32_accuracy": float((ref.argmax(1) == y).mean()), "tried": tried}, infos[m]
+
+
+def build_int8(fp32_path: str, dst: str, cal: Calibration, method: str | None, dataset: str | None, shape: tuple,
+               batch: int | None, target: str, text: bool, log=lambda m: None) -> dict:
+    """model.int8.onnx at `dst` from the fp32 `fp32_path`; returns the manifest's int8 section (without the parity)."""
+    symmetric = target != "cpu"
+    with tempfile.TemporaryDirectory(prefix="compress-int8-") as work:
+        pre = os.path.join(work, "pre.onnx")
+        log("int8 pre-processing (quant_pre_process)")
+        pre_info = preprocess(fp32_path, pre)
+        if method is None and not text:
+            method, selection, info = choose_method(fp32_path, pre, work, cal.arrays, dataset, shape, batch,
+                                                    symmetric, text, log)
+        else:
+            selection = {"method": METHOD_NAMES[method or "minmax"],
+                         "chosen_by": ("--calib-method" if method else
+                                       "default: MinMax (a text encoder: no labelled data to judge the methods by)")}
+            method, info = method or "minmax", {}
+        chosen = os.path.join(work, f"{method}.onnx")
+        if not info:
+            log(f"int8 quantization ({METHOD_NAMES[method]})")
+            info = quantize(pre, chosen, cal.arrays, method, symmetric, text)
+        shutil.copy(chosen, dst)
+    return {"file": os.path.basename(dst), "from": os.path.basename(fp32_path), "tool":
+            "onnxruntime.quantization.quantize_static", "preprocess": pre_info, "quantization": info,
+            "calibration": {"spec": cal.spec, "data": cal.description, "samples": int(sum(len(a) for a in cal.arrays)),
+                            "batches": len(cal.arrays)} | ({"warning": cal.warning} if cal.warning else {}),
+            "method": selection}
+
+
+def check(int8_path: str, fp32_path: str, cases: list, dataset: str | None, shape: tuple, batch: int | None,
+          lm) -> dict:
+    """int8 vs fp32 by task metric: on the dataset's test split (a labelled dataset known), else on the export's
+    real inputs plus RANDOM_CHECK random ones."""
+    s8, s32 = session(int8_path), session(fp32_path)
+    if dataset is not None:
+        x, y, desc = _labelled(dataset, "test", shape, CHECK_SAMPLES, 0)
+        return {"inputs": desc} | judge(run_batched(s8, x, batch), run_batched(s32, x, batch), y)
+    from compress.export import inputs as inp
+
+    xs, descs = [], []
+    for what, x, _ in cases:
+        if what.startswith("real"):
+            xs.append(x[0].numpy())
+            descs.append(what)
+    rnd = inp.random_inputs(lm, RANDOM_CHECK, seed=2)[0].numpy()
+    xs.append(rnd)
+    descs.append(f"{RANDOM_CHECK} random inputs (seed 2)")
+    x = np.concatenate(xs)
+    return {"inputs": " + ".join(descs)} | judge(run_batched(s8, x, batch), run_batched(s32, x, batch))
+
+
+# ----------------------------------------------------------------------------------- compress eval on ONNX
+
+def onnx_artifact(path: str) -> str | None:
+    """The ONNX file `compress eval` runs for `path`: a .onnx file itself, or an export directory's (one with
+    manifest.json) model.int8.onnx, else its model.onnx. None: not an ONNX artifact (a model spec or pruned dir)."""
+    if path.endswith(".onnx") and os.path.isfile(path):
+        return path
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "manifest.json")):
+        for name in (INT8_FILE, "model.onnx"):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise CompressError(f"{path}: an export directory without {INT8_FILE} or model.onnx")
+    return None
+
+
+def onnx_input(path: str) -> tuple[tuple, str, int | None]:
+    """(per-sample input shape, numpy dtype, static batch or None) of an ONNX file's first input."""
+    import onnx
+
+    i = onnx.load(path, load_external_data=False).graph.input[0]
+    t = i.type.tensor_type
+    dims = [d.dim_value if d.dim_value > 0 else None for d in t.shape.dim]
+    if any(d is None for d in dims[1:]):
+        raise CompressError(f"{os.path.basename(path)}: input {i.name} has symbolic dimensions {dims[1:]}; "
+                            "compress eval needs a fixed per-sample shape")
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+    return tuple(dims[1:]), dtype, dims[0]
+
+
+def predict_onnx(path: str, ds, batch_size: int, desc: str = "eval"):
+    """Logits (N, K) torch tensor of the ONNX file on every sample of `ds` (onnxruntime, CPU)."""
+    import torch
+    from tqdm import tqdm
+
+    sess, (_, _, batch) = session(path), onnx_input(path)
+    outs = []
+    n_batches = (len(ds) + batch_size - 1) // batch_size
+    for x, _ in tqdm(ds.batches(batch_size), total=n_batches, desc=desc, disable=None, leave=False):
+        outs.append(run_batched(sess, x.numpy(), batch, step=batch_size))
+    out = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+    if out.ndim != 2:
+        raise CompressError(f"{os.path.basename(path)} is not a classifier: it returns {list(out.shape[1:])} per sample, "
+                            "not (classes,) logits")
+    return torch.from_numpy(out.astype(np.float32))

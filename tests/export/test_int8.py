@@ -1,0 +1,191 @@
+"""`compress export --dtype int8` (export/quantize.py): ONNX QDQ by onnxruntime's quantize_static, judged against
+fp32 by task metric; bad input one line, exit 2, nothing written; TensorRT's int8 lines; `compress eval` on it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from compress.accuracy import data
+from compress.cli import main
+from compress.export import build_trt as bt
+from tests.export.export_models import tiny_fmnist
+
+FMNIST_INSTALLED = os.path.isfile(os.path.join(data.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
+needs_fmnist = pytest.mark.skipif(not FMNIST_INSTALLED, reason="dataset-fashion-mnist is not installed")
+LABELLED = "tests.export.test_int8:tiny_fmnist_labelled"
+
+
+def tiny_fmnist_labelled():
+    """A 1x28x28 classifier that names its training data (as compress: models do), so its int8 accuracy is judged."""
+    m = tiny_fmnist()
+    m.compress_dataset = "fashion-mnist"
+    return m
+
+
+def tiny_encoder():
+    """Token ids -> (N, T, 16) hidden states through an FFN with a GELU: a text encoder in miniature."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    class Enc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            return x + self.down(nn.functional.gelu(self.up(x)))
+
+    m = Enc().eval()
+    m.compress_input_shape, m.compress_input_dtype, m.compress_vocab_size = (1, 8), "int64", 50
+    return m
+
+
+def _sha(p) -> str:
+    return hashlib.sha256(open(p, "rb").read()).hexdigest()
+
+
+def test_int8_cpu_random_calibration_deterministic(tmp_path, capsys):
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"o{k}"
+        assert main(["export", "tests.models:tiny_cnn", "--target", "cpu", "--runtimes", "ort", "--dtype", "int8",
+                     "--calib", "random:16", "--out", str(out), "--json"]) == 0
+        outs.append(out)
+    capsys.readouterr()
+    man = json.loads((outs[0] / "manifest.json").read_text())
+    assert _sha(outs[0] / "model.int8.onnx") == _sha(outs[1] / "model.int8.onnx")   # byte-identical
+    q = man["int8"]
+    assert man["ok"] and q["quantization"]["format"] == "QDQ" and q["method"]["method"] == "MinMax"
+    assert "no labelled data" in q["method"]["chosen_by"] and "random inputs" in q["calibration"]["warning"]
+    assert q["parity"]["metric"] == "top1_agreement" and q["parity"]["value"] >= 0.95
+    assert ["run_ort.py", "model.int8.onnx"] == [b for b in man["bench"] if "int8" in b["runtime"]][0]["argv"][:2]
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(outs[0] / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # compress bench times it like the other runtimes
+    assert main(["bench", str(outs[0]), "--runs", "2", "--warmup", "0", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["results"]
+    assert any("int8" in r["runtime"] and r["median_ms"] for r in runs)
+
+
+@needs_fmnist
+def test_int8_labelled_model_method_chosen_by_accuracy_and_eval(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["export", LABELLED, "--target", "cpu", "--runtimes", "ort", "--dtype", "int8", "--calib", "data:64",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "top1_agreement" in text and "accuracy int8" in text
+    q = json.loads((out / "manifest.json").read_text())["int8"]
+    assert q["method"]["chosen_by"].startswith("measured") and len(q["method"]["tried"]) == 3
+    assert "fashion-mnist" in q["calibration"]["data"] and "warning" not in q["calibration"]
+    p = q["parity"]
+    assert p["samples"] == 1000 and "test split" in p["inputs"] and p["ok"] and p["value"] >= 0.95
+    assert {"accuracy_int8", "accuracy_fp32"} <= set(p)
+    # compress eval runs model.int8.onnx in onnxruntime on the test split, and model.onnx beside it
+    assert main(["eval", str(out), "--data", "fashion-mnist", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["onnx"].endswith("model.int8.onnx") and res["samples"] == 10000
+    assert 0 <= res["accuracy"] <= 1 and res["agreement_fp32"] >= 0.95
+    assert abs(res["accuracy"] - res["accuracy_fp32"]) < 0.05
+    assert main(["eval", str(out / "model.onnx"), "--data", "fashion-mnist", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == res["accuracy_fp32"]
+
+
+@needs_fmnist
+def test_random_calibration_of_a_labelled_model_warns(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["export", LABELLED, "--target", "cpu", "--runtimes", "ort", "--dtype", "int8", "--calib", "random:16",
+                 "--calib-method", "minmax", "--out", str(out)]) in (0, 1)
+    text = capsys.readouterr().out
+    q = json.loads((out / "manifest.json").read_text())["int8"]
+    assert "data:128" in q["calibration"]["warning"] and q["method"]["chosen_by"] == "--calib-method"
+    assert "NOT VERIFIED: model.int8.onnx: calibrated on random inputs" in text
+
+
+def _bad(tmp_path, capsys, argv, model="tests.models:tiny_cnn") -> str:
+    out = tmp_path / "o"
+    assert main(["export", model, "--target", "cpu", "--runtimes", "ort", *argv, "--out", str(out), "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name != "calib.npy"]
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--dtype", "int8"], "--dtype int8 needs calibration data"),
+    (["--dtype", "int8", "--calib", "random:8", "--calib-method", "kl"], "unknown --calib-method 'kl'"),
+    (["--dtype", "int8", "--calib", "images.png"], "--calib 'images.png'"),
+    (["--calib", "random:8"], "calibrates --dtype int8"),
+    (["--dtype", "int4", "--calib", "random:8"], "unknown --dtype 'int4'"),
+    (["--dtype", "int8", "--calib", "data:16"], "no training data is known for tests.models:tiny_cnn"),
+])
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, argv, msg):
+    assert msg in _bad(tmp_path, capsys, argv)
+
+
+def test_gpu_target_needs_calibration_too(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["export", "tests.models:tiny_cnn", "--target", "gpu", "--dtype", "int8", "--out", str(out)]) == 2
+    assert "--dtype int8 needs calibration data" in capsys.readouterr().err and not out.exists()
+
+
+def test_calibration_npy_of_the_wrong_shape(tmp_path, capsys):
+    f = tmp_path / "calib.npy"
+    np.save(f, np.zeros((8, 3, 16, 16), np.float32))
+    err = _bad(tmp_path, capsys, ["--dtype", "int8", "--calib", str(f)])
+    assert "samples have shape (3, 16, 16), the model takes (3, 32, 32)" in err
+
+
+def test_calibration_npy_of_real_shape_is_used(tmp_path, capsys):
+    f = tmp_path / "calib.npy"
+    np.save(f, np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "o"
+    assert main(["export", "tests.models:tiny_cnn", "--target", "cpu", "--runtimes", "ort", "--dtype", "int8",
+                 "--calib", str(f), "--calib-method", "Entropy", "--out", str(out)]) == 0
+    q = json.loads((out / "manifest.json").read_text())["int8"]
+    assert q["calibration"]["samples"] == 16 and "warning" not in q["calibration"]
+    assert q["quantization"]["calibration_method"] == "Entropy"
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_trtexec_int8_lines_for_both_majors(sparse):
+    inputs = [("input", (3, 32, 32))]
+    weak = bt.trtexec_args(10, False, sparse, inputs, (1, 1, 32), int8=True)
+    strong = bt.trtexec_args(bt.STRONG_TYPING_MAJOR, False, sparse, inputs, (1, 1, 32), int8=True)
+    for args in (weak, strong):
+        assert args[0] == "--onnx=model.int8.onnx" and "--fp16" not in args
+        assert ("--sparsity=enable" in args) == sparse
+    assert "--int8" in weak and "--int8" not in strong   # 11+: strongly typed, the Q/DQ nodes carry int8
+
+
+def test_gpu_int8_export_scripts(tmp_path, capsys):
+    out = tmp_path / "gpu"
+    assert main(["export", "tests.models:tiny_cnn", "--target", "gpu", "--dtype", "int8", "--calib", "random:16",
+                 "--out", str(out), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["tensorrt"]["int8"] and not man["tensorrt"]["fp16"] and "fp16_onnx" not in man["tensorrt"]
+    assert man["int8"]["quantization"]["activations"].endswith("symmetric (TensorRT)")
+    script = (out / "build_engine.sh").read_text()
+    assert "--onnx=model.int8.onnx --saveEngine=model.engine --int8 " in script
+    assert script.count("--onnx=model.int8.onnx") == 2 and "--fp16" not in script
+    assert "python3 build_trt.py model.int8.onnx model.engine --int8" in script
+
+
+def test_text_encoder_judged_by_cosine_ffn_down_projection_kept_fp32(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["export", "tests.export.test_int8:tiny_encoder", "--target", "cpu", "--runtimes", "ort", "--dtype",
+                 "int8", "--calib", "random:32", "--out", str(out), "--json"]) == 0
+    q = json.loads(capsys.readouterr().out)["int8"]
+    assert q["parity"]["metric"] == "cosine" and q["parity"]["ok"] and q["parity"]["threshold"] == 0.98
+    assert q["quantization"]["op_types"] == ["MatMul", "Gemm"] and q["method"]["method"] == "MinMax"
+    kept = q["quantization"]["kept_fp32"]["nodes"]
+    assert len(kept) == 1 and "down" in kept[0]
