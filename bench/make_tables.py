@@ -344,10 +344,12 @@ def results_summary_section(results: Path) -> list[str]:
                             f"(`reconstruct.py`) | dense {e['accuracy_dense']:.2%}, pruned "
                             f"{e['accuracy_without_reconstruct']:.2%} without, {e['accuracy_with_reconstruct']:.2%} with "
                             f"(bar: within {e['bar_points']:g} points: {'met' if e['bar_met'] else 'not met'}) |")
-        e = r.get("minilm")
-        if e:
+        for e in (r.get("minilm"), r.get("minilm-thinet")):
+            if not e:
+                continue
             both = e.get("with_reconstruct_and_distill")
-            rows.append(f"| all-MiniLM-L6-v2, 30% heads + MLP removed, `--reconstruct` (`reconstruct.py`) | cosine to dense "
+            rows.append(f"| all-MiniLM-L6-v2, 30% heads + MLP removed by {e.get('criterion', 'l1')}, `--reconstruct` "
+                        f"(`reconstruct.py`) | cosine to dense "
                         f"{e['without_reconstruct']['cosine_mean']:.3f} without, {e['with_reconstruct']['cosine_mean']:.3f} "
                         f"with (bar 0.90)" + (f"; + distillation {both['cosine_mean']:.3f} (distilled only "
                                              f"{_f(e['distilled_only_reference']['cosine_mean'], 3)})" if both else "") + " |")
@@ -355,7 +357,9 @@ def results_summary_section(results: Path) -> list[str]:
         if e:
             rows.append(f"| `--reconstruct` time, resnet50 at ratio 0.3, {e['calib']} (`reconstruct.py`) | "
                         f"{e['reconstruct_seconds']:.0f} s, peak {e['peak_rss_gb']:.1f} GB (bar 120 s, 8 GB: "
-                        f"{'met' if e['bar']['met'] else 'not met'}; {_machine(d).split(',')[0]}) |")
+                        f"{'met' if e['bar']['met'] else 'not met'}; {_machine(d).split(',')[0]}"
+                        + (f", load average {e['loadavg_end'][0]:.1f} at the end" if e.get("loadavg_end") else "")
+                        + ") |")
     d = load("lowering_error")
     if d:
         h = d["summary"]["heldout"]

@@ -91,8 +91,12 @@ class PruneAccuracy:
         return cls(lm, shape, test, train, batches, finetune, seed)
 
     def _evaluate(self, dense: nn.Module, pruned: nn.Module):
-        """The dense model's test logits and the comparison of the pruned model with them."""
-        d_logits = predict(dense, self.test, EVAL_BATCH, desc="eval dense")
+        """The dense model's test logits and the comparison of the pruned model with them (the dense
+        logits are computed once per dense model: the dense model is never changed)."""
+        cached = getattr(self, "_dense_logits", None)
+        if cached is None or cached[0] is not dense:
+            cached = self._dense_logits = (dense, predict(dense, self.test, EVAL_BATCH, desc="eval dense"))
+        d_logits = cached[1]
         return d_logits, compare(predict(pruned, self.test, EVAL_BATCH, desc="eval pruned"), d_logits,
                                  self.test.labels)
 

@@ -17,6 +17,7 @@ from compress.api.accuracy import FinetuneConfig, PruneAccuracy
 from compress.errors import CompressError
 from compress.prune.importance import DATA_CRITERIA
 from compress.prune.plan import PruneConfig
+from compress.prune.reconstruct import DEFAULT_SAMPLES as RECONSTRUCT_SAMPLES, ReconstructConfig
 from compress.progress import Progress
 from compress.accuracy.schedules import PruneSchedule
 from compress.models.source import ModelSpec
@@ -40,6 +41,9 @@ class PruneRun:
     - `data`: fashion-mnist or a directory: measure accuracy (--data).
     - `finetune`: recovery fine-tuning on `data` (--finetune, --distill, --lr, --lr-rewind, --lr-schedule).
     - `schedule`: one shot, gradual or iterative pruning (--schedule, --steps).
+    - `reconstruct`: after removal, refit the consumers of every pruned group by least squares and
+      re-estimate BatchNorm statistics on the calibration data (--reconstruct; None: no refit; see
+      compress.prune.reconstruct). Its calibration set is `calib`, or data:1024 of `data` without it.
     """
     model: ModelSpec
     out: str
@@ -51,6 +55,7 @@ class PruneRun:
     data: str | None = None
     finetune: FinetuneConfig = FinetuneConfig()
     schedule: PruneSchedule = PruneSchedule("oneshot")
+    reconstruct: ReconstructConfig | None = None
 
 
 def prune(cfg: PruneRun) -> dict:
@@ -71,6 +76,7 @@ def prune(cfg: PruneRun) -> dict:
     config.validate()
     data_criterion = config.criterion in DATA_CRITERIA
     _check_schedule(cfg)
+    _check_reconstruct(cfg)
     round_to = round_to or channel_step(cfg.target)
     distributed.init()                    # under torchrun: join the process group (fine-tuning uses DDP)
     try:
@@ -93,6 +99,74 @@ def _check_schedule(cfg: PruneRun) -> None:
             raise CompressError(f"--schedule {sched.kind} fine-tunes between its steps: give --data and --finetune EPOCHS")
         if cfg.channels.global_ranking:
             raise CompressError(f"--global is not supported with --schedule {sched.kind}; use a uniform --ratio")
+
+
+def _check_reconstruct(cfg: PruneRun) -> None:
+    """--reconstruct needs a one-shot prune and calibration data that looks like what the model sees."""
+    if cfg.reconstruct is None:
+        return
+    cfg.reconstruct.validate()
+    if cfg.schedule.kind != "oneshot":
+        raise CompressError(f"--reconstruct refits after a one-shot prune; drop --schedule {cfg.schedule.kind}")
+    if not cfg.calib and not cfg.data:
+        raise CompressError("--reconstruct needs calibration data like the model's inputs: --calib FILE.npy, "
+                            f"or --data D (then data:{RECONSTRUCT_SAMPLES} of its training split)")
+
+
+def _calib_spec(cfg: PruneRun) -> str | None:
+    """The --calib spec in effect: --reconstruct with --data and no --calib takes data:1024."""
+    if cfg.calib or cfg.reconstruct is None or not cfg.data:
+        return cfg.calib
+    return f"data:{RECONSTRUCT_SAMPLES}"
+
+
+def _calib_text(cfg: PruneRun, spec: str | None, batches) -> str:
+    n = sum(int(b[0].shape[0]) for b in batches)
+    if spec and calib_spec.is_data(spec):
+        return f"{n} samples of {cfg.data} (training split, stratified, seed {cfg.channels.seed}; --calib {spec})"
+    return f"{n} samples of --calib {spec}"
+
+
+def _with_reconstruct(cfg: PruneRun, run_prune, lm, batches, acc, spec: str | None, record: dict):
+    """`run_prune` followed by compress.prune.reconstruct on `batches`; `record` gets the report's JSON,
+    its text and (with --data) the test accuracy before and after reconstruction."""
+    if cfg.reconstruct is None:
+        return run_prune
+    from compress.prune.reconstruct import reconstruct
+
+    def run(model, inputs, config, round_to, source, calib=None, strict=False, log=None):
+        res = run_prune(model, inputs, config, round_to, source, calib=calib, strict=strict, log=log)
+        acc_json = {}
+        if acc is not None:   # accuracy without reconstruction; with it: what `measured` records (_reconstruct_json)
+            before = acc._evaluate(lm.model, res.model)[1]
+            acc_json = {"accuracy_dense": before["accuracy_dense"], "accuracy_before": before["accuracy"],
+                        "agreement_before": before["agreement"]}
+        if log is not None:
+            log("reconstructing")
+        rep = reconstruct(lm.model, res.model, res.plan.param_keep(), batches,
+                          replace(cfg.reconstruct, seed=cfg.channels.seed), graph=res.graph)
+        record["json"] = {"calib": _calib_text(cfg, spec, batches)} | acc_json | rep.to_json()
+        record["text"] = rep.text()
+        res.plan.notes.extend(rep.notes)
+        if rep.kept and rep.refit + sum(b["reestimated"] for b in rep.batchnorm):
+            res.plan.notes.append("weights refit by --reconstruct: model.safetensors is not a slice of the "
+                                  "source weights")
+        return res
+    return run
+
+
+def _reconstruct_json(recon: dict, measured) -> dict:
+    """summary.json's "reconstruct", with the test accuracy right after reconstruction (before any
+    fine-tuning or lowering) from what `measured` recorded; the CLI text gains the comparison."""
+    out = recon["json"]
+    if measured and "accuracy_before" in out:
+        j = measured["json"]
+        after = j.get("accuracy_pruned_before_finetune", j.get("accuracy_before_lowering", j.get("accuracy")))
+        agree = j.get("agreement_before_finetune", j.get("agreement"))
+        out |= {"accuracy_after": after, "agreement_after": agree}
+        recon["text"] += (f"\naccuracy without / with reconstruction: {out['accuracy_before']:.4f} / {after:.4f} "
+                          f"(dense {out['accuracy_dense']:.4f})")
+    return out
 
 
 def _finetune_record(f: FinetuneConfig, train, distill: bool, rewind, history, seconds) -> dict:
@@ -261,16 +335,20 @@ def _prune(cfg: PruneRun, config: PruneConfig, plan, round_to: int, data_criteri
     if lm.plan is not None:
         raise CompressError(f"{cfg.model.model} is already pruned; prune its source model with a larger --ratio")
     sparse_specs = _planned_formats(plan, lm)   # {} unless the plan has formats
-    acc = PruneAccuracy.setup(lm, cfg.data, f, cfg.calib, cfg.channels.seed, cfg.model.input_shape,
+    spec = _calib_spec(cfg)
+    acc = PruneAccuracy.setup(lm, cfg.data, f, spec, cfg.channels.seed, cfg.model.input_shape,
                               data_criterion)  # None without data
     calib = acc.calib if acc and acc.calib is not None else calib_spec.input_batches(
-        cfg.calib or ("random:32" if data_criterion else None), lm, inputs)
+        spec or ("random:32" if data_criterion else None), lm, inputs)
+    recon: dict = {}
+    run_prune = _with_reconstruct(cfg, run_prune, lm, calib, acc, spec, recon)
     source = {"model": lm.spec, "sha256": models.weights_sha256(lm.model),
               "input_shape": list(inputs[0].shape), "input_dtype": lm.input_dtype}
     if cfg.model.weights:
         source["weights"] = weights_source(cfg.model.weights)
     own_finetune = acc is not None and bool(f.epochs) and (sched.kind != "oneshot" or f.lr_schedule != "constant")
-    steps = ["tracing", "scoring", "removing", "verifying"] + (["lowering"] if sparse_specs else []) + ["exporting ONNX"]
+    steps = ["tracing", "scoring", "removing", "verifying"] + (["reconstructing"] if cfg.reconstruct else []) + (
+        ["lowering"] if sparse_specs else []) + ["exporting ONNX"]
     progress = Progress(steps) if distributed.is_main() else (lambda msg: None)
     schedule_json = None
     try:
@@ -285,6 +363,8 @@ def _prune(cfg: PruneRun, config: PruneConfig, plan, round_to: int, data_criteri
                                 progress) if sparse_specs else None
         summary, before, after = _summary(lm, inputs, res, config, round_to, sched.kind, t_prune, schedule_json,
                                           measured, sparse)
+        if recon:
+            summary["reconstruct"] = _reconstruct_json(recon, measured)
         if not distributed.is_main():         # under torchrun only rank 0 writes
             distributed.barrier()
             return {"text": "", "json": {"rank": distributed.active().rank, "out": cfg.out}, "code": 0}
@@ -293,7 +373,7 @@ def _prune(cfg: PruneRun, config: PruneConfig, plan, round_to: int, data_criteri
     finally:
         if hasattr(progress, "close"):
             progress.close()
-    return _result(cfg, lm, res, before, after, summary, parity, measured, sparse)
+    return _result(cfg, lm, res, before, after, summary, parity, measured, sparse, recon.get("text"))
 
 
 def _summary(lm, inputs, res, config: PruneConfig, round_to: int, schedule: str, t_prune: float, schedule_json,
@@ -343,13 +423,16 @@ def _write(cfg: PruneRun, lm, inputs, res, sparse, summary: dict, progress) -> d
     return parity
 
 
-def _result(cfg: PruneRun, lm, res, before: dict, after: dict, summary: dict, parity: dict, measured, sparse) -> dict:
+def _result(cfg: PruneRun, lm, res, before: dict, after: dict, summary: dict, parity: dict, measured, sparse,
+            recon_text: str | None = None) -> dict:
     """What the CLI prints, and the exit code (1 when onnxruntime or the lowered model disagrees)."""
     text = (f"pruned {lm.spec}: params {before['params']:,} -> {after['params']:,} "
             f"({after['params'] / before['params']:.1%}), MACs {before['macs']:,} -> {after['macs']:,} "
             f"({summary['mac_reduction']:.2f}x fewer); {summary['groups_pruned']}/{summary['groups']} groups pruned; "
             f"onnxruntime parity {'ok' if parity['ok'] else 'FAILED'} (max rel error {parity['max_rel_error']:.1e}); "
             f"wrote {cfg.out}")
+    if recon_text:
+        text += "\n" + recon_text
     if measured:
         text += "\n" + measured["text"]
     if sparse:

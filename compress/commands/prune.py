@@ -18,8 +18,13 @@ def add_arguments(p) -> None:
     p.add_argument("--round-to", type=int, help="kept channels are a multiple of N (default: the target's channel step)")
     p.add_argument("--target", default="cpu", help="device whose channel step is used (cpu, gpu, jetson)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules whose output channels are kept")
-    p.add_argument("--calib", help="calibration data for data-driven criteria: random[:N], a .npy file of inputs, "
-                   "or data[:N] (a stratified subset of --data's training split; the default with --data)")
+    p.add_argument("--calib", help="calibration data for data-driven criteria and --reconstruct: random[:N], a .npy "
+                   "file of inputs, or data[:N] (a stratified subset of --data's training split; the default with "
+                   "--data: data:128, data:1024 with --reconstruct)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="after removal, refit every layer reading a pruned group by least squares to the dense "
+                   "model's outputs on the calibration data and re-estimate BatchNorm statistics (each kept only "
+                   "where it lowers the held-out error); needs --calib or --data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="fail on ops that block pruning instead of keeping their channels")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -41,6 +46,7 @@ def run(args) -> dict:
     from compress.api.accuracy import FinetuneConfig
     from compress.api.prune import PruneRun, prune
     from compress.prune.plan import PruneConfig
+    from compress.prune.reconstruct import ReconstructConfig
     from compress.accuracy.schedules import PruneSchedule
     from compress.models.source import ModelSpec
 
@@ -52,4 +58,5 @@ def run(args) -> dict:
         plan=args.plan, target=args.target, strict=args.strict, calib=args.calib, data=args.data,
         finetune=FinetuneConfig(epochs=args.finetune, distill=args.distill, lr=args.lr, lr_rewind=args.lr_rewind,
                                 lr_schedule=args.lr_schedule),
-        schedule=PruneSchedule(args.schedule, args.steps)))
+        schedule=PruneSchedule(args.schedule, args.steps),
+        reconstruct=ReconstructConfig() if args.reconstruct else None))

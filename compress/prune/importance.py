@@ -8,6 +8,10 @@
               sum over samples of (dL/dm)^2 / 2, with dL/dm = sum over reader slices of w*dL/dw
 - activation  mean |activation| entering the readers of the class (calibration data)
 - apoz        1 - average percentage of zeros entering the readers (Hu et al. 2016)
+- thinet      greedy selection by the next layer's reconstruction error (Luo et al. 2017): the classes whose
+              removal least increases the readers' output error go first (compress/prune/selection.py)
+- id          interpolative decomposition of what the readers see (Chee et al. 2022): the classes a
+              column-pivoted QR of the activations picks first are kept (compress/prune/selection.py)
 - random      the sanity baseline of Su et al. 2020 (seeded)
 """
 
@@ -20,8 +24,8 @@ from torch import nn
 from compress.errors import CompressError
 from compress.graph.groups import ChannelGraph
 
-CRITERIA = ("l1", "l2", "bn", "taylor", "fisher", "activation", "apoz", "random")
-DATA_CRITERIA = ("taylor", "fisher", "activation", "apoz")   # need calibration data; the one list (prune, plan, bench)
+CRITERIA = ("l1", "l2", "bn", "taylor", "fisher", "activation", "apoz", "thinet", "id", "random")
+DATA_CRITERIA = ("taylor", "fisher", "activation", "apoz", "thinet", "id")   # need calibration data; the one list (prune, plan, bench)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -77,8 +81,9 @@ def bn_scale(model, graph) -> dict[int, float]:
 
 
 def _loss(out, target):
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    out = getattr(out, "logits", getattr(out, "last_hidden_state", out))
+    from compress.models.outputs import primary_tensor
+
+    out = primary_tensor(out)   # dicts ('out'), tuples, Hugging Face outputs: the primary output
     if target is not None:
         return nn.functional.cross_entropy(out, target)
     return 0.5 * out.float().pow(2).mean()
@@ -87,8 +92,9 @@ def _loss(out, target):
 def _pseudo_targets(model, batch):
     with torch.no_grad():
         out = model(*batch)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    out = getattr(out, "logits", out)
+    from compress.models.outputs import primary_tensor
+
+    out = primary_tensor(out)
     return out.argmax(-1) if out.dim() == 2 else None
 
 
@@ -193,6 +199,13 @@ def score(model: nn.Module, graph: ChannelGraph, criterion: str, calib=None, see
         s = taylor(model, graph, calib)
     elif criterion == "fisher":
         s = fisher(model, graph, calib)
+    elif criterion in ("thinet", "id"):
+        from compress.prune.selection import interpolative, thinet
+        by_group = (thinet if criterion == "thinet" else interpolative)(model, graph, calib, seed)
+        fallback = magnitude(model, graph, 2)
+        return {g.id: by_group[g.id] if g.id in by_group else
+                np.nan_to_num(np.array([fallback.get(int(c), 0.0) for c in g.classes], dtype=np.float64))
+                for g in graph.groups}
     else:
         s = activation(model, graph, calib, apoz=criterion == "apoz")
     out = {}
