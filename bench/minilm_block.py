@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -194,17 +193,12 @@ def main() -> None:
 
 def time_all(cands: dict, args) -> None:
     """Time every candidate's artifact in lockstep (one onnxruntime worker per file) and record it."""
-    from compress.measure import Block, block_ms
-
     c.log("timing every artifact in lockstep")
-    jobs = [(k, str(c.Path(v["artifact"]) / v["file"]), 1) for k, v in cands.items()]
-    got = block_ms(jobs, Block(threads=args.threads), args.rounds, args.passes)
-    dense_ms = statistics.median(got["dense"])
-    for k, ms in got.items():
-        med = statistics.median(ms)
-        cands[k] |= {"median_ms": round(med, 3), "min_block_ms": round(min(ms), 3), "max_block_ms": round(max(ms), 3),
-                     "speedup_vs_dense": round(dense_ms / med, 3), "timed_loadavg": c.loadavg()}
-        c.log(f"{k}: {med:.2f} ms ({dense_ms / med:.2f}x dense), cosine {cands[k]['cosine_after']:.4f}")
+    got = c.time_artifacts({k: str(c.Path(v["artifact"]) / v["file"]) for k, v in cands.items()}, args.threads,
+                           args.rounds, args.passes)
+    for k, t in got.items():
+        cands[k] |= t
+        c.log(f"{k}: {t['median_ms']:.2f} ms ({t['speedup_vs_dense']:.2f}x dense), cosine {cands[k]['cosine_after']:.4f}")
 
 
 def finish(out: dict, args, t_start: float) -> None:

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -51,23 +50,17 @@ def expected(src: str, file: str) -> tuple[float | None, str]:
 
 
 def time_all(cands: dict, args) -> None:
-    from compress.measure import Block, block_ms
-
     for k, v in cands.items():
         v.setdefault("source", MODEL if k == "dense" else v["artifact"].removesuffix("-art").replace("@", "", 1)
                      if k.startswith("structured") else v["artifact"].removesuffix("-art"))
         v["expected_ms"], v["expected_profile"] = expected(v["source"], v["file"])
     c.log("timing every artifact in lockstep")
-    jobs = [(k, str(c.Path(v["artifact"]) / v["file"]), 1) for k, v in cands.items()]
-    got = block_ms(jobs, Block(threads=args.threads), args.rounds, args.passes)
-    dense_ms = statistics.median(got["dense"])
-    for k, ms in got.items():
-        med = statistics.median(ms)
+    got = c.time_artifacts({k: str(c.Path(v["artifact"]) / v["file"]) for k, v in cands.items()}, args.threads,
+                           args.rounds, args.passes)
+    for k, t in got.items():
         exp = cands[k].get("expected_ms")
-        cands[k] |= {"median_ms": round(med, 3), "min_block_ms": round(min(ms), 3), "max_block_ms": round(max(ms), 3),
-                     "speedup_vs_dense": round(dense_ms / med, 3), "timed_loadavg": c.loadavg(),
-                     "expected_error": round(exp / med - 1, 4) if exp else None}
-        c.log(f"{k}: {med:.2f} ms ({dense_ms / med:.2f}x dense), expected {exp}")
+        cands[k] |= t | {"expected_error": round(exp / t["median_ms"] - 1, 4) if exp else None}
+        c.log(f"{k}: {t['median_ms']:.2f} ms ({t['speedup_vs_dense']:.2f}x dense), expected {exp}")
 
 
 def main() -> None:

@@ -85,10 +85,8 @@ def greedy_order(xh: np.ndarray) -> np.ndarray:
     return np.array(order, dtype=np.int64)
 
 
-@torch.no_grad()
-def thinet(model: nn.Module, graph, calib, seed: int = 0) -> dict[int, np.ndarray]:
-    """Scores per group id (higher = kept longer); groups without a scorable reader are absent."""
-    readers = _readers(model, graph)
+def _collect(model: nn.Module, readers: dict, calib, rows_of, seed: int) -> dict[str, list[torch.Tensor]]:
+    """Per reader, the rows `rows_of(module, input, generator, per_batch)` gives on each calibration batch."""
     mods = dict(model.named_modules())
     per_batch = max(1, ROWS_PER_READER // max(len(calib), 1))
     rows: dict[str, list[torch.Tensor]] = {r: [] for r in readers}
@@ -96,7 +94,7 @@ def thinet(model: nn.Module, graph, calib, seed: int = 0) -> dict[int, np.ndarra
 
     def hook(name):
         def fn(mod, args):
-            rows[name].append(contributions(mod, args[0], gen, per_batch))
+            rows[name].append(rows_of(mod, args[0], gen, per_batch))
         return fn
 
     handles = [mods[r].register_forward_pre_hook(hook(r)) for r in sorted(readers)]
@@ -107,6 +105,14 @@ def thinet(model: nn.Module, graph, calib, seed: int = 0) -> dict[int, np.ndarra
     finally:
         for h in handles:
             h.remove()
+    return rows
+
+
+@torch.no_grad()
+def thinet(model: nn.Module, graph, calib, seed: int = 0) -> dict[int, np.ndarray]:
+    """Scores per group id (higher = kept longer); groups without a scorable reader are absent."""
+    readers = _readers(model, graph)
+    rows = _collect(model, readers, calib, contributions, seed)
     where = {int(c): (g.id, i) for g in graph.groups for i, c in enumerate(g.classes)}
     stacks: dict[int, list[np.ndarray]] = {}
     for r, (_w, roots) in readers.items():
@@ -165,24 +171,7 @@ def pivot_order(z: np.ndarray, cls: np.ndarray) -> np.ndarray:
 def interpolative(model: nn.Module, graph, calib, seed: int = 0) -> dict[int, np.ndarray]:
     """Scores per group id (chosen first = highest); groups without a scorable reader are absent."""
     readers = _readers(model, graph)
-    mods = dict(model.named_modules())
-    per_batch = max(1, ROWS_PER_READER // max(len(calib), 1))
-    rows: dict[str, list[torch.Tensor]] = {r: [] for r in readers}
-    gen = torch.Generator().manual_seed(seed)
-
-    def hook(name):
-        def fn(mod, args):
-            rows[name].append(activations(mod, args[0], gen, per_batch))
-        return fn
-
-    handles = [mods[r].register_forward_pre_hook(hook(r)) for r in sorted(readers)]
-    model.eval()
-    try:
-        for batch in calib:
-            model(*batch)
-    finally:
-        for h in handles:
-            h.remove()
+    rows = _collect(model, readers, calib, activations, seed)
     where = {int(c): (g.id, i) for g in graph.groups for i, c in enumerate(g.classes)}
     stacks: dict[int, list[np.ndarray]] = {}
     owners: dict[int, np.ndarray] = {}
