@@ -240,12 +240,18 @@ def derived(dense: dict, lat: dict, dense_macs: int, macs: int, pairs: list | No
                   "efficiency_best": round(dense["best_ms"] / lat["best_ms"] / red, 4)}
 
 
+def rel(path) -> str:
+    """`path` relative to the repository root when it lies inside it (results JSON name no machine paths)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def time_artifacts(files: dict[str, str], threads: int, rounds: int, passes: int, dense: str = "dense") -> dict:
     """Time exported ONNX files in lockstep (compress/measure.py: one onnxruntime worker per file, alternating
-    blocks) at batch 1: {key: median_ms, min/max block ms, speedup over `dense`, the load average}."""
+    blocks) at batch 1; paths relative to the repository root or absolute: {key: median_ms, min/max block ms, speedup over `dense`, the load average}."""
     from compress.measure import Block, block_ms
 
-    got = block_ms([(k, f, 1) for k, f in files.items()], Block(threads=threads), rounds, passes)
+    got = block_ms([(k, str(ROOT / f), 1) for k, f in files.items()], Block(threads=threads), rounds, passes)
     dense_ms = statistics.median(got[dense])
     return {k: {"median_ms": round(statistics.median(ms), 3), "min_block_ms": round(min(ms), 3),
                 "max_block_ms": round(max(ms), 3), "speedup_vs_dense": round(dense_ms / statistics.median(ms), 3),

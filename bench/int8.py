@@ -108,7 +108,8 @@ def accuracy_text(work: Path) -> dict:
     cos = (e32 * e8).sum(1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e8, axis=1))
     q = man["int8"]
     return {"model": "hf:minilm", "sequence_tokens": TEXT_SEQ,
-            "calibration": q["calibration"] | {"data": f"{len(cal)} training-split tweets (stratified, seed 1), "
+            "calibration": q["calibration"] | {"spec": c.rel(npy),
+                                                "data": f"{len(cal)} training-split tweets (stratified, seed 1), "
                                                         f"token ids padded/truncated to {TEXT_SEQ}"},
             "method": q["method"], "quantization": q["quantization"],
             "held_out": f"{len(held)} tweets of the test split (disjoint by content hash), stratified, seed 0",

@@ -179,7 +179,7 @@ def main() -> None:
         c.log(f"{name}: cosine {before:.4f} -> {after:.4f}")
 
     for k, (d, f) in arts.items():
-        cands[k] |= {"artifact": str(d), "file": f}
+        cands[k] |= {"artifact": c.rel(d), "file": f}
     time_all(cands, args)
     out = c.result_header("minilm_block", "all-MiniLM-L6-v2: structured pruning vs block-sparse (32x32) weights, "
                           "each distilled the same way, exported for this CPU and timed at batch 1 x 128 tokens: "

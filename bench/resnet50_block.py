@@ -50,9 +50,7 @@ def expected(src: str, file: str) -> tuple[float | None, str]:
 
 
 def time_all(cands: dict, args) -> None:
-    for k, v in cands.items():
-        v.setdefault("source", MODEL if k == "dense" else v["artifact"].removesuffix("-art").replace("@", "", 1)
-                     if k.startswith("structured") else v["artifact"].removesuffix("-art"))
+    for v in cands.values():
         v["expected_ms"], v["expected_profile"] = expected(v["source"], v["file"])
     c.log("timing every artifact in lockstep")
     got = c.time_artifacts({k: str(c.Path(v["artifact"]) / v["file"]) for k, v in cands.items()}, args.threads,
@@ -89,7 +87,7 @@ def main() -> None:
         def add(name, src, file):
             art = work / f"{name}-art"
             cli("export", src, "--target", "cpu", "--runtimes", "ort", "--batch", "1", "--out", art)
-            cands[name] = {"artifact": str(art), "file": file, "source": str(src)}
+            cands[name] = {"artifact": c.rel(art), "file": file, "source": src if src == MODEL else c.rel(src)}
 
         c.log("dense")
         add("dense", MODEL, "model.ort.onnx")
