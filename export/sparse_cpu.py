@@ -10,8 +10,6 @@ beside it, so it runs with onnxruntime alone: no compress, no compiler."""
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +29,12 @@ def missing_requirements() -> str | None:
     the op uses), or None."""
     from importlib.metadata import version
 
-    from compress.kernels.bsr_cpu import BUILD
+    from compress.kernels import bsr_cpu
 
-    cxx = os.environ.get("CXX") or BUILD["cxx"]
-    if shutil.which(cxx) is None:
-        return f"not built: the kernel is compiled at export and {cxx} was not found (apt-get install g++, or set CXX)"
+    try:
+        bsr_cpu.compiler()
+    except CompressError as e:
+        return f"not built: the kernel is compiled at export; {e}"
     major, minor = (int(v) for v in version("onnxruntime").split(".")[:2])
     if (major, minor) < (1, 17):
         return f"not built: the kernel's custom op needs onnxruntime >= 1.17 (installed: {version('onnxruntime')})"
