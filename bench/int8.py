@@ -122,22 +122,17 @@ def accuracy_text(work: Path) -> dict:
 def ort_own(src: Path, dst: Path, arrays: list) -> None:
     """onnxruntime's own recipe: quant_pre_process, then quantize_static QDQ per-channel (defaults otherwise)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from compress.export.quantize import calibration_reader
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre))
     name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(arrays)
-
-        def get_next(self):
-            a = next(self.it, None)
-            return None if a is None else {name: a}
-
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    quantize_static(str(pre), str(dst), calibration_reader(name, arrays), quant_format=QuantFormat.QDQ,
+                    per_channel=True)
     pre.unlink()
 
 

@@ -134,7 +134,8 @@ def calibration(spec: str, lm, example: tuple, dataset: str | None, batch: int |
     return Calibration(spec, c.kind, arrays, desc, warning)
 
 
-def _reader(input_name: str, arrays: list):
+def calibration_reader(input_name: str, arrays: list):
+    """onnxruntime's CalibrationDataReader over `arrays` (one feed of `input_name` each), rewindable."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
@@ -228,7 +229,7 @@ def _quantize_in(src, dst, name, arrays, ops, method, extra, exclude=()):
     from compress.export.onnx import quietly
 
     try:
-        quietly(quantize_static, src, dst, _reader(name, arrays), quant_format=QuantFormat.QDQ,
+        quietly(quantize_static, src, dst, calibration_reader(name, arrays), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=ops, per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude) or None,
                 calibrate_method=getattr(CalibrationMethod, METHOD_NAMES[method]), extra_options=dict(extra))
