@@ -258,3 +258,29 @@ def test_bad_formats_are_bad_input(mixed_plan, tmp_path, capsys, monkeypatch, fo
     err = capsys.readouterr().err
     assert re.search(match, err) and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_every_candidate_is_a_plan_of_its_own(mixed_plan, tmp_path, one_thread, monkeypatch):
+    """`plan --formats` writes each candidate the report compares (structured-only, unstructured-only,
+    mixed) as candidates/NAME.json, and each applies with `compress prune --plan`: the unstructured one
+    removes no channel and lowers exactly the report's per-layer winners."""
+    monkeypatch.chdir(REPO)
+    out = mixed_plan.parent
+    report = json.loads((out / "report.json").read_text())["formats_report"]
+    assert report["candidates"] == {k: f"candidates/{k}.json" for k in ("structured", "unstructured", "mixed")}
+    cand = {k: PrunePlan.from_json((out / v).read_text()) for k, v in report["candidates"].items()}
+    chosen = PrunePlan.from_json(mixed_plan.read_text())
+    assert report["winner"] == "mixed" and cand["mixed"].keep == chosen.keep and cand["mixed"].formats == chosen.formats
+    assert cand["structured"].formats == {} and any(g.channels_after < g.channels_before for g in cand["structured"].groups)
+    u = cand["unstructured"]
+    assert u.keep == {} and u.groups == [] and u.formats == report["unstructured"]["sparse_layers"] and u.formats
+
+    d = tmp_path / "unstructured"
+    assert _main("prune", SPEC, "--plan", out / "candidates" / "unstructured.json", "--out", d) == 0
+    lm, dense = models.load(str(d)), net()
+    shapes = {n: tuple(p.shape) for n, p in dense.named_parameters()}
+    lowered = json.loads((d / "summary.json").read_text())["formats"]
+    assert set(lowered) == set(u.formats)
+    for name, mod in lm.model.named_modules():
+        if name in u.formats:
+            assert tuple(mod.dense_weight().shape[:2]) == shapes[f"{name}.weight"][:2], name

@@ -45,6 +45,9 @@ class PlanRun:
     - `formats`: the formats the report compares, a subset of FORMATS (--formats; the plan is structured).
     - `measure`: time candidate plans in onnxruntime on this machine and re-plan until the measured
       latency meets the budget (--measure; needs target cpu and formats ("structured",)).
+    - `dtype`: the precision that ships, fp32 or int8 (--dtype): int8 plans against an int8 profile (the
+      shipped NAME-int8[-TAG]-bN.json of the target, or `profile`), fp32 against any other; the wrong kind
+      is bad input.
     """
     model: ModelSpec
     out: str
@@ -55,6 +58,7 @@ class PlanRun:
     calib: str | None = None
     formats: tuple[str, ...] = ("structured",)
     measure: bool = False
+    dtype: str = "fp32"
 
 
 @dataclass
@@ -65,6 +69,7 @@ class _Solved:
     res: PlanResult
     measured: Refined | None = None
     fmt_report: dict | None = None
+    candidates: dict[str, PrunePlan] | None = None   # with sparse formats: structured / unstructured / mixed
 
 
 def plan(cfg: PlanRun) -> dict:
@@ -90,7 +95,9 @@ def plan(cfg: PlanRun) -> dict:
                          "channels_after": g.channels_after} for g in solved.plan.groups]
     if solved.fmt_report is not None:
         report["formats_report"] = solved.fmt_report
-    _write(cfg.out, solved.plan, report)
+    if solved.candidates:
+        report["formats_report"]["candidates"] = {k: f"candidates/{k}.json" for k in solved.candidates}
+    _write(cfg.out, solved.plan, report, solved.candidates or {})
     out = {"text": "\n".join(_summary(cfg, prof, solved, report["groups"])), "json": {**report, "out": cfg.out}}
     if solved.measured is not None and not solved.measured.meets:
         out["code"] = 1      # a requested check (the measured budget) failed; the fastest plan is still written
@@ -104,6 +111,12 @@ def _check_options(cfg: PlanRun) -> None:
     if cfg.measure and (cfg.target != "cpu" or tuple(cfg.formats) != ("structured",)):
         raise CompressError("--measure times plans with onnxruntime on this machine: it needs --target cpu and "
                             "--formats structured (a gpu or jetson plan can only be predicted here)")
+    if cfg.dtype not in ("fp32", "int8"):
+        raise CompressError(f"unknown --dtype {cfg.dtype!r}; choose fp32 or int8")
+    if cfg.dtype == "int8" and cfg.measure:
+        raise CompressError("--measure times fp32 candidates; it does not plan --dtype int8 yet (drop --measure)")
+    if cfg.dtype == "int8" and tuple(cfg.formats) != ("structured",):
+        raise CompressError("--dtype int8 plans structured pruning only (the sparse formats' kernels are fp32)")
 
 
 def _profile(cfg: PlanRun) -> DeviceProfile:
@@ -114,13 +127,17 @@ def _profile(cfg: PlanRun) -> DeviceProfile:
         raise CompressError(f"unknown --target {cfg.target!r}; choose cpu, gpu or jetson")
     name = cfg.profile or TARGET_PROFILE[cfg.target]
     try:
-        return load_profile(name, batch=cfg.batch)
+        prof = load_profile(name, dtype="int8" if cfg.dtype == "int8" else None, batch=cfg.batch)
     except CompressError as e:
         if cfg.profile is None and cfg.target == "gpu":
             raise CompressError("no measured GPU profile ships yet; on the GPU machine run `python bench/gpu_suite.py` "
                                 "(its gpu_profile step writes bench/results/gpu/gpu_profile.json) and pass --profile "
                                 "FILE") from None
         raise e
+    if cfg.dtype != "int8" and prof.dtype == "int8":
+        raise CompressError(f"profile {prof.path} is an int8 profile (it prices the int8 artifact); plan with "
+                            "--dtype int8, or give an fp32 profile")
+    return prof
 
 
 def _load(cfg: PlanRun, prof: DeviceProfile) -> tuple[LoadedModel, tuple]:
@@ -190,6 +207,7 @@ def _compare_formats(solved: _Solved, prep: Prepared, config: PlanConfig, source
     from compress.planner import formats as planner_formats
 
     solved.fmt_report, mixed = planner_formats.report(prep, config, source, solved.res, sparse)
+    solved.candidates = planner_formats.candidate_plans(solved.plan, solved.fmt_report, mixed)
     if solved.fmt_report["winner"] == "mixed" and mixed is not None:
         solved.plan, solved.res = mixed
         solved.plan.formats = dict(solved.fmt_report["mixed"]["sparse_layers"])
@@ -203,7 +221,7 @@ def _report(cfg: PlanRun, prof: DeviceProfile, solved: _Solved) -> dict:
     from compress.planner.formats import cost_sources
 
     res, measured = solved.res, solved.measured
-    report = {"profile": prof.name, "profile_source": prof.data["source"], "batch": prof.batch,
+    report = {"profile": prof.name, "profile_source": prof.data["source"], "dtype": prof.dtype, "batch": prof.batch,
               "dense_ms": round(res.dense_ms, 4), "target_ms": round(res.target_ms, 4),
               "predicted_ms": round(res.predicted_ms, 4), "predicted_speedup": round(res.dense_ms / res.predicted_ms, 4),
               "smallest_ms": round(res.min_ms, 4), "iterations": res.iterations,
@@ -217,13 +235,20 @@ def _report(cfg: PlanRun, prof: DeviceProfile, solved: _Solved) -> dict:
     return report
 
 
-def _write(out: str, plan: PrunePlan, report: dict) -> None:
+def _write(out: str, plan: PrunePlan, report: dict, candidates: dict[str, PrunePlan]) -> None:
+    """plan.json, report.json and, with sparse formats, candidates/NAME.json: each candidate the formats
+    report compares as a plan of its own, so that every one of them can be applied, exported and timed."""
     from compress.io import atomic_dir, write_json
 
     with atomic_dir(out) as d:
         with open(os.path.join(d, "plan.json"), "w") as f:
             f.write(plan.to_json())
         write_json(os.path.join(d, "report.json"), report)
+        if candidates:
+            os.makedirs(os.path.join(d, "candidates"))
+        for name, cand in candidates.items():
+            with open(os.path.join(d, "candidates", f"{name}.json"), "w") as f:
+                f.write(cand.to_json())
 
 
 def _summary(cfg: PlanRun, prof: DeviceProfile, solved: _Solved, groups: list[dict]) -> list[str]:
@@ -235,7 +260,7 @@ def _summary(cfg: PlanRun, prof: DeviceProfile, solved: _Solved, groups: list[di
     res, measured, fr = solved.res, solved.measured, solved.fmt_report
     kept = np.mean([g["channels_after"] / max(g["channels_before"], 1) for g in groups]) if groups else 1.0
     plan_json = os.path.join(cfg.out, "plan.json")
-    lines = [f"profile {prof.name} ({prof.data['source']}, batch {prof.batch})",
+    lines = [f"profile {prof.name} ({prof.data['source']}, {prof.dtype}, batch {prof.batch})",
              f"dense {res.dense_ms:.3f} ms -> predicted {res.predicted_ms:.3f} ms "
              f"(target {res.target_ms:.3f} ms, speedup {res.dense_ms / res.predicted_ms:.2f}x)",
              f"{len(groups)} groups, mean kept fraction {kept:.2f}",

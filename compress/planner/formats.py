@@ -309,7 +309,9 @@ def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...],
                           "speedup": round(dense_ms / structured_res.predicted_ms, 4), "meets_budget": True},
            "unstructured": {"predicted_ms": round(unstructured_ms, 4), "speedup": round(dense_ms / unstructured_ms, 4),
                             "meets_budget": unstructured_ms <= target,
-                            "layers_sparse": len(wins)},
+                            "layers_sparse": len(wins),
+                            "sparse_layers": {o.layer: {"format": o.format, "density": o.density}
+                                              for o in wins.values()}},
            "layers": layers,
            "summary": {f: sum(1 for x in layers if x["winner"] == f) for f in sorted({x["winner"] for x in layers})}}
     mixed = None
@@ -331,6 +333,35 @@ def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...],
         out["mixed"] = {"note": "no layer runs faster in a sparse format on this profile: mixed = structured"}
     out["winner"] = _winner(out)
     return out, mixed
+
+
+def candidate_plans(structured, r: dict, mixed) -> dict:
+    """Each candidate of the report `r` as a plan of its own (compress.prune.plan.PrunePlan), applied by
+    `compress prune MODEL --plan FILE` like any plan:
+    - structured: the structured-only plan (channels removed, every layer dense);
+    - unstructured: no channel removed, every layer whose sparse format the profile prices faster than
+      dense in that format (the report's per-layer winners), whether or not that meets the budget;
+    - mixed: the mixed plan (channels removed where they pay, the rest of the budget from sparse layers),
+      when there is one that meets the budget."""
+    import copy
+
+    out = {"structured": copy.deepcopy(structured)}
+    out["structured"].formats = {}
+    sparse = r["unstructured"]["sparse_layers"]
+    if sparse:
+        u = copy.deepcopy(structured)
+        u.groups, u.keep, u.formats = [], {}, dict(sorted(sparse.items()))
+        u.notes = [f"unstructured-only candidate of the formats report: no channel removed; {len(sparse)} layer(s) "
+                   f"in their fastest sparse format; predicted {r['unstructured']['predicted_ms']} ms "
+                   f"({'meets' if r['unstructured']['meets_budget'] else 'misses'} the budget {r['target_ms']} ms)"]
+        out["unstructured"] = u
+    m = r.get("mixed") or {}
+    if mixed is not None and m.get("meets_budget"):
+        mp = copy.deepcopy(mixed[0])
+        mp.formats = dict(sorted(m["sparse_layers"].items()))
+        mp.notes = list(mp.notes) + [f"mixed candidate of the formats report: predicted {m['predicted_ms']} ms"]
+        out["mixed"] = mp
+    return out
 
 
 def _winner(r: dict) -> str:
