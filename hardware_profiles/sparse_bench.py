@@ -11,7 +11,7 @@ import numpy as np
 
 RUNTIME = "onnxruntime + compress BSR kernel"   # what measures (and what runs) a CPU artifact's sparse layers
 BLOCKS = (16, 32, 64)
-DENSITIES = (0.5, 0.3, 0.1)
+DENSITIES = (0.8, 0.7, 0.6, 0.5, 0.3, 0.1)
 MAX_SHAPES = 6          # the model's largest distinct Linear / 1x1 shapes
 NOTE = ("dense: onnxruntime {ort} CPU (MatMul for Linear, Conv for 1x1 conv); block-sparse: compress's kernel "
         "(libcompress_bsr.so, -march=native) as the onnxruntime custom op ai.compress::BlockSparseLinear, with "
@@ -128,5 +128,8 @@ def table(layers, batch: int, reps: int, threads: int = 0) -> dict:
                 entries.append({"layer": kind, "in": fin, "out": fout, "rows": rows, "format": f"bsr{b}x{b}",
                                 "density": dens, "ms": round(ms, 5), "speedup_vs_dense": round(dense / ms, 3)})
     info = bsr_cpu.build_info(lib)
+    import datetime
+
     return {"runtime": RUNTIME, "note": NOTE.format(ort=ort.__version__), "threads": threads,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "kernel": info, "two_four": "not runnable on this runtime", "entries": entries}

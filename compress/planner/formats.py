@@ -13,10 +13,11 @@ latency (its tables) and, per sparse format, a factor. The planner prices only w
   CPU runtimes have no 2:4 kernel: never offered there.
 Densities below `min_density` are not offered: without fine-tuning they lose too much.
 
-The report compares, at one budget: structured-only (the planner), unstructured-only (every layer
-in its fastest sparse format, no channels removed) and mixed (the planner re-solved with the
-sparse layers' costs scaled by their format's factor, so channels are kept where a format pays),
-and says per format where its costs come from (`cost_sources`).
+The report compares, at one budget: structured-only (the planner), unstructured-only (no channel
+removed; the layers that run faster sparse at the least sparsity that meets the budget) and mixed
+(milder sparsity, and the planner re-solved with the sparse layers' costs scaled by their format's
+factor, so channels are removed only for the rest of the budget), and says per format where its
+costs come from (`cost_sources`). `candidate_plans` writes each as a plan of its own.
 """
 
 from __future__ import annotations
@@ -284,47 +285,86 @@ def best(opts: list[FormatOption]) -> FormatOption:
     return min(opts, key=lambda o: (o.sparse_ms, -o.density))
 
 
+def _wins_at(opts: dict[int, list[FormatOption]], density: float | None) -> dict[int, FormatOption]:
+    """Per layer, its fastest option (at `density` only, None: at any density) when that beats dense by 2%."""
+    out = {}
+    for i, os_ in opts.items():
+        cand = [o for o in os_ if density is None or abs(o.density - density) < 1e-9]
+        if cand:
+            b = best(cand)
+            if b.sparse_ms < b.dense_ms * 0.98:
+                out[i] = b
+    return out
+
+
+def _sparse_ms(dense_ms: float, wins: dict[int, FormatOption]) -> float:
+    return dense_ms - sum(o.dense_ms - o.sparse_ms for o in wins.values())
+
+
 def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...], log=None) -> dict:
-    """The structured / unstructured / mixed comparison at the structured plan's budget."""
+    """The structured / unstructured / mixed comparison at the structured plan's budget.
+
+    The candidates meet the budget with as little sparsity as the profile's measured densities allow:
+    - unstructured-only: every eligible layer at one density d, the highest measured density (the least
+      sparsity) at which the layers that run faster sparse bring the model within the budget, each at its
+      fastest block size; when no density does, the fastest configuration (it misses the budget);
+    - mixed: the sparse layers one density level milder than the unstructured candidate's (less sparsity
+      per layer), and channels removed by the structured solver for the rest of the budget; when the
+      unstructured candidate misses the budget, the sparse layers at their fastest and channels for the rest.
+    """
     from compress.planner.solve import BudgetUnreachable, finish
 
     cost = prep.cost
     dense_ms = cost.total(prep.dense)
+    target = structured_res.target_ms
     opts = options(cost.profile, cost.costed, allowed)
-    layers, wins = [], {}
+    layers = []
+    fastest = _wins_at(opts, None)
     for i, os_ in opts.items():
         b = best(os_)
-        winner = b.format if b.sparse_ms < b.dense_ms * 0.98 else "dense"
-        if winner != "dense":
-            wins[i] = b
         layers.append({"layer": b.layer, "op": b.op, "shape": b.shape, "dense_ms": round(b.dense_ms, 5),
                        "options": [{"format": o.format, "density": o.density, "ms": round(o.sparse_ms, 5),
                                     "source": o.source} for o in os_],
-                       "winner": winner})
-    unstructured_ms = dense_ms - sum(o.dense_ms - o.sparse_ms for o in wins.values())
-    target = structured_res.target_ms
+                       "winner": fastest[i].format if i in fastest else "dense"})
+    levels = sorted({o.density for os_ in opts.values() for o in os_}, reverse=True)   # mildest first
+    u_density, wins = None, fastest
+    for d in levels:
+        w = _wins_at(opts, d)
+        if w and _sparse_ms(dense_ms, w) <= target * (1 + 1e-9):
+            u_density, wins = d, w
+            break
+    unstructured_ms = _sparse_ms(dense_ms, wins)
     out = {"dense_ms": round(dense_ms, 4), "target_ms": round(target, 4), "formats": list(allowed),
            "costs": cost_sources(cost.profile, allowed, structured_res.fallback_layers),
+           "densities": levels,
            "structured": {"predicted_ms": round(structured_res.predicted_ms, 4),
                           "speedup": round(dense_ms / structured_res.predicted_ms, 4), "meets_budget": True},
            "unstructured": {"predicted_ms": round(unstructured_ms, 4), "speedup": round(dense_ms / unstructured_ms, 4),
-                            "meets_budget": unstructured_ms <= target,
+                            "meets_budget": unstructured_ms <= target * (1 + 1e-9),
+                            "density": u_density if u_density is not None else "fastest per layer",
                             "layers_sparse": len(wins),
                             "sparse_layers": {o.layer: {"format": o.format, "density": o.density}
                                               for o in wins.values()}},
            "layers": layers,
            "summary": {f: sum(1 for x in layers if x["winner"] == f) for f in sorted({x["winner"] for x in layers})}}
+    if u_density is None:
+        m_wins, m_density = fastest, "fastest per layer"
+    else:
+        milder = [d for d in levels if d > u_density + 1e-9]
+        m_density = min(milder) if milder else u_density
+        m_wins = _wins_at(opts, m_density)
     mixed = None
-    if wins:
-        cost.factors = {i: o.factor for i, o in wins.items()}
+    if m_wins:
+        cost.factors = {i: o.factor for i, o in m_wins.items()}
         try:
             plan, res, _ = finish(prep, config, source, log=log, dense_ms=dense_ms)
             mixed = (plan, res)
             out["mixed"] = {"predicted_ms": round(res.predicted_ms, 4), "speedup": round(dense_ms / res.predicted_ms, 4),
-                            "meets_budget": res.predicted_ms <= target * (1 + 1e-9),
+                            "meets_budget": res.predicted_ms <= target * (1 + 1e-9), "density": m_density,
                             "importance_kept": round(res.value_kept, 3),
                             "structured_importance_kept": round(structured_res.value_kept, 3),
-                            "sparse_layers": {o.layer: {"format": o.format, "density": o.density} for o in wins.values()}}
+                            "sparse_layers": {o.layer: {"format": o.format, "density": o.density}
+                                              for o in m_wins.values()}}
         except BudgetUnreachable as e:
             out["mixed"] = {"error": str(e)}
         finally:
