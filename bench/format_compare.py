@@ -176,6 +176,12 @@ def build_minilm(t: Text, plan_file: c.Path, work: c.Path, cand: str) -> dict:
             "sparse_layers": len(fit), "kept_dense": kept_dense}
 
 
+def channels_kept(plan: dict) -> float:
+    """Kept fraction of the channels of every group the plan touches (1: no channel removed)."""
+    g = plan["groups"]
+    return round(sum(x["channels_after"] for x in g) / sum(x["channels_before"] for x in g), 4) if g else 1.0
+
+
 def run_model(name: str, args, work: c.Path, text: Text | None) -> dict:
     m = MODELS[name]
     budget = args.budget if args.budget is not None else m["budget"]
@@ -207,8 +213,7 @@ def run_model(name: str, args, work: c.Path, text: Text | None) -> dict:
         man = json.loads((art / "manifest.json").read_text())
         fname = "model.bsr.onnx" if man.get("sparse_cpu") else "model.ort.onnx"
         plan = json.loads(plan_file.read_text())
-        groups = plan["groups"]
-        kept = sum(g["channels_after"] for g in groups) / max(1, sum(g["channels_before"] for g in groups))
+        kept = channels_kept(plan)
         out["candidates"][cand] = {
             "artifact": c.rel(art), "file": fname, "predicted_ms": sec["predicted_ms"],
             "meets_budget_predicted": sec["meets_budget"], "sparse_density": sec.get("density"),
@@ -225,6 +230,8 @@ def time_model(r: dict, args) -> None:
     dense = got["dense"]["median_ms"]
     for k, t in got.items():
         v = cands[k] | t
+        if k != "dense":          # from the candidate's plan file, as written by the planner
+            v["channels_kept"] = channels_kept(json.loads((c.ROOT / r["plan_dir"] / "candidates" / f"{k}.json").read_text()))
         v["predicted_error"] = round(v["predicted_ms"] / t["median_ms"] - 1, 4)
         v["predicted_fraction"] = round(v["predicted_ms"] / r["predicted_dense_ms"], 4)
         v["measured_fraction"] = round(t["median_ms"] / dense, 4)
