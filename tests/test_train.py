@@ -180,7 +180,7 @@ def test_zoo_cache_trains_once_and_writes_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def fake_train(name):                                    # stands in for minutes of training
+    def fake_train(name, checkpoints=None):                  # stands in for minutes of training (no epoch checkpoints)
         calls.append(name)
         torch.manual_seed(1)
         return zoo.construct(name), {"test_accuracy": 0.5, "train_seconds": 0.0}

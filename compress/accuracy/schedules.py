@@ -22,6 +22,16 @@ channel graph and the result is one ordinary plan relative to the source model: 
 channels, and the final removal is verified against the masked model like any other prune.
 Removed channels never come back: a step only removes more. Kept counts per group are rounded
 to the channel step at every step, so the final counts (and MACs) equal one-shot's.
+
+Weight rewinding (`iterative` with `rewind_state`; `compress prune --rewind weights:K`): iterative
+magnitude pruning with rewinding as in Frankle & Carbin 2019 ("The Lottery Ticket Hypothesis", k = 0)
+and Frankle et al. 2020 / Renda et al. 2020 (k > 0). After each step's selection every surviving
+parameter and buffer is reset to its value at the start of epoch K of the original training run
+(removed channels stay zero; at the last step the epoch-K weights sliced to the kept channels), and the
+step retrains with the original schedule replayed from epoch K: step j's share of the fine-tuning
+budget follows the original LR from epoch K to the end T, stretched or compressed onto the share (an
+exact replay when --finetune = steps x (T - K)), with a fresh optimizer. LR rewinding (`rewind` alone)
+keeps the trained weights and replays the schedule's last epochs once across all steps.
 """
 
 from __future__ import annotations
@@ -39,6 +49,21 @@ from compress.sparse.schedule import cubic_sparsity  # the cubic ramp of `gradua
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
 DEFAULT_STEPS = 4
+
+
+def parse_rewind(spec: str) -> int:
+    """`weights:K` (K an epoch, >= 0) -> K; anything else is bad input."""
+    kind, _, k = str(spec).partition(":")
+    if kind != "weights" or not k.isdigit():
+        raise CompressError(f"--rewind {spec!r}: expected weights:EPOCH, the epoch of the original training to "
+                            "rewind the surviving weights to (e.g. weights:1; weights:0 is the initial weights)")
+    return int(k)
+
+
+def rewind_lr(original, epoch: float, share: float):
+    """LR of one step of weight rewinding: the `original` schedule from `epoch` to its end over `share` epochs."""
+    span = original.epochs - epoch
+    return lambda t: original.lr_at(epoch + span * min(t / share, 1.0))
 
 
 @dataclass(frozen=True)
@@ -95,10 +120,14 @@ def _masker(graph, removed: set[int]):
 def run(model: nn.Module, example_inputs: tuple, config, round_to: int, source: dict, schedule: PruneSchedule,
         train, epochs: float, calib=None, teacher: nn.Module | None = None, lr: float | None = None,
         rewind=None, lr_schedule: str = "constant", batch_size: int = 128, strict: bool = False,
-        log=None, distill_T: float | None = None, distill_alpha: float | None = None) -> ScheduledResult:
+        log=None, distill_T: float | None = None, distill_alpha: float | None = None,
+        rewind_state: dict | None = None, rewind_epoch: float | None = None) -> ScheduledResult:
     """Prune `model` (not modified) to `config.ratio` with `schedule`, fine-tuning on `train` for
     `epochs` in total (1/steps after each step) with the recipe of `compress.accuracy.train.finetune`
     (`teacher`: distillation; `lr`/`lr_schedule` or `rewind`), one LR curve across all steps.
+    Weight rewinding: `rewind_state` (the model's state_dict at the start of epoch `rewind_epoch` of the
+    training run `rewind`, the original schedule, describes) with an iterative schedule: after every
+    step's selection the surviving weights are reset to it and the step replays `rewind` from that epoch.
     Returns the fine-tuned pruned model with its plan, and a record per step."""
     from compress.prune.importance import score
     from compress.metrics import count_macs
@@ -115,6 +144,11 @@ def run(model: nn.Module, example_inputs: tuple, config, round_to: int, source: 
         raise CompressError(f"--global is not supported with --schedule {schedule.kind} (use a uniform ratio)")
     if not epochs or epochs <= 0:
         raise CompressError(f"--schedule {schedule.kind} fine-tunes between steps: it needs --data and --finetune EPOCHS")
+    if rewind_state is not None:
+        if schedule.kind != "iterative":
+            raise CompressError(f"weight rewinding prunes iteratively; use --schedule iterative, not {schedule.kind}")
+        if rewind is None or rewind_epoch is None or not 0 <= rewind_epoch < rewind.epochs:
+            raise CompressError("weight rewinding needs the original schedule and an epoch before its end")
     log = log or (lambda msg: None)
     inputs, graph = traced_graph(model, example_inputs, strict, log)
     ign = ignored_groups(model, graph, config.ignore)
@@ -142,6 +176,9 @@ def run(model: nn.Module, example_inputs: tuple, config, round_to: int, source: 
             removed.update(g.classes[mask].tolist())
         mask_fn = _masker(graph, removed)
         mask_fn(work)
+        if rewind_state is not None:              # the survivors go back to their epoch-K values
+            work.load_state_dict(rewind_state, strict=True)
+            mask_fn(work)
         last = j == len(ratios) - 1
         if last:                                  # physically remove, verify, train the small model
             log("removing")
@@ -152,8 +189,10 @@ def run(model: nn.Module, example_inputs: tuple, config, round_to: int, source: 
             err = verify(work, pruned, graph, final_plan, inputs)
             work, mask_fn, plan = pruned, None, final_plan
         start = j * share
+        step_lr = (rewind_lr(rewind, rewind_epoch, share) if rewind_state is not None
+                   else (lambda t, s=start: lr_fn(s + t)))
         with deterministic(config.seed + j):
-            history = fit(work, train, sched, share, lambda t, s=start: lr_fn(s + t), teacher=teacher,
+            history = fit(work, train, sched, share, step_lr, teacher=teacher,
                           seed=config.seed * 7919 + j, after_step=mask_fn,
                           distill_T=DISTILL_T if distill_T is None else distill_T,
                           distill_alpha=DISTILL_ALPHA if distill_alpha is None else distill_alpha,

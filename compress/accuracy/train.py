@@ -138,10 +138,12 @@ def _logits(out):
 
 def fit(model: nn.Module, train, schedule: Schedule, epochs: float | None = None, lr_fn=None,
         teacher: nn.Module | None = None, seed: int = 0, augment=None, desc: str = "train",
-        distill_T: float = DISTILL_T, distill_alpha: float = DISTILL_ALPHA, after_step=None) -> list[dict]:
+        distill_T: float = DISTILL_T, distill_alpha: float = DISTILL_ALPHA, after_step=None,
+        after_epoch=None) -> list[dict]:
     """Train `model` in place on `train` (a compress.accuracy.data.Dataset) for `epochs` (default: the
     schedule's), LR from `lr_fn(t)` (default: the schedule's own). `after_step(model)` runs after
-    every optimizer step (gradual pruning re-applies its masks there). Returns per-epoch
+    every optimizer step (gradual pruning re-applies its masks there); `after_epoch(model, epoch)` after
+    every epoch (the zoo keeps its epoch checkpoints there; it must not touch the weights). Returns per-epoch
     {"epoch", "loss", "train_accuracy", "seconds"}. The model is left in eval mode.
 
     Under torchrun (`compress.accuracy.distributed.active()`), the model is wrapped in DistributedDataParallel,
@@ -210,6 +212,8 @@ def fit(model: nn.Module, train, schedule: Schedule, epochs: float | None = None
             raise CompressError(f"{desc}: the loss diverged (NaN/Inf) in epoch {ep + 1}; use a smaller --lr")
         history.append({"epoch": ep + 1, "loss": tot_loss / max(seen, 1),
                         "train_accuracy": correct / max(seen, 1), "seconds": round(time.perf_counter() - t0, 3)})
+        if after_epoch is not None:
+            after_epoch(model, ep + 1)
     if ctx:
         distributed.sync_buffers(model, ctx)
         model.to("cpu")                            # the rest of the pipeline (eval, export) runs on the CPU

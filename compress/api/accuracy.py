@@ -27,12 +27,16 @@ class FinetuneConfig:
     """Recovery fine-tuning on --data's training split (`compress.accuracy.train.finetune`).
     `epochs` 0: none. `lr`: a fixed SGD learning rate (default compress.accuracy.train.FINETUNE_LR), shaped
     by `lr_schedule` (constant, cosine or onecycle); `lr_rewind`: replay the last `epochs` of the
-    model's original schedule instead; `distill`: knowledge distillation from the dense model."""
+    model's original schedule instead; `distill`: knowledge distillation from the dense model.
+    `weight_rewind`: an epoch K of the model's own training (compress:* models; --rewind weights:K):
+    with --schedule iterative, the surviving weights go back to their epoch-K values after every step
+    and the original schedule replays from epoch K (compress.accuracy.schedules)."""
     epochs: float = 0
     distill: bool = False
     lr: float | None = None
     lr_rewind: bool = False
     lr_schedule: str = "constant"
+    weight_rewind: int | None = None
 
 
 class PruneAccuracy:

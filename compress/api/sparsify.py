@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from compress.errors import CompressError
 from compress.lower.pipeline import SparsifyConfig
 from compress.models.source import ModelSpec
+from compress.sparse.movement import MovementConfig
 
 if TYPE_CHECKING:
     from compress.lower.pipeline import SparsifyResult
@@ -40,10 +41,18 @@ class SparsifyRun:
       seeds the whole run. A layer that cannot take the pattern (2:4 on a reduction dimension that
       is not a multiple of 4, e.g. a stem conv on 1 or 3 input channels) stays dense, named with
       the reason in sparse_plan.json, summary.json and the text; its `strict` refuses the model instead.
+    - `data`: fashion-mnist or a directory of labelled images (--data): the training split fine-tunes, the
+      test split measures accuracy (dense and sparse).
+    - `finetune`: movement pruning as published (--criterion movement --finetune EPOCHS, --lr): the
+      weights are fine-tuned on `data` while the movement scores accumulate and the sparsity rises on the
+      cubic schedule (compress.sparse.movement); the directory then holds the fine-tuned weights. None:
+      the criterion scores the weights as they are (movement: one shot on the calibration batches).
     """
     model: ModelSpec
     out: str
     lowering: SparsifyConfig
+    data: str | None = None
+    finetune: MovementConfig | None = None
 
 
 def sparsify(cfg: SparsifyRun) -> dict:
@@ -55,17 +64,92 @@ def sparsify(cfg: SparsifyRun) -> dict:
 
     config = _config(cfg.lowering)
     fmt, _ = config.validate()
+    _check_finetune(cfg, config, fmt)
     t0 = time.perf_counter()
     lm, inputs = _load(cfg.model, fmt, config.strict)
     torch.manual_seed(config.seed)
     calib = input_batches(config.calib, lm, inputs)
-    res = pipeline.sparsify(lm.model, inputs, config, _source(lm, inputs), calib)
+    tuned = _movement_finetune(cfg, config, lm) if cfg.finetune is not None else None
+    model = tuned["model"] if tuned else lm.model
+    res = pipeline.sparsify(model, inputs, config, _source(lm, inputs), calib,
+                            scores=tuned["scores"] if tuned else None)
     seconds = time.perf_counter() - t0
     lowered_err = _lowered_error(res, calib[0] if calib else inputs)
-    summary = _write(cfg.out, lm, inputs, res, config, lowered_err, seconds)
+    extra = _finetune_json(tuned, res, lm) if tuned else None
+    summary = _write(cfg.out, lm, inputs, res, config, lowered_err, seconds, extra)
     ok = summary["onnx_parity"]["ok"] and lowered_err <= MAX_LOWERED_ERROR
     text = _text(cfg.out, lm, res, config, summary, ok)
+    if extra:
+        f = extra["finetune"]
+        text += (f"\nmovement pruning while fine-tuning: {f['epochs']:g} epoch(s), {f['steps']} steps, sparsity 0 -> "
+                 f"{f['final_sparsity']:g} (cubic); accuracy on {f['data']}: dense {extra['accuracy_dense']:.4f}, "
+                 f"sparse {extra['accuracy']:.4f}")
     return {"text": text, "json": summary | {"out": cfg.out}, "code": 0 if ok else 1}
+
+
+def _check_finetune(cfg: SparsifyRun, config: SparsifyConfig, fmt: str) -> None:
+    """--finetune: movement pruning while fine-tuning, on --data, to an unstructured or block pattern."""
+    if cfg.finetune is None:
+        if cfg.data:
+            raise CompressError("--data is the fine-tuning data of --finetune EPOCHS (movement pruning); give both")
+        return
+    cfg.finetune.validate()
+    if config.criterion != "movement":
+        raise CompressError(f"--finetune trains with movement pruning (Sanh et al. 2020); use --criterion movement, "
+                            f"not {config.criterion}")
+    if fmt != "unstructured" and not fmt.startswith("block:"):
+        raise CompressError(f"--finetune (movement pruning) takes --pattern unstructured or block:N, "
+                            f"not {config.pattern}")
+    if config.scope != "layer":
+        raise CompressError("--finetune (movement pruning) ranks per layer; scope global is not supported")
+    if not cfg.data:
+        raise CompressError("--finetune needs --data (fashion-mnist or a directory of labelled images)")
+
+
+def _movement_finetune(cfg: SparsifyRun, config: SparsifyConfig, lm: LoadedModel) -> dict:
+    """A fine-tuned copy of the model with its movement scores, and the data it was measured on."""
+    import copy
+
+    from compress.accuracy import data as datasets
+    from compress.accuracy.evaluate import check_fits
+    from compress.lower import formats
+    from compress.lower.pipeline import check_layers
+    from compress.models.source import sample_shape
+    from compress.sparse import movement
+
+    fmt, block = formats.parse_pattern(config.pattern)
+    kind = "block" if fmt.startswith("block:") else fmt
+    shape = sample_shape(lm, cfg.model.input_shape)
+    test = datasets.load(cfg.data, "test", shape)
+    datasets.check_shape(test, shape)
+    check_fits(lm.model, test, f"{lm.spec}")
+    train = datasets.load(cfg.data, "train", shape, allow_flat=False)
+    datasets.check_shape(train, shape)
+    model = copy.deepcopy(lm.model)
+    layers = check_layers(model, fmt, config.strict)[0]
+    mcfg = cfg.finetune if cfg.finetune.seed == config.seed else replace(cfg.finetune, seed=config.seed)
+    mres = movement.finetune(model, train, layers, kind, block, config.sparsity, mcfg)
+    return {"model": model.eval(), "scores": mres.scores, "result": mres, "config": mcfg, "train": train,
+            "test": test}
+
+
+def _finetune_json(tuned: dict, res: SparsifyResult, lm: LoadedModel) -> dict:
+    """summary.json's record of movement pruning while fine-tuning, with the test accuracy of the dense source
+    and of the written (masked, fine-tuned) model."""
+    from compress.accuracy.evaluate import EVAL_BATCH, compare, predict
+    from compress.accuracy.train import FINETUNE_LR
+
+    test, mres, c = tuned["test"], tuned["result"], tuned["config"]
+    dense = predict(lm.model, test, EVAL_BATCH, desc="eval dense")
+    after = compare(predict(res.masked, test, EVAL_BATCH, desc="eval sparse"), dense, test.labels)
+    rec = mres.to_json() | {"epochs": c.epochs, "lr": c.lr or FINETUNE_LR, "optimizer": "sgd",
+                            "batch_size": c.batch_size,
+                            "warmup": c.warmup, "cooldown": c.cooldown, "train_samples": len(tuned["train"]),
+                            "data": test.name, "eval_samples": len(test)}
+    return {"finetune": rec, "accuracy_dense": after["accuracy_dense"], "accuracy": after["accuracy"],
+            "agreement": after["agreement"],
+            "notes": ["weights fine-tuned with movement pruning (--finetune): the sparse directory holds the "
+                      "fine-tuned weights, not a masked copy of the source's"]}
 
 
 def _config(c: SparsifyConfig) -> SparsifyConfig:
@@ -120,7 +204,7 @@ def _lowered_error(res: SparsifyResult, check: tuple) -> float:
 
 
 def _write(out: str, lm: LoadedModel, inputs: tuple, res: SparsifyResult, config: SparsifyConfig,
-           lowered_err: float, seconds: float) -> dict:
+           lowered_err: float, seconds: float, extra: dict | None = None) -> dict:
     """Write the sparse directory, model.onnx (parity checked) and summary.json to `out`; the summary."""
     from compress.export.onnx import export_onnx, ort_parity
     from compress.io import atomic_dir, write_json
@@ -132,6 +216,9 @@ def _write(out: str, lm: LoadedModel, inputs: tuple, res: SparsifyResult, config
         export_onnx(res.masked, inputs, onnx_path)
         parity = ort_parity(onnx_path, res.masked, inputs)
         summary = _summary(lm, res, config, lowered_err, parity, seconds)
+        if extra:
+            summary |= {k: v for k, v in extra.items() if k != "notes"}
+            summary["notes"] = summary["notes"] + extra["notes"]
         write_json(os.path.join(tmp, "summary.json"), summary)
     return summary
 

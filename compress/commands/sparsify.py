@@ -24,6 +24,14 @@ def add_arguments(p) -> None:
     p.add_argument("--strict", action="store_true",
                    help="refuse the model when a layer cannot take the pattern (2:4 on a reduction dim that is not "
                    "a multiple of 4, e.g. a 3-channel stem conv); default: such layers stay dense, named in the plan")
+    p.add_argument("--data", help="fashion-mnist or a directory of labelled images: the data --finetune trains on "
+                   "(training split) and measures accuracy on (test split)")
+    p.add_argument("--finetune", type=float, metavar="EPOCHS",
+                   help="with --criterion movement: movement pruning as published (Sanh et al. 2020), the scores "
+                   "-sum W*dL/dW accumulated while the weights are fine-tuned on --data for EPOCHS, the sparsity "
+                   "rising on the cubic schedule (Zhu & Gupta 2017) with the masks applied during training; "
+                   "without it, movement is scored one shot on the calibration batches")
+    p.add_argument("--lr", type=float, help="--finetune learning rate (SGD, Nesterov momentum 0.9; default 0.01)")
     p.add_argument("--out", required=True, metavar="DIR")
 
 
@@ -31,10 +39,16 @@ def run(args) -> dict:
     from compress.api.sparsify import SparsifyRun, sparsify
     from compress.lower.pipeline import SparsifyConfig
     from compress.models.source import ModelSpec
+    from compress.sparse.movement import MovementConfig
 
+    if args.lr is not None and args.finetune is None:
+        from compress.errors import CompressError
+        raise CompressError("--lr is the learning rate of --finetune EPOCHS")
     return sparsify(SparsifyRun(
         model=ModelSpec(args.model, args.weights, args.input_shape),
         out=args.out,
         lowering=SparsifyConfig(pattern=args.pattern, sparsity=args.sparsity, criterion=args.criterion,
                                 update=args.update, calib=args.calib, seed=args.seed,
-                                strict=args.strict)))
+                                strict=args.strict),
+        data=args.data,
+        finetune=None if args.finetune is None else MovementConfig(epochs=args.finetune, lr=args.lr, seed=args.seed)))

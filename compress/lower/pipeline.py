@@ -169,8 +169,9 @@ def other_tensors(masked: nn.Module, layers, tensors: dict[str, torch.Tensor]) -
 
 
 def sparsify(model: nn.Module, inputs: tuple, cfg: SparsifyConfig, source: dict,
-             calib: list[tuple] | None = None, log=None) -> SparsifyResult:
-    """Lower every Linear / Conv2d of `model` (not modified) to cfg.pattern."""
+             calib: list[tuple] | None = None, log=None, scores: dict | None = None) -> SparsifyResult:
+    """Lower every Linear / Conv2d of `model` (not modified) to cfg.pattern. `scores`: the criterion's
+    scores computed elsewhere (movement accumulated while fine-tuning, compress.sparse.movement)."""
     from compress.sparse import masks as M
 
     fmt, block = cfg.validate()
@@ -179,7 +180,10 @@ def sparsify(model: nn.Module, inputs: tuple, cfg: SparsifyConfig, source: dict,
     torch.manual_seed(cfg.seed)
     log and log("scoring")
     need_scores = fmt in ("unstructured",) or fmt.startswith("block:") or cfg.criterion != "magnitude"
-    score = M.scores(cfg.criterion, model, layers, calib, inputs) if need_scores else {}
+    if scores is not None:
+        score = {n: scores[n] for n in layers}
+    else:
+        score = M.scores(cfg.criterion, model, layers, calib, inputs) if need_scores else {}
     keep_hint = {}
     if fmt == "unstructured" and cfg.scope == "global":
         keep_hint = {n: formats.weight_2d(layers[n], mk) for n, mk in M.global_masks(score, cfg.sparsity).items()}

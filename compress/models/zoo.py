@@ -20,6 +20,15 @@ Fashion-MNIST: input (1, 1, 28, 28) in [0, 1], resized inside the model to 64 x 
 replicated to three equal channels (R = G = B) and normalised as the Lite models expect
 ((255 x - 127) / 128); a new Linear(1280, 10) head. It is fine-tuned briefly (fixed seed, a stratified subset of the training split, see ZOO) and cached
 like compress:fmnist-cnn; the cache key also covers the ImageNet weights' sha256.
+
+Training history (weight rewinding, `compress prune --rewind weights:K`). When the zoo trains a model
+it also keeps its weights at the start of every epoch k before the last (k = 0: the initial weights,
+after the seeded initialisation; k = 1: after the first epoch, ...) beside the trained weights, as
+`<cache file stem>.epoch-<k>.safetensors` (full state_dict, BatchNorm statistics included).
+`epoch_weights(name, k)` reads them; for a model cached before checkpoints were kept, it replays the
+deterministic training up to epoch k (k/T of the training time), checks that the replay retraces the
+cached run (the per-epoch losses recorded in the cached file's metadata, bit for bit) and keeps the
+checkpoints; a replay that does not retrace it is refused with how to retrain.
 """
 
 from __future__ import annotations
@@ -219,7 +228,7 @@ def checkpoint_path(name: str) -> Path:
     try:
         d = data.resolve(e["data"])[1]
     except CompressError:
-        cached = sorted(cache_dir().glob(prefix + "*.safetensors"))
+        cached = sorted(p for p in cache_dir().glob(prefix + "*.safetensors") if ".epoch-" not in p.name)
         if cached:
             return cached[-1]
         raise
@@ -243,24 +252,55 @@ def construct(name: str, imagenet: bool = False) -> nn.Module:
     return model
 
 
-def train(name: str) -> tuple[nn.Module, dict]:
-    """Train `name` from scratch (deterministic given the seed); returns the model and its metadata."""
+def _train_test(e: dict):
     from compress.accuracy import data
-    from compress.accuracy.evaluate import accuracy, predict
-    from compress.accuracy.train import Schedule, deterministic, fit
 
-    e = _entry(name)
     tr, te = data.load(e["data"], "train"), data.load(e["data"], "test")
     if e.get("train_subset"):
         tr = data.calibration_subset(tr, e["train_subset"], e["seed"])
     if e.get("test_subset"):
         te = data.calibration_subset(te, e["test_subset"], e["seed"] + 1)
+    return tr, te
+
+
+def rewind_epochs(name: str) -> list[int]:
+    """The epochs whose weights the zoo keeps for `name`: 0 (initial) .. T-1 (T: its training epochs)."""
+    import math
+
+    return list(range(math.ceil(float(_entry(name)["train"]["epochs"]))))
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def train(name: str, checkpoints: dict | None = None, until: int | None = None) -> tuple[nn.Module, dict]:
+    """Train `name` from scratch (deterministic given the seed); returns the model and its metadata.
+    `checkpoints` (a dict) receives the state_dict at the start of every epoch in `rewind_epochs(name)`;
+    `until`: stop after that many epochs (a replay of the run's beginning: the same steps, LR and data order)."""
+    from compress.accuracy.evaluate import accuracy, predict
+    from compress.accuracy.train import Schedule, deterministic, fit
+
+    e = _entry(name)
+    tr, te = _train_test(e)
     sched = Schedule.from_dict(e["train"])
+    keep = set(rewind_epochs(name)) if checkpoints is not None else set()
+
+    def after_epoch(model, epoch):
+        if epoch in keep:
+            checkpoints[epoch] = _state(model)
     t0 = time.perf_counter()
     with deterministic(e["seed"], e["threads"]):
         model = construct(name, imagenet=True)
-        history = fit(model, tr, sched, seed=e["seed"], desc=f"training compress:{name}")
+        if 0 in keep:
+            checkpoints[0] = _state(model)
+        if until == 0:
+            return model, {}
+        history = fit(model, tr, sched, epochs=until, lr_fn=sched.lr_at, seed=e["seed"],
+                      desc=f"training compress:{name}", after_epoch=after_epoch)
         t_fit = time.perf_counter() - t0
+        if until is not None:
+            return model, {"history": history}
         acc = accuracy(predict(model, te, desc="test"), te.labels)
     meta = {"name": name, "train_code_version": e.get("code_version", TRAIN_CODE_VERSION), "test_accuracy": acc,
             "train_seconds": round(time.perf_counter() - t0, 1), "fit_seconds": round(t_fit, 1),
@@ -275,15 +315,62 @@ def torch_threads(threads: int) -> int:
     return int(threads or torch.get_num_threads())
 
 
-def _save_atomic(model: nn.Module, path: Path, meta: dict) -> None:
+def _save_atomic(model: nn.Module | dict, path: Path, meta: dict) -> None:
     from safetensors.torch import save_file
 
     from compress.io import atomic_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        items = model.items() if isinstance(model, dict) else model.state_dict().items()
+        state = {k: v.detach().contiguous() for k, v in items}
         save_file(state, tmp, metadata={"compress": json.dumps(meta, sort_keys=True)})
+
+
+def epoch_path(path: Path, epoch: int) -> Path:
+    """Where the weights at the start of `epoch` of the run that produced cache file `path` are kept."""
+    return path.with_name(f"{path.name[:-len('.safetensors')]}.epoch-{epoch}.safetensors")
+
+
+def _save_checkpoints(name: str, path: Path, checkpoints: dict) -> None:
+    for k, state in sorted(checkpoints.items()):
+        _save_atomic(state, epoch_path(path, k), {"name": name, "epoch": k, "of": path.name})
+
+
+def epoch_weights(name: str, epoch: int) -> tuple[dict, Path]:
+    """The state_dict of compress:`name` at the start of training epoch `epoch` (0: initial weights) of
+    the run that produced its cached weights, and the file it was read from. Trains the model first if it
+    is not cached; replays the training's first `epoch` epochs if the cache predates checkpoints."""
+    from safetensors.torch import load_file
+
+    epochs = rewind_epochs(name)
+    if epoch not in epochs:
+        raise CompressError(f"--rewind weights:{epoch}: compress:{name} trains for {len(epochs)} epoch(s); "
+                            f"rewind to an epoch in 0..{epochs[-1]}")
+    path = pretrained(name)[1]
+    ck = epoch_path(path, epoch)
+    if not ck.is_file():
+        _replay(name, path, epoch)
+    try:
+        return load_file(str(ck)), ck
+    except Exception as e:
+        raise CompressError(f"checkpoint {ck} is unreadable ({type(e).__name__}); delete it to replay") from None
+
+
+def _replay(name: str, path: Path, epoch: int) -> None:
+    """Keep the epoch checkpoints up to `epoch` of a model cached without them, by replaying its
+    deterministic training; refused unless the replay retraces the cached run's recorded losses."""
+    sys.stderr.write(f"compress: compress:{name} was cached without its epoch checkpoints; replaying its "
+                     f"training to epoch {epoch} (deterministic) to keep them\n")
+    checkpoints: dict = {}
+    _, meta = train(name, checkpoints, until=epoch)
+    recorded = [h["loss"] for h in metadata(path).get("history", [])][:epoch]
+    replayed = [h["loss"] for h in meta.get("history", [])]
+    if replayed != recorded:
+        raise CompressError(f"replaying compress:{name}'s training did not retrace the cached run (epoch losses "
+                            f"{replayed} vs {recorded}: other torch or hardware); delete {path} to retrain it "
+                            "with its epoch checkpoints")
+    _save_checkpoints(name, path, {k: v for k, v in checkpoints.items() if k <= epoch})
 
 
 def metadata(path: Path) -> dict:
@@ -302,7 +389,9 @@ def pretrained(name: str) -> tuple[nn.Module, Path]:
     if not path.is_file():
         sys.stderr.write(f"compress: training compress:{name} on {_entry(name)['data']} "
                          f"(once; about {_entry(name).get('minutes', 4)} minutes), cache {path}\n")
-        trained, meta = train(name)
+        checkpoints: dict = {}
+        trained, meta = train(name, checkpoints)
+        _save_checkpoints(name, path, checkpoints)
         _save_atomic(trained, path, meta)
         sys.stderr.write(f"compress: compress:{name} test accuracy {meta['test_accuracy']:.4f} "
                          f"after {meta['train_seconds']:.0f}s of training\n")

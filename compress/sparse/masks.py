@@ -3,7 +3,9 @@ in the layer's weight shape, keyed by module name.
 
 - magnitude: |W| (Han et al. 2015); masks per layer or global.
 - movement (Sanh et al. 2020): S = -sum_t W_t * dL/dW_t accumulated during fine-tuning;
-  weights moving away from zero score high. `Movement` is the training-loop API.
+  weights moving away from zero score high. `Movement` is the training-loop API;
+  `compress.sparse.movement.finetune` is the published method end to end (fine-tuning with masks on the
+  cubic schedule), what `compress sparsify --criterion movement --finetune E` runs.
 - wanda (Sun et al. 2023): |W_ij| * ||X_j||_2, X_j the layer's j-th input feature over the
   calibration data (for convs, the im2col column); compared per output row by default.
 - snip (Lee et al. 2019): |W * dL/dW| on a calibration batch.
