@@ -1,7 +1,7 @@
 """`compress export --dtype int8`: post-training static quantization to the standard ONNX QDQ form.
 
     model.onnx --quant_pre_process (shape inference, ORT basic optimisation)--> preprocessed graph
-      --quantize_static (QDQ, per-channel symmetric int8 weights, int8 activations,
+      --quantize_static (QDQ, per-channel symmetric int8 weights, 8-bit activations (uint8 on the CPU),
                          calibrated on --calib by MinMax | Percentile | Entropy)--> model.int8.onnx
 
 onnxruntime's own tooling (`onnxruntime.quantization`) does the work; this module feeds it the calibration
@@ -135,7 +135,8 @@ def calibration(spec: str, lm, example: tuple, dataset: str | None, batch: int |
 
 
 def calibration_reader(input_name: str, arrays: list):
-    """onnxruntime's CalibrationDataReader over `arrays` (one feed of `input_name` each), rewindable."""
+    """onnxruntime's CalibrationDataReader over `arrays` (one feed of `input_name` each; an item that is a dict
+    is a whole feed, for graphs with several inputs), rewindable."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
@@ -144,7 +145,7 @@ def calibration_reader(input_name: str, arrays: list):
 
         def get_next(self):
             a = next(self._it, None)
-            return None if a is None else {input_name: a}
+            return None if a is None else a if isinstance(a, dict) else {input_name: a}
 
         def rewind(self):
             self._it = iter(arrays)
@@ -175,7 +176,8 @@ def preprocess(src: str, dst: str) -> dict:
 
 def quantize(src: str, dst: str, arrays: list, method: str, symmetric_activations: bool,
              text: bool) -> dict:
-    """quantize_static(src) -> dst in QDQ form; returns the settings used."""
+    """quantize_static(src) -> dst in QDQ form; returns the settings used. `arrays`: batches of the first input,
+    or whole feeds (dicts: input name -> array; the profiler's one-op graphs with one input per timed op)."""
     import onnx
 
     name = onnx.load(src, load_external_data=False).graph.input[0].name
@@ -187,9 +189,10 @@ def quantize(src: str, dst: str, arrays: list, method: str, symmetric_activation
         extra["CalibPercentile"] = PERCENTILE
     ops = list(TEXT_OPS) if text else None
     keep = gelu_fed_matmuls(src) if text else []
-    _quantize_in(src, dst, name, arrays, ops, method, extra, keep)
+    _quantize_in(src, dst, name, arrays, ops, method, extra, keep, unsigned=not symmetric_activations)
     info = {"format": "QDQ", "weights": "int8, per-channel, symmetric", "activations":
-            f"int8, per-tensor, {'symmetric (TensorRT)' if symmetric_activations else 'asymmetric'}",
+            "int8, per-tensor, symmetric (TensorRT)" if symmetric_activations else
+            "uint8, per-tensor, asymmetric (U8S8: onnxruntime's CPU fuses every QDQ conv/gemm into its int8 kernels)",
             "op_types": ops or "onnxruntime's default (every op with a QDQ rule)",
             "bias": "fp32 (not quantized)" if symmetric_activations else "int32",
             "calibration_method": METHOD_NAMES[method]}
@@ -222,8 +225,11 @@ def gelu_fed_matmuls(path: str) -> list[str]:
             and any(gelu_above(i, GELU_HOPS) for i in n.input if i not in inits)]
 
 
-def _quantize_in(src, dst, name, arrays, ops, method, extra, exclude=()):
-    """quantize_static, quietly; its failure as one line."""
+def _quantize_in(src, dst, name, arrays, ops, method, extra, exclude=(), unsigned=False):
+    """quantize_static, quietly; its failure as one line. `unsigned`: uint8 activations (asymmetric, for
+    onnxruntime's CPU: with int8 activations it leaves a QDQ Conv unfused, running in fp32 on dequantized
+    tensors with its weights dequantized every run, wherever a QuantizeLinear has several consumers, e.g. a
+    residual block's input read by its conv and its shortcut: 7 of compress:fmnist-cnn's 10 convs)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from compress.export.onnx import quietly
@@ -231,7 +237,8 @@ def _quantize_in(src, dst, name, arrays, ops, method, extra, exclude=()):
     try:
         quietly(quantize_static, src, dst, calibration_reader(name, arrays), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=ops, per_channel=True, reduce_range=False,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude) or None,
+                activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude) or None,
                 calibrate_method=getattr(CalibrationMethod, METHOD_NAMES[method]), extra_options=dict(extra))
     except CompressError:
         raise

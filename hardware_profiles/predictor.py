@@ -366,6 +366,30 @@ def fit_network(prof: dict, layers, wall_ms: float, node_ms: float) -> tuple[flo
 
 # ---------------------------------------------------------------------------- loading
 
+# how commands name a precision -> a profile's `dtype`
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "int8": "int8"}
+
+
+def profile_dtype(dtype: str) -> str:
+    """A profile's dtype for a precision as the commands name it (fp32 -> float32, int8 -> int8)."""
+    d = DTYPES.get(str(dtype).lower())
+    if d is None:
+        raise CompressError(f"unknown dtype {dtype!r}; choose fp32 or int8")
+    return d
+
+
+def dtype_name(name: str, dtype: str | None) -> str:
+    """The shipped name of `name`'s profile for `dtype`: int8 profiles are NAME-int8[-TAG]-bN.json
+    (e.g. cpu-x86-2core-ort-int8-amd-avx512-b8.json), the others NAME[-TAG]-bN.json."""
+    return f"{name}-int8" if dtype == "int8" and not name.endswith("-int8") else name
+
+
+def howto_int8(batch) -> str:
+    b = f" --batch {batch}" if batch else " --batch N"
+    return (f"measure one on this machine with `compress profile --target cpu --dtype int8{b} --model MODEL "
+            "--out FILE` and pass --profile FILE")
+
+
 def _untagged(name: str) -> str:
     for tag in ("-amd-avx512", "-amd-avx2", "-intel-avx512", "-intel-avx2", "-avx512", "-avx2"):
         name = name.removesuffix(tag)
@@ -425,8 +449,13 @@ def load_profile(name_or_path, runtime: str | None = None, dtype: str | None = N
     an analytic profile is batch-agnostic (its roofline scales with batch) and takes any batch."""
     s = str(name_or_path)
     p = Path(s)
+    dtype = profile_dtype(dtype) if dtype is not None else None
     if not (p.suffix == ".json" or p.exists() or "/" in s):
+        s = dtype_name(s, dtype)
         cands = [c for c in _candidates(s, batch) if c.is_file()]
+        if not cands and dtype == "int8":
+            raise CompressError(f"no int8 profile {s!r} ships for this host (CPU tags {', '.join(host_tags())}"
+                                + (f", batch {batch}" if batch else "") + f"); {howto_int8(batch)}")
         if not cands:
             have = ", ".join(sorted({_untagged(n.rsplit("-b", 1)[0])
                                      if n.rsplit("-b", 1)[-1].isdigit() else n for n in shipped()}))
@@ -437,7 +466,8 @@ def load_profile(name_or_path, runtime: str | None = None, dtype: str | None = N
         raise CompressError(f"profile {p}: measured with runtime {d['runtime']['name']!r}, not {runtime!r}; "
                             f"{schema.HOWTO.replace('--target cpu', '--target cpu --runtime ' + runtime)}")
     if dtype is not None and d["dtype"] != dtype:
-        raise CompressError(f"profile {p}: dtype {d['dtype']!r}, not {dtype!r}; {schema.HOWTO}")
+        raise CompressError(f"profile {p}: dtype {d['dtype']!r}, not {dtype!r}; "
+                            + (howto_int8(batch) if dtype == "int8" else schema.HOWTO))
     if batch is not None and d["batch"] != batch:
         if d["source"] != "analytic":
             raise CompressError(f"profile {p}: measured at batch {d['batch']}, not {batch}; "

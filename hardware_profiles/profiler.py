@@ -10,6 +10,11 @@ measurement (the `context` line the predictor applies to every layer), peak comp
 one-channel-at-a-time scan around a typical conv that shows the staircase and gives the cost of
 unaligned channel counts, and (torch CPU) dense vs block-sparse Linear/1x1 timings.
 
+`ProfileConfig.dtype` "int8" (onnxruntime only) times the conv and linear tables, the staircase scan and the
+profiled models as the int8 artifact runs them (ort_bench: quantized by export/quantize.py, the QDQ ops fused
+into onnxruntime's int8 kernels) and takes the output-channel block from the scan (`out_block`) instead of
+MLAS's fp32 NCHWc block; memory-bound ops, overheads, the context chains and the peaks stay fp32 measurements.
+
 Interrupted runs resume: finished measurements live in FILE.partial.json until FILE is written.
 """
 
@@ -68,6 +73,7 @@ class ProfileConfig:
     staircase: bool = True
     sparse: bool = True
     models: tuple = ()
+    dtype: str = "float32"         # or "int8": the tables as `compress export --dtype int8` runs the layers
 
     def key(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -96,6 +102,23 @@ def _backend(runtime: str):
         return torch_bench
     raise CompressError(f"--runtime {runtime} is not supported by this profiler yet (supported: ort, torch); "
                         "time the model with that runtime's own tools")
+
+
+DTYPES = ("float32", "int8")
+
+
+def check_dtype(cfg: ProfileConfig) -> None:
+    """int8 tables are measured with onnxruntime (the runtime the int8 artifact ships for)."""
+    if cfg.dtype not in DTYPES:
+        raise CompressError(f"--dtype {cfg.dtype!r}: the profiler measures fp32 or int8")
+    if cfg.dtype == "int8" and cfg.runtime != "ort":
+        raise CompressError(f"--dtype int8 is measured with onnxruntime (the runtime `compress export --dtype int8` "
+                            f"ships), not --runtime {cfg.runtime}; use --runtime ort")
+
+
+def _dt(cfg: ProfileConfig) -> dict:
+    """The backend's dtype argument: none for fp32 (the torch backend takes none)."""
+    return {} if cfg.dtype == "float32" else {"dtype": cfg.dtype}
 
 
 def plan_tables(layers, cfg: ProfileConfig) -> dict:
@@ -167,21 +190,42 @@ def _pkey(tk: str, r: int, ci: int, co: int) -> str:
 def _measure(be, sig, pts, cfg):
     if sig.op == LINEAR:
         return be.linear_points(sig, pts, cfg.batch, cfg.warmup, cfg.reps, threads=cfg.threads,
-                                max_seconds=cfg.max_seconds)
-    return be.conv_points(sig, pts, cfg.batch, cfg.warmup, cfg.reps, threads=cfg.threads, max_seconds=cfg.max_seconds)
+                                max_seconds=cfg.max_seconds, **_dt(cfg))
+    return be.conv_points(sig, pts, cfg.batch, cfg.warmup, cfg.reps, threads=cfg.threads, max_seconds=cfg.max_seconds,
+                          **_dt(cfg))
 
 
 def _dw_points(pts):
     return [(c, c) for _, c in pts]
 
 
+def missing(base: dict, layers, cfg: ProfileConfig, dense_models: dict) -> tuple[dict, list, dict]:
+    """What an extension of the profile `base` has to measure for `layers`: the tables whose key `base`
+    lacks (plan_tables), the memory-op kinds it lacks, and the dense models it has not calibrated."""
+    have = {t["key"] for t in base["tables"]}
+    tables = {k: v for k, v in plan_tables(layers, cfg).items() if k not in have}
+    kinds = sorted({s.kind for s in layers if s.op == MEMORY} - set(base.get("memory_ops") or {}))
+    calibrated = {c["model"] for c in base.get("calibration") or []}
+    return tables, kinds, {s: v for s, v in (dense_models or {}).items() if s not in calibrated}
+
+
+# what an extension takes from the profile it extends instead of measuring it again (see `run`)
+_INHERITED = ("overhead", "peak", "context", "staircase", "sparse")
+
+
 def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_after: int | None = None,
-        dense_models: dict | None = None) -> dict:
+        dense_models: dict | None = None, base: dict | None = None, table_seconds: float | None = None) -> dict:
     """Measure and write the profile to `out`; returns it. `stop_after` (tests): raise
     KeyboardInterrupt after that many saved batches, leaving the partial file behind.
     `dense_models`: spec -> (its layers, the dense model, example inputs at cfg.batch), each timed
-    end to end for the profile's per-model calibration (see calibration)."""
+    end to end for the profile's per-model calibration (see calibration).
+    `base`: a profile this measurement extends (`merge_into`): only what it lacks is measured (`missing`:
+    tables by key, memory-op kinds, uncalibrated models); overheads, peaks, the context pairs, the
+    staircase and the sparse table are copied from it, not measured.
+    `table_seconds`: a time budget for the tables; a table not begun within it is measured at its ends only
+    (the smallest and the full count of each axis; listed in measurement.reduced_tables)."""
     dense_models = dense_models or {}
+    check_dtype(cfg)
     be = _backend(cfg.runtime)
     outp = Path(out)
     if outp.parent and not outp.parent.exists():
@@ -189,6 +233,13 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
     part = _Partial(outp.with_name(outp.name + ".partial.json"), cfg)
     tables = plan_tables(layers, cfg)
     kinds = sorted({s.kind for s in layers if s.op == MEMORY} | ({"reorder"} if cfg.runtime == "ort" else set()))
+    if base is not None:
+        tables, kinds, dense_models = missing(base, layers, cfg, dense_models)
+        inherited = {"overhead": base["overhead"], "peak": base["peak"],
+                     "context": (base.get("context") or {}).get("pairs"),
+                     "staircase": base.get("staircase"), "sparse": base.get("sparse")}
+        for k in _INHERITED:
+            part.data["extra"].setdefault(k, inherited[k])
     work = []   # (table key, round, points to measure)
     for r in range(cfg.rounds):
         for k, (t, cins, couts) in tables.items():
@@ -199,7 +250,7 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
     ctx = ["context"] if hasattr(be, "context_pairs") else []
     extras = [e for e in (["overhead", "peak"] + ctx + [f"memory:{k}:{r}" for k in kinds for r in range(cfg.rounds)]
                           + (["staircase"] if cfg.staircase and cfg.runtime == "ort" else [])
-                          + (["sparse"] if cfg.sparse else [])
+                          + (["sparse"] if cfg.sparse and cfg.dtype == "float32" else [])
                           + ([f"model:{spec}" for spec in dense_models] if hasattr(be, "model_ms") else []))
               if e not in part.data["extra"]]
     total = sum(len(w[2]) for w in work) + len(extras)
@@ -217,9 +268,17 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
 
     t0 = time.time()
     load_start = os.getloadavg()
+    begun, reduced = set(), []
     try:
         for k, r, todo in work:
             t = tables[k][0]
+            if table_seconds is not None and k not in begun and time.time() - t0 > table_seconds:
+                tables[k] = (t, *(sorted({v[0], v[-1]}) for v in tables[k][1:]))
+                reduced.append(k)
+            begun.add(k)
+            todo = [p for p in todo if p[0] in tables[k][1] and p[1] in tables[k][2]]
+            if not todo:
+                continue
             res = _measure(be, t, _dw_points(todo) if t.op == DWCONV else todo, cfg)
             for p in todo:
                 part.put(_pkey(k, r, *p), res[(p[1], p[1])] if t.op == DWCONV else res[p])
@@ -241,8 +300,8 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
                 _, model, xb = dense_models[e[len("model:"):]]
                 # the fastest of `rounds` fresh-process timings, as a table point keeps its fastest round
                 # (outside load only adds time; one timing on a drifting VM came out 1.8x slow)
-                v = min((be.model_ms(model, xb, max(cfg.warmup, 5), max(cfg.reps * 5, 30), cfg.threads)
-                         for _ in range(max(cfg.rounds, 1))), key=lambda m: m["wall_ms"])
+                v = be.model_ms(model, xb, max(cfg.warmup, 5), max(cfg.reps * 5, 30), cfg.threads, **_dt(cfg),
+                                rounds=max(cfg.rounds, 1), nodes_below_ms=NETWORK_MAX_MS)
             elif e == "staircase":
                 v = staircase(be, layers, cfg)
             else:
@@ -261,6 +320,8 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
     prof["measurement"]["wall_seconds"] = round(time.time() - t0, 1)
     prof["measurement"]["load_average_start_end"] = [list(load_start), list(os.getloadavg())]
     prof["measurement"]["resumed_measurements"] = part.resumed
+    if reduced:
+        prof["measurement"]["reduced_tables"] = reduced
     _write(prof, outp)
     part.path.unlink(missing_ok=True)
     return prof
@@ -283,7 +344,7 @@ def staircase(be, layers, cfg) -> dict:
     for _ in range(max(cfg.rounds, 1)):   # the fastest of `rounds` passes, as for the tables
         for scan, pts in ((cout_scan, [(64, c) for c in range(lo, hi + 1)]), (cin_scan, [(c, 64) for c in range(lo, hi + 1)])):
             for p, v in be.conv_points(base, pts, cfg.batch, cfg.warmup, cfg.reps, threads=cfg.threads,
-                                       max_seconds=cfg.max_seconds).items():
+                                       max_seconds=cfg.max_seconds, **_dt(cfg)).items():
                 scan[p] = min(v, scan.get(p, v))
     return {"key": table_key(base), "channels": list(range(lo, hi + 1)),
             "cout_ms_at_cin64": [round(cout_scan[(64, c)], 5) for c in range(lo, hi + 1)],
@@ -297,11 +358,40 @@ def _block() -> int:
     return 16 if host_isa() == "avx512" else 8
 
 
-def steps_from(sc: dict | None, runtime: str) -> dict:
+BLOCKS = (2, 4, 8, 16)   # output-channel blocks the scan (48-80 channels) can tell apart
+
+
+def out_block(channels: list[int], ms: list[float]) -> int:
+    """The output-channel block a kernel processes, from a one-channel-at-a-time scan of the output count:
+    the largest b of BLOCKS (tried in increasing order, stopping at the first that fails) such that counts
+    off a multiple of b cost what the next multiple costs. Per count c off the multiples, r = (t(next) -
+    t(c)) / (t(next) - t(previous multiple)) is 0 on a staircase of block b and (next - c) / b on a cost
+    linear in c; b holds when the median r is at most 0.25. 1 when not even 2 holds."""
+    t = dict(zip(channels, ms))
+    best = 1
+    for b in BLOCKS:
+        rs = []
+        for c in channels:
+            lo, hi = c // b * b, -(-c // b) * b
+            if c % b == 0 or lo not in t or hi not in t:
+                continue
+            d = t[hi] - t[lo]
+            rs.append(min(max((t[hi] - t[c]) / d, 0.0), 1.0) if d > 0 else 0.0)
+        if not rs or statistics.median(rs) > 0.25:
+            break
+        best = b
+    return best
+
+
+def steps_from(sc: dict | None, runtime: str, dtype: str = "float32") -> dict:
     """The staircase from the scan: `block` (output channels are processed in blocks: a count costs
-    what the next multiple costs) and `cin_block` with `unaligned_factor` (input channel counts off
+    what the next multiple costs; fp32 on onnxruntime: MLAS's NCHWc block for this ISA; int8: measured,
+    `out_block` of the scan) and `cin_block` with `unaligned_factor` (input channel counts off
     cin_block leave the fast path: measured cost over the line through the multiples of 16)."""
-    blk = _block() if runtime == "ort" else 1
+    int8 = dtype == "int8"
+    blk = _block() if runtime == "ort" and not int8 else 1
+    if sc and int8:
+        blk = out_block(sc["channels"], sc["cout_ms_at_cin64"])
     if not sc:
         return {CONV: {"block": blk, "unaligned_factor": 1.0, "note": "no staircase scan in this profile"}}
     ch, ci = sc["channels"], sc["cin_ms_at_cout64"]
@@ -326,7 +416,10 @@ def steps_from(sc: dict | None, runtime: str) -> dict:
     f = round(max(statistics.median(off), 1.0), 3) if off else 1.0
     note = (f"from the staircase scan (3x3 conv, 64 channels): output channels cost what the next multiple of "
             f"{blk} costs; input channel counts that are not multiples of {cin_block} cost {f}x (onnxruntime CPU "
-            f"runs such convs outside MLAS's NCHWc layout)")
+            f"runs such convs outside MLAS's NCHWc layout)") if not int8 else (
+            f"from the staircase scan of the int8 conv (QLinearConv, 3x3, 64 channels): output channels cost what "
+            f"the next multiple of {blk} costs (measured: the largest block whose in-between counts cost what its "
+            f"next multiple costs); input channel counts that are not multiples of {cin_block} cost {f}x")
     return {CONV: {"block": blk, "cin_block": cin_block, "unaligned_factor": f, "note": note},
             DWCONV: {"block": blk, "cin_block": cin_block, "unaligned_factor": f, "note": note},
             LINEAR: {"block": 1, "unaligned_factor": 1.0, "note": "Gemm: no channel blocking observed"}}
@@ -458,6 +551,8 @@ def merge_into(base: dict, new: dict) -> tuple[dict, dict]:
     keys = {t["key"] for t in out["tables"]}
     tables = [t for t in new["tables"] if t["key"] not in keys]
     out["tables"] = sorted(out["tables"] + tables, key=lambda t: t["key"])
+    kinds = sorted(set(new.get("memory_ops") or {}) - set(out["memory_ops"]))
+    out["memory_ops"] |= {k: new["memory_ops"][k] for k in kinds}
     have = {c["model"] for c in out.get("calibration") or []}
     rows = [c for c in new.get("calibration") or [] if c["model"] not in have]
     out["calibration"] = (out.get("calibration") or []) + rows
@@ -466,10 +561,12 @@ def merge_into(base: dict, new: dict) -> tuple[dict, dict]:
     if net and out.get("context"):
         out["context"]["network"] = out["context"].get("network", []) + net
     info = {"date": new["measurement"].get("date"), "models": sorted(added), "tables": len(tables),
+            "memory_ops": kinds, "grid": new["measurement"].get("grid"), "rounds": new["measurement"].get("rounds"),
             "device": new["device"].get("name"), "wall_seconds": new["measurement"].get("wall_seconds")}
     out["measurement"]["extensions"] = out["measurement"].get("extensions", []) + [info]
     out["source_detail"] += (f"; extended {str(info['date'])[:16]} UTC by `compress profile --extend` on {info['device']}: "
-                             f"{len(tables)} layer tables and the dense timings of {', '.join(sorted(added)) or 'no new model'}")
+                             f"{len(tables)} layer tables" + (f", memory ops {', '.join(kinds)}" if kinds else "")
+                             + f" and the dense timings of {', '.join(sorted(added)) or 'no new model'}")
     return out, info
 
 
@@ -483,20 +580,30 @@ def refit(path: str, layers_of) -> dict:
 
     outp = Path(path)
     prof = schema.read(outp)
-    nodes = {r["model"]: r for r in (prof.get("context") or {}).get("network", [])}
-    measured = {}
+    layers = {}
     for c in prof.get("calibration") or []:
-        layers = layers_of(c["model"], c.get("input_shape"))
-        if structure(layers) != c["structure"]:
+        layers[c["model"]] = layers_of(c["model"], c.get("input_shape"))
+        if structure(layers[c["model"]]) != c["structure"]:
             raise CompressError(f"{path}: model {c['model']} no longer has the layer structure it was profiled with; "
                                 "profile it again")
-        r = nodes.get(c["model"])
-        measured[c["model"]] = (layers, {"wall_ms": c["measured_ms"], "node_ms": r["node_ms"], "nodes": r["nodes"]}
-                                if r else c["measured_ms"])
-    prof["calibration"] = calibration(prof, measured, {c["model"]: c.get("input_shape")
-                                                        for c in prof.get("calibration") or []})
+    recalibrate(prof, layers)
     _write(prof, outp)
     return prof
+
+
+def recalibrate(prof: dict, layers: dict) -> None:
+    """Recompute, in `prof`, the calibration rows of the models in `layers` (spec -> its layers at the
+    row's input_shape) from the measurements stored in `prof` (the row's measured wall time and, for a
+    small network, its node-profiled kernel sum in context.network); the other rows stay as they are."""
+    nodes = {r["model"]: r for r in (prof.get("context") or {}).get("network", [])}
+    rows = [c for c in prof.get("calibration") or [] if c["model"] in layers]
+    measured = {}
+    for c in rows:
+        r = nodes.get(c["model"])
+        measured[c["model"]] = (layers[c["model"]], {"wall_ms": c["measured_ms"], "node_ms": r["node_ms"],
+                                                     "nodes": r["nodes"]} if r else c["measured_ms"])
+    new = {c["model"]: c for c in calibration(prof, measured, {c["model"]: c.get("input_shape") for c in rows})}
+    prof["calibration"] = [new.get(c["model"], c) for c in prof.get("calibration") or []]
 
 
 def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str, layers) -> dict:
@@ -538,12 +645,17 @@ def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str,
         "schema": schema.SCHEMA, "schema_version": schema.SCHEMA_VERSION, "name": name,
         "source": "measured",
         "source_detail": f"measured by `compress profile` on {dev['name']} ({dev.get('cores')} cores) with "
-                         f"{cfg.runtime} {be.version()}; layers of {', '.join(cfg.models) or 'the default grid'}",
+                         f"{cfg.runtime} {be.version()}; layers of {', '.join(cfg.models) or 'the default grid'}"
+                         + ("; int8: conv/linear tables, staircase and model timings after the int8 artifact's QDQ "
+                            "quantization (onnxruntime's fused int8 kernels); memory-bound ops, overheads, context "
+                            "and peaks in fp32" if cfg.dtype == "int8" else ""),
         "device": dev,
         "runtime": {"name": cfg.runtime, "version": be.version(),
-                    "provider": "CPUExecutionProvider, ORT_ENABLE_ALL" if cfg.runtime == "ort" else "eager, no_grad",
+                    "provider": ("CPUExecutionProvider, ORT_ENABLE_ALL" + (", QDQ int8 (export/quantize.py)"
+                                                                            if cfg.dtype == "int8" else ""))
+                    if cfg.runtime == "ort" else "eager, no_grad",
                     "threads": cfg.threads or os.cpu_count()},
-        "dtype": "float32", "batch": cfg.batch,
+        "dtype": cfg.dtype, "batch": cfg.batch,
         "measurement": {
             "warmup": cfg.warmup, "repetitions": cfg.reps, "rounds": cfg.rounds,
             "statistic": "per point: median over undisturbed repetitions (process CPU time >= 0.75 x threads x "
@@ -561,7 +673,7 @@ def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str,
         "peak": peak,
         "roofline_efficiency": roofline_eff,
         "overhead": {k: ex["overhead"][k] for k in ("per_inference_ms", "per_op_ms")} | {"fit": ex["overhead"].get("fit")},
-        "steps": steps_from(ex.get("staircase"), cfg.runtime),
+        "steps": steps_from(ex.get("staircase"), cfg.runtime, cfg.dtype),
         "staircase": ex.get("staircase"),
         "memory_ops": mem,
         "context": context_fit(ex.get("context")),

@@ -12,6 +12,10 @@ def add_arguments(p) -> None:
     p.add_argument("--target", default="cpu", help="device: cpu, gpu or jetson (picks the shipped profile)")
     p.add_argument("--profile", help="a profile file or shipped name (default: the target's shipped profile)")
     p.add_argument("--batch", type=int, help="batch size to plan for (default: the profile's)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "int8"],
+                   help="the precision that ships: int8 plans against an int8 profile (`compress export --dtype int8`'s "
+                        "latency; shipped as NAME-int8[-TAG]-bN.json, or --profile FILE from `compress profile --dtype "
+                        "int8`)")
     b = p.add_mutually_exclusive_group(required=True)
     b.add_argument("--latency-budget", type=float, metavar="F", help="target latency as a fraction of dense, e.g. 0.6")
     b.add_argument("--latency-ms", type=float, metavar="MS", help="target latency in milliseconds")
@@ -45,4 +49,4 @@ def run(args) -> dict:
                            ignore=tuple(args.ignore), min_keep=args.min_keep, seed=args.seed),
         target=args.target, profile=args.profile, batch=args.batch, calib=args.calib,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-        measure=args.measure))
+        measure=args.measure, dtype=args.dtype))

@@ -10,7 +10,9 @@ together in one CompressError (exit 2). Paths in the file are relative to the fi
     [targets.cpu|gpu|jetson]      the plan: ratio = R | ratios = [R, ...] (candidates) |
                                   latency_budget = F (fraction of dense latency, needs profile);
                                   profile, device, criterion, finetune (epochs), distill, lr, seed,
-                                  require_measured (an unverifiable latency budget fails the gate)
+                                  require_measured (an unverifiable latency budget fails the gate),
+                                  dtype = "fp32" | "int8" (the precision that ships; int8: cpu only, with
+                                  calib = SPEC and optional calib_method, as `compress export --dtype int8`)
     [budgets.<target>]            max_accuracy_drop (percentage points), min_speedup, max_latency_ms,
                                   max_size_mb (1 MB = 10^6 bytes of the exported model file)
 """
@@ -28,6 +30,8 @@ MEASURED_HERE = ("cpu",)  # targets whose artifacts run on this machine; the oth
 LATENCY_BUDGETS = ("min_speedup", "max_latency_ms")  # only predicted (not verified) off MEASURED_HERE
 JETSON_PROFILES = {"orin-nano": "jetson-orin-nano", "agx-orin": "jetson-agx-orin"}  # device -> shipped profile
 BUDGETS = ("max_accuracy_drop", "min_speedup", "max_latency_ms", "max_size_mb")
+DTYPES = ("fp32", "int8")
+INT8_TARGETS = ("cpu",)  # int8 artifacts this release can measure and judge (onnxruntime on this machine)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,30 @@ class Target:
     require_measured: bool = False  # a latency budget that cannot be measured here fails instead of skipping
     measure_plan: bool = False  # cpu latency_budget: `compress plan --measure` (candidates timed here)
     budgets: Budgets = field(default_factory=Budgets)
+    dtype: str = "fp32"  # the precision that ships: int8 plans, exports, measures and judges the int8 artifact
+    calib: str | None = None  # int8: calibration data (compress export --calib; a .npy path is absolute here)
+    calib_method: str | None = None  # int8: compress export --calib-method
+
+    @property
+    def int8(self) -> bool:
+        return self.dtype == "int8"
+
+    def export_args(self) -> list[str]:
+        """The `compress export` flags of this target's precision (none for fp32)."""
+        if not self.int8:
+            return []
+        return ["--dtype", "int8", "--calib", self.calib] + (["--calib-method", self.calib_method]
+                                                             if self.calib_method else [])
+
+    def quant_key(self) -> dict:
+        """What an int8 artifact depends on beyond its source (empty for fp32, so fp32 cache keys stay as they were)."""
+        if not self.int8:
+            return {}
+        calib_file = self.calib if self.calib and self.calib.endswith(".npy") and os.path.isfile(self.calib) else None
+        from compress.release.cache import file_sha256
+
+        return {"dtype": self.dtype, "calib": self.calib, "calib_method": self.calib_method,
+                "calib_sha256": file_sha256(calib_file) if calib_file else None}
 
     @property
     def measured_here(self) -> bool:
@@ -91,7 +119,7 @@ _SCHEMA = {
 }
 _TARGET_KEYS = {"ratio": float, "ratios": list, "latency_budget": float, "profile": str, "device": str,
                 "criterion": str, "finetune": float, "distill": bool, "lr": float, "seed": int,
-                "require_measured": bool, "measure_plan": bool}
+                "require_measured": bool, "measure_plan": bool, "dtype": str, "calib": str, "calib_method": str}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
                dict: "a table"}
 
@@ -134,9 +162,11 @@ def _resolve(base: str, p: str) -> str:
     return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
 
-def _profile_file(name: str, base: str) -> tuple[str | None, str | None]:
+def _profile_file(name: str, base: str, dtype: str = "fp32", batch: int | None = None) -> tuple[str | None, str | None]:
     """(path, problem): a profile file (relative to the config's directory) or a shipped profile's name
-    (e.g. cpu-x86-2core-ort, resolved to its batch-1 file as `compress plan` does), validated."""
+    (e.g. cpu-x86-2core-ort, resolved to its batch-1 file as `compress plan` does; int8: its
+    NAME-int8[-TAG]-bN.json at the measured batch), validated; an int8 profile for an fp32 target and the
+    reverse are problems."""
     from compress.hardware_profiles import load_profile
 
     is_name = not (name.endswith(".json") or os.sep in name or "/" in name)
@@ -145,12 +175,56 @@ def _profile_file(name: str, base: str) -> tuple[str | None, str | None]:
         return None, (f"file {path} does not exist (give a profile file or a shipped profile's name, "
                       "e.g. cpu-x86-2core-ort)")
     try:
-        return load_profile(path, batch=1 if is_name else None).path, None
+        if dtype == "int8":
+            return load_profile(path, dtype="int8", batch=batch if is_name else None).path, None
+        prof = load_profile(path, batch=1 if is_name else None)
     except CompressError as e:
         return None, first_line(e, None, strip=False)
+    if prof.dtype == "int8":
+        return None, f"profile {prof.path} is an int8 profile; set dtype = \"int8\" or give an fp32 profile"
+    return prof.path, None
 
 
-def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tuple[str, ...]) -> Target | None:
+def _precision(name: str, t: dict, raw: dict, base: str, err: _Errors) -> tuple[str, str | None, str | None]:
+    """(dtype, calib, calib_method) of a target, checked: int8 needs calibration data and a target whose
+    int8 artifact runs here; calib and calib_method need int8."""
+    path = f"targets.{name}"
+    dtype = t.get("dtype", "fp32")
+    if dtype not in DTYPES:
+        err.add(f"{path}.dtype", f"unknown dtype {dtype!r} (choose {' or '.join(DTYPES)})")
+    calib, method = t.get("calib"), t.get("calib_method")
+    if dtype != "int8":
+        for k in ("calib", "calib_method"):
+            if k in raw:
+                err.add(f"{path}.{k}", 'calibrates an int8 artifact: set dtype = "int8" or drop it')
+        return dtype, None, None
+    if name not in INT8_TARGETS:
+        err.add(f"{path}.dtype", f"int8 releases are measured and judged on this machine's CPU: only "
+                f"{', '.join(INT8_TARGETS)} so far")
+    if calib is None and "calib" not in raw:
+        err.add(f"{path}.calib", 'required with dtype = "int8": static quantization needs calibration data '
+                "(data:N, a FILE.npy of real inputs, or random:N)")
+    elif calib is not None:
+        from compress import calib as calib_specs
+
+        try:
+            c = calib_specs.parse(calib, data=True)
+            if c.kind == "npy":
+                calib = _resolve(base, calib)
+                if not os.path.isfile(calib):
+                    err.add(f"{path}.calib", f"file {calib} does not exist")
+        except CompressError as e:
+            err.add(f"{path}.calib", first_line(e, None, strip=False))
+    if method is not None:
+        from compress.export.targets import CALIB_METHODS
+
+        if method.lower() not in CALIB_METHODS:
+            err.add(f"{path}.calib_method", f"unknown method {method!r} (choose {', '.join(CALIB_METHODS)})")
+    return dtype, calib, method
+
+
+def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tuple[str, ...],
+            batch: int | None = None) -> Target | None:
     path = f"targets.{name}"
     if name not in TARGETS:
         err.add(path, f"unknown target (choose from {', '.join(TARGETS)})")
@@ -159,6 +233,7 @@ def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tupl
         err.add(path, f"expected a table, got {_what(raw)}")
         return None
     t = err.check_table(raw, path, _TARGET_KEYS)
+    dtype, calib, calib_method = _precision(name, t, raw, base, err)
     ratios: list[float] = []
     if "ratio" in t:
         ratios = [t["ratio"]]
@@ -201,12 +276,15 @@ def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tupl
             err.add(f"{path}.profile", f"required: {name} latency cannot be measured on this machine and is "
                     f"predicted from a device profile (compress profile --target {name} --out FILE)")
     if profile is not None:
-        profile, problem = _profile_file(profile, base)
+        # (an int8 target that cannot be int8 has been reported: its profile is checked as fp32's)
+        profile, problem = _profile_file(profile, base, dtype if name in INT8_TARGETS else "fp32", batch)
         if problem:
             err.add(f"{path}.profile", problem)
     if t.get("measure_plan") and (name != "cpu" or "latency_budget" not in raw):
         err.add(f"{path}.measure_plan", "times candidate plans on this machine: only for the cpu target with a "
                 "latency_budget")
+    elif t.get("measure_plan") and dtype == "int8":
+        err.add(f"{path}.measure_plan", 'times fp32 candidates; it does not plan dtype = "int8" yet')
     crit = t.get("criterion", "l1")
     if "criterion" in t and crit not in criteria:
         err.add(f"{path}.criterion", f"unknown criterion {crit!r} (choose from {', '.join(criteria)})")
@@ -231,7 +309,7 @@ def _target(name: str, raw, budgets_raw, base: str, err: _Errors, criteria: tupl
                   criterion=crit, finetune=t.get("finetune", 0.0), distill=t.get("distill", False),
                   lr=t.get("lr"), seed=t.get("seed", 0), require_measured=t.get("require_measured", False),
                   measure_plan=t.get("measure_plan", False),
-                  budgets=Budgets(**b))
+                  budgets=Budgets(**b), dtype=dtype, calib=calib, calib_method=calib_method)
 
 
 def load(path: str, only: str | None = None) -> ReleaseConfig:
@@ -279,7 +357,7 @@ def load(path: str, only: str | None = None) -> ReleaseConfig:
         if name not in tables["targets"]:
             err.add(f"budgets.{name}", f"a budget without a target: there is no [targets.{name}]")
     for name, t in tables["targets"].items():
-        tgt = _target(name, t, tables["budgets"].get(name), base, err, CRITERIA)
+        tgt = _target(name, t, tables["budgets"].get(name), base, err, CRITERIA, measure.get("batch"))
         if tgt is not None:
             targets.append(tgt)
     if not tables["targets"]:

@@ -16,6 +16,14 @@ Steps and what keys them (besides the tool version, see cache.py):
 - predict  (gpu, jetson: not measurable here) `compress predict` of dense and pruned against the target's
            profile: both ONNX sha256, the profile's sha256
 Budgets are not part of any key: changing a budget re-checks without re-running anything.
+
+A target with dtype = "int8" ships the int8 artifact and every step is about it: the plan is made against
+an int8 profile (`compress plan --dtype int8`), both exports are `compress export --dtype int8 --calib SPEC`
+(dtype and calibration join the dense and export keys), the verify step also runs `compress eval` on the
+artifact (model.int8.onnx in onnxruntime: the accuracy the budgets see), and the measure step times the dense
+and pruned model.int8.onnx, with the dense fp32 model.onnx beside them for reference. So max_accuracy_drop is
+the int8 pruned artifact against the dense fp32 model, min_speedup its latency against the dense int8 model's
+(the planner's latency_budget is a fraction of that too), and max_size_mb the size of model.int8.onnx.
 """
 
 from __future__ import annotations
@@ -54,10 +62,17 @@ def _files_id(d: str, names=PRUNED_FILES) -> dict:
 
 
 def _export_step(src: str, t: Target, tmp: str, model_args: list[str] | None = None) -> dict:
-    a = tools.export_artifact(src, t.name, t.device, os.path.join(tmp, "artifact"), model_args)
-    onnx = os.path.join(tmp, "artifact", a["onnx"])
+    a = tools.export_artifact(src, t.name, t.device, os.path.join(tmp, "artifact"), model_args, t.export_args())
     m = a["manifest"]
-    return {"onnx": a["onnx"], "onnx_sha256": file_sha256(onnx), "size_bytes": os.path.getsize(onnx),
+    extra = {}
+    if t.int8:        # the shipped file is model.int8.onnx; model.onnx (fp32) stays beside it as the reference
+        fp32 = os.path.join(tmp, "artifact", a["onnx"])
+        a["onnx"] = m["int8"]["file"]
+        q = m["int8"]["parity"]
+        extra = {"fp32_onnx": os.path.relpath(fp32, os.path.join(tmp, "artifact")),
+                 "fp32_onnx_sha256": file_sha256(fp32), "int8_parity": {k: q.get(k) for k in ("metric", "value", "threshold", "ok", "inputs")}}
+    onnx = os.path.join(tmp, "artifact", a["onnx"])
+    return extra | {"onnx": a["onnx"], "onnx_sha256": file_sha256(onnx), "size_bytes": os.path.getsize(onnx),
             "ok": bool(m.get("ok")), "parity": [{k: c.get(k) for k in ("runtime", "inputs", "ok", "max_abs_error")}
                                                  for c in m.get("parity", [])],
             "not_verified_here": list(m.get("not_verified_here", [])),
@@ -87,23 +102,39 @@ def _candidate(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, 
 
     def export(tmp: str) -> dict:
         log(f"[{t.name}] {label}: exporting (compress export --target {t.name}"
-            + (f" --device {t.device})" if t.device else ")"))
+            + (f" --device {t.device}" if t.device else "") + (f" --dtype int8 --calib {t.calib})" if t.int8 else ")"))
         return _export_step(pruned, t, tmp)
 
-    edir, ex = cache.run("export", {"pruned": pruned_id, "target": t.name, "device": t.device}, export)
+    edir, ex = cache.run("export", {"pruned": pruned_id, "target": t.name, "device": t.device} | t.quant_key(), export)
+    artifact = os.path.join(edir, "artifact")
 
     def verify(tmp: str) -> dict:
         log(f"[{t.name}] {label}: verifying accuracy (compress eval)")
         argv = ["eval", pruned, "--data", cfg.data] + (["--source-weights", cfg.weights] if cfg.weights else [])
         _, j = tools.run_verb(argv)
-        return {"accuracy": j["accuracy"], "accuracy_dense": j.get("accuracy_dense"), "samples": j.get("samples")}
+        out = {"accuracy": j["accuracy"], "accuracy_dense": j.get("accuracy_dense"), "samples": j.get("samples")}
+        if t.int8:    # the int8 artifact in onnxruntime: the accuracy that ships
+            log(f"[{t.name}] {label}: verifying the int8 artifact's accuracy (compress eval on {ex['onnx']})")
+            _, j8 = tools.run_verb(["eval", artifact, "--data", cfg.data])
+            out |= {"accuracy_fp32": j["accuracy"], "accuracy": j8["accuracy"], "samples": j8["samples"],
+                    "agreement_int8_fp32": j8.get("agreement_fp32")}
+        return out
 
-    _, ver = cache.run("verify", {"pruned": pruned_id, "data": data_id, "weights": model_id["weights"]}, verify)
-    lat = _latency(cfg, t, cache, dense, pruned, os.path.join(edir, "artifact"), ex, label)
+    vkey = {"pruned": pruned_id, "data": data_id, "weights": model_id["weights"]}
+    if t.int8:
+        vkey["artifact"] = ex["onnx_sha256"]
+    _, ver = cache.run("verify", vkey, verify)
+    lat = _latency(cfg, t, cache, dense, pruned, artifact, ex, label)
     acc_dense = ver["accuracy_dense"] if ver["accuracy_dense"] is not None else pr["accuracy_dense"]
     parity_ok = bool((pr["onnx_parity"] or {}).get("ok")) and pr["exit_code"] == 0 and ex["ok"]
-    return {
-        "label": label, "ratio": plan_arg.get("ratio"), "latency_budget": plan_arg.get("latency_budget"),
+    int8 = {}
+    if t.int8:
+        int8 = {"accuracy_fp32": ver["accuracy_fp32"], "agreement_int8_fp32": ver["agreement_int8_fp32"],
+                "int8_parity": ex["int8_parity"], "latency_ms_dense_fp32": lat.get("dense_fp32_ms"),
+                "speedup_vs_fp32": (lat["dense_fp32_ms"] / lat["pruned_ms"]) if lat.get("dense_fp32_ms") else None}
+    return int8 | {
+        "label": label, "dtype": t.dtype, "ratio": plan_arg.get("ratio"),
+        "latency_budget": plan_arg.get("latency_budget"),
         "plan_predicted": plan_arg.get("predicted"),
         "accuracy": ver["accuracy"], "accuracy_dense": acc_dense,
         "accuracy_at_prune_time": pr["accuracy"], "accuracy_before_finetune": pr["accuracy_pruned_before_finetune"],
@@ -118,7 +149,7 @@ def _candidate(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, 
         "macs_dense": pr["macs_before"], "onnx_parity_ok": parity_ok, "export_parity": ex["parity"],
         "onnx_sha256": ex["onnx_sha256"], "artifact_files": ex["files"],
         "not_verified_here": ex["not_verified_here"],
-        "_dirs": {"pruned": pruned, "artifact": os.path.join(edir, "artifact")},
+        "_dirs": {"pruned": pruned, "artifact": artifact},
     }
 
 
@@ -139,15 +170,26 @@ def _latency(cfg, t: Target, cache: StepCache, dense: dict, pruned: str, artifac
 
     def measure(tmp: str) -> dict:
         log(f"[{t.name}] {label}: measuring latency in onnxruntime, dense and pruned workers in lockstep "
-            f"({cfg.rounds} rounds x {cfg.runs} runs, batch {batch})")
-        d_ms, p_ms = tools.measure_ms([dense["_dir"], artifact], cfg.runs, cfg.rounds, cfg.batch)
-        return {"dense_ms": statistics.median(d_ms), "pruned_ms": statistics.median(p_ms),
-                "dense_rounds_ms": d_ms, "pruned_rounds_ms": p_ms, "measured": True, "batch": batch,
-                "source": (f"measured on this machine (onnxruntime CPU, compress.measure lockstep workers, batch "
-                           f"{batch}, median over {cfg.rounds} rounds of {cfg.runs} runs, dense and pruned in turn)")}
+            f"({cfg.rounds} rounds x {cfg.runs} runs, batch {batch}" + (", int8 artifacts" if t.int8 else "") + ")")
+        files = [os.path.join(dense["_dir"], dense["onnx"]), os.path.join(artifact, ex["onnx"])]
+        if t.int8:    # the dense fp32 model beside them, for reference
+            files.append(os.path.join(dense["_dir"], dense["fp32_onnx"]))
+        got = tools.measure_ms(files, cfg.runs, cfg.rounds, cfg.batch)
+        d_ms, p_ms = got[0], got[1]
+        out = {"dense_ms": statistics.median(d_ms), "pruned_ms": statistics.median(p_ms),
+               "dense_rounds_ms": d_ms, "pruned_rounds_ms": p_ms, "measured": True, "batch": batch,
+               "source": (f"measured on this machine (onnxruntime CPU, compress.measure lockstep workers, batch "
+                          f"{batch}, median over {cfg.rounds} rounds of {cfg.runs} runs, dense and pruned in turn"
+                          + ("; int8 artifacts (model.int8.onnx), dense fp32 model.onnx timed beside them)"
+                             if t.int8 else ")"))}
+        if t.int8:
+            out |= {"dense_fp32_ms": statistics.median(got[2]), "dense_fp32_rounds_ms": got[2]}
+        return out
 
     key = {"dense": dense["onnx_sha256"], "pruned": ex["onnx_sha256"], "runs": cfg.runs, "rounds": cfg.rounds,
            "machine": tools.machine(), "measured_by": tools.MEASURED_BY}
+    if t.int8:
+        key["dense_fp32"] = dense["fp32_onnx_sha256"]
     if cfg.batch is not None:     # (kept out of the key when unset, so existing caches stay valid)
         key["batch"] = cfg.batch
     return cache.run("measure", key, measure)[1]
@@ -161,7 +203,8 @@ def _plan(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict) -> di
         _, j = tools.run_verb(["plan", cfg.model, "--target", t.name, "--profile", t.profile, "--latency-budget",
                                f"{t.latency_budget:g}", "--criterion", t.criterion, "--seed", str(t.seed),
                                "--out", os.path.join(tmp, "plan"), *_model_args(cfg)]
-                              + (["--measure"] if t.measure_plan else []), ok_codes=(0, 1) if t.measure_plan else (0,))
+                              + (["--measure"] if t.measure_plan else []) + (["--dtype", "int8"] if t.int8 else []),
+                              ok_codes=(0, 1) if t.measure_plan else (0,))
         if j.get("plan", True) is None:
             raise CompressError(f"targets.{t.name}.latency_budget = {t.latency_budget:g}: nothing to prune, the "
                                 f"dense model's predicted {j['dense_ms']:.3f} ms is within the budget "
@@ -178,6 +221,8 @@ def _plan(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict) -> di
            "latency_budget": t.latency_budget, "criterion": t.criterion, "seed": t.seed}
     if t.measure_plan:        # a measured plan depends on the machine it was timed on
         key |= {"measure_plan": True, "machine": tools.machine()}
+    if t.int8:
+        key["dtype"] = t.dtype
     pdir, pl = cache.run("plan", key, plan)
     return {"label": f"latency budget {t.latency_budget:g}", "latency_budget": t.latency_budget,
             "predicted": pl["predicted"], "key": {"plan": pl["plan_sha256"]},
@@ -186,10 +231,12 @@ def _plan(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict) -> di
 
 def run_target(cfg: ReleaseConfig, t: Target, cache: StepCache, model_id: dict, data_id: dict) -> list[dict]:
     def dense_step(tmp: str) -> dict:
-        log(f"[{t.name}] dense model: exporting (compress export --target {t.name})")
+        log(f"[{t.name}] dense model: exporting (compress export --target {t.name}"
+            + (f" --dtype int8 --calib {t.calib})" if t.int8 else ")"))
         return _export_step(cfg.model, t, tmp, _model_args(cfg))
 
-    ddir, dense = cache.run("dense", {"model": model_id, "target": t.name, "device": t.device}, dense_step)
+    ddir, dense = cache.run("dense", {"model": model_id, "target": t.name, "device": t.device} | t.quant_key(),
+                            dense_step)
     dense = dense | {"_dir": os.path.join(ddir, "artifact")}
     if t.latency_budget is not None:
         plans = [_plan(cfg, t, cache, model_id)]

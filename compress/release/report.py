@@ -79,7 +79,7 @@ def build(cfg: ReleaseConfig, results: dict) -> dict:
         ok = not any(b["fails_gate"] for b in c["checks"]) and c["onnx_parity_ok"]
         plan = ({"latency_budget": t.latency_budget, "profile": os.path.basename(t.profile)}
                 if t.latency_budget is not None else {"ratios": list(t.ratios)})
-        targets.append({"target": t.name, "device": t.device, "plan": plan, "criterion": t.criterion,
+        targets.append({"target": t.name, "device": t.device, "dtype": t.dtype, "plan": plan, "criterion": t.criterion,
                         "finetune_epochs": t.finetune, "distill": t.distill, "budgets": dict(t.budgets.items()),
                         "latency_profile": os.path.basename(t.profile) if t.profile else None,
                         "require_measured": t.require_measured, "selected": sel, "pass": ok, "candidates": cands})
@@ -138,6 +138,12 @@ def markdown(rep: dict) -> str:
                   f"| MACs | {c['macs_dense']:,} | {c['macs']:,} |", "",
                   f"Latency: {c['latency_source']}. ONNX parity: {'ok' if c['onnx_parity_ok'] else 'FAILED'}. "
                   f"Accuracy on {c['eval_samples']:,} test samples.", ""]
+        if t.get("dtype") == "int8":
+            lines += [f"Precision: int8 (`model.int8.onnx`, judged in onnxruntime): accuracy is the int8 artifact's "
+                      f"(its fp32 model.onnx: {_acc(c.get('accuracy_fp32'))}, top-1 agreement "
+                      f"{_acc(c.get('agreement_int8_fp32'))}), dense is the fp32 model's; latency dense and pruned "
+                      f"int8, dense fp32 {_fmt(c.get('latency_ms_dense_fp32'))} ms (pruned int8 "
+                      f"{_fmt(c.get('speedup_vs_fp32'))}x faster); size of model.int8.onnx.", ""]
         p = c.get("plan_predicted")
         if p:
             lines += [f"Plan: `compress plan` on {p['profile']} for {c['latency_budget']:g} of the dense latency: "

@@ -5,10 +5,12 @@ Only command-line contracts are used. What is read from each verb:
   `accuracy_dense`, `accuracy_pruned_before_finetune`, `params_before`, `params_after`, `macs_before`,
   `macs_after`, `mac_reduction`, `onnx_parity.ok`, `onnx_parity.max_abs_error`; files `model.onnx`.
 - `compress eval DIR --data D --json`: `accuracy`, `accuracy_dense` (present when the dense source is
-  recovered), `samples`.
+  recovered), `samples`; on an int8 artifact directory (dtype = "int8"): `accuracy`, `samples`, `agreement_fp32`.
 - `compress export SRC --target T [--device D] --out DIR --json`: exit code (1: a runtime's output differs from
   torch); the artifact's `manifest.json` keys `ok`, `parity`, `bench`, `not_verified_here`, and its ONNX file
-  (`model.onnx`, else the first `*.onnx`, sorted), whose size is the size budget's value.
+  (`model.onnx`, else the first `*.onnx`, sorted), whose size is the size budget's value; with `--dtype int8 --calib
+  SPEC`, the manifest's `int8.file` (model.int8.onnx, the size budget's file) and `int8.parity`.
+- `compress plan ... --dtype int8` for an int8 target (an int8 profile).
 - `compress plan MODEL --target T --profile F --latency-budget B --out DIR --json`: exit code, `plan`
   (null: nothing to prune), `DIR/plan.json`.
 - `compress predict MODEL_OR_DIR --profile F --json`: `predicted_ms`.
@@ -72,11 +74,12 @@ def find_onnx(d: str) -> str:
 
 
 def export_artifact(src: str, target: str, device: str | None, out: str,
-                    model_args: list[str] | None = None) -> dict:
-    """`compress export SRC --target TARGET` into `out` (SRC: a pruned directory, or the dense model spec with
-    its `model_args`); return {"onnx": relative path, "manifest": manifest dict}."""
+                    model_args: list[str] | None = None, dtype_args: list[str] | None = None) -> dict:
+    """`compress export SRC --target TARGET [DTYPE_ARGS]` into `out` (SRC: a pruned directory, or the dense model
+    spec with its `model_args`; `dtype_args`: e.g. --dtype int8 --calib SPEC); return {"onnx": relative path of
+    the fp32 ONNX file, "manifest": manifest dict} (an int8 export's file is the manifest's int8.file)."""
     argv = ["export", src, "--target", target, "--out", out] + (["--device", device] if device else [])
-    run_verb(argv + (model_args or []), ok_codes=(0, 1))  # 1: a parity check failed, recorded in the manifest
+    run_verb(argv + (model_args or []) + (dtype_args or []), ok_codes=(0, 1))  # 1: a check failed, in the manifest
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
     return {"onnx": os.path.relpath(find_onnx(out), out), "manifest": manifest}
@@ -88,7 +91,8 @@ PASSES = 2
 
 
 def measure_ms(dirs: list[str], runs: int, rounds: int, batch: int | None = None) -> list[list[float]]:
-    """Median latency (ms) of each artifact directory's ONNX file (find_onnx) in onnxruntime per round, timed
+    """Median latency (ms) of each artifact directory's ONNX file (find_onnx; or an ONNX file of an artifact
+    directory given as such, e.g. its model.int8.onnx) in onnxruntime per round, timed
     by compress.measure.lockstep: one worker process per directory (session loaded once, WARMUP warm-up
     runs), the workers timing one block of `runs` runs each in turn, at `batch` or the exported batch;
     PASSES passes of fresh workers share the `rounds` rounds. Returns out[i][r] for directory i, round r."""
@@ -99,8 +103,9 @@ def measure_ms(dirs: list[str], runs: int, rounds: int, batch: int | None = None
         raise CompressError("runs and rounds must be >= 1")
     jobs = []
     for i, d in enumerate(dirs):
+        path = d if d.endswith(".onnx") else find_onnx(d)
+        d = os.path.dirname(path) if d.endswith(".onnx") else d
         b = batch_of(d, load_manifest(d), batch)
-        path = find_onnx(d)
         jobs.append((i, path, b, f"{path} (batch {b})"))
     passes = min(PASSES, rounds)
     per_pass = -(-rounds // passes)          # the last pass's surplus rounds are dropped

@@ -73,3 +73,22 @@ def test_bad_profiles(tmp_path, capsys, kind, extra, words):
 def test_unknown_profile_name(capsys):
     code, err, _ = main(capsys, "predict", *MODEL, "--profile", "h100-torch")
     assert code == 2 and "no profile named 'h100-torch'" in err and "compress profile" in err
+
+
+def test_predict_dtype_picks_and_checks_the_profiles_precision(capsys, tmp_path, one_thread):
+    from tests.test_planner import PROFILE
+
+    f = tmp_path / "int8.json"
+    f.write_text(json.dumps(dict(PROFILE, dtype="int8")))
+    code, err, out = main(capsys, "predict", *MODEL, "--profile", f, "--dtype", "int8", "--json")
+    assert code == 0, err
+    assert json.loads(out)["dtype"] == "int8"
+    code, err, _ = main(capsys, "predict", *MODEL, "--profile", f, "--dtype", "fp32")
+    assert code == 2 and "dtype 'int8', not 'float32'" in err and len(err.strip().splitlines()) == 1
+    # a shipped name with --dtype int8 looks for NAME-int8[-TAG]-bN.json, and says how to measure one
+    from compress.hardware_profiles.predictor import _candidates, dtype_name
+
+    if not any(c.is_file() for c in _candidates(dtype_name("cpu-x86-2core-ort", "int8"), 8)):
+        code, err, _ = main(capsys, "predict", *MODEL, "--profile", "cpu-x86-2core-ort", "--dtype", "int8",
+                            "--batch", "8")
+        assert code == 2 and "compress profile --target cpu --dtype int8 --batch 8" in err

@@ -352,3 +352,16 @@ def test_block_sparse_factor_from_the_kernel_that_ships():
     assert prof.total_ms([sig], sparse={"fc": (32, 0.3)}) == pytest.approx(
         dense - prof.layer_ms(sig, prof.fit([sig])) * 0.6, rel=1e-4)
     assert _sparse_profile("torch").sparse_factor(sig, 32, 0.5) is None
+
+
+def test_int8_profiles_are_named_apart_from_fp32():
+    # NAME-int8[-TAG]-bN.json: the fp32 lookup never finds an int8 file and the int8 lookup never an fp32 one
+    from compress.hardware_profiles.predictor import _candidates, dtype_name, host_tags, profile_dtype
+
+    assert dtype_name("cpu-x86-2core-ort", "int8") == "cpu-x86-2core-ort-int8"
+    assert dtype_name("cpu-x86-2core-ort", "float32") == "cpu-x86-2core-ort"
+    assert profile_dtype("fp32") == "float32" and profile_dtype("INT8") == "int8"
+    names = [p.name for p in _candidates("cpu-x86-2core-ort-int8", 8)]
+    assert names[0] == f"cpu-x86-2core-ort-int8-{host_tags()[0]}-b8.json"
+    assert all("-int8" in n for n in names)
+    assert not any("-int8" in p.name for p in _candidates("cpu-x86-2core-ort", 8))

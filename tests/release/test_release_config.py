@@ -243,3 +243,102 @@ def test_example_workflow_runs_the_example_config():
     assert '>> "$GITHUB_STEP_SUMMARY"' in runs and "release-out/report.md" in runs
     uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
     assert uploads and all(f in uploads[0]["with"]["path"] for f in ("report.md", "report.json", "junit.xml"))
+
+
+INT8_HEAD = """\
+    [model]
+    spec = "compress:fmnist-cnn"
+    [data]
+    spec = "fashion-mnist"
+    [measure]
+    batch = 8
+    """
+
+
+def test_int8_target_carries_its_precision_and_calibration(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "calib.npy", np.zeros((8, 1, 28, 28), np.float32))
+    cfg = config.load(_write(tmp_path, INT8_HEAD + """\
+    [targets.cpu]
+    ratio = 0.5
+    dtype = "int8"
+    calib = "calib.npy"
+    calib_method = "minmax"
+    [budgets.cpu]
+    max_accuracy_drop = 2.0
+    min_speedup = 1.2
+    """))
+    (t,) = cfg.targets
+    assert t.int8 and t.calib == str(tmp_path / "calib.npy")      # relative to the config file
+    assert t.export_args() == ["--dtype", "int8", "--calib", str(tmp_path / "calib.npy"), "--calib-method", "minmax"]
+    assert t.quant_key()["calib_sha256"]                            # the calibration file keys the exports
+    fp32 = config.load(_write(tmp_path, INT8_HEAD + "[targets.cpu]\nratio = 0.5\n")).targets[0]
+    assert fp32.dtype == "fp32" and fp32.export_args() == [] and fp32.quant_key() == {}
+
+
+def test_int8_problems_are_reported_with_their_key_paths(tmp_path):
+    from tests.test_planner import PROFILE
+    import json
+
+    (tmp_path / "fp32.json").write_text(json.dumps(PROFILE))
+    (tmp_path / "int8.json").write_text(json.dumps(dict(PROFILE, dtype="int8")))
+    got = _problems(_write(tmp_path, INT8_HEAD + """\
+    [targets.cpu]
+    latency_budget = 0.6
+    profile = "fp32.json"
+    dtype = "int8"
+    [targets.jetson]
+    ratio = 0.5
+    device = "orin-nano"
+    dtype = "int8"
+    calib = "random:8"
+    [targets.gpu]
+    latency_budget = 0.6
+    profile = "int8.json"
+    calib = "random:8"
+    """))
+    expected = [
+        'targets.cpu.calib: required with dtype = "int8": static quantization needs calibration data',
+        "targets.cpu.profile: profile ",                           # an fp32 profile for an int8 plan
+        "targets.jetson.dtype: int8 releases are measured and judged on this machine's CPU: only cpu so far",
+        'targets.gpu.calib: calibrates an int8 artifact: set dtype = "int8" or drop it',
+        "targets.gpu.profile: profile ",                           # an int8 profile for an fp32 plan
+    ]
+    for start in expected:
+        assert sum(g.startswith(start) for g in got) == 1, (start, got)
+    assert len(got) == len(expected), got
+    assert any("dtype 'float32', not 'int8'" in g and "compress profile --target cpu --dtype int8" in g for g in got)
+    assert any('is an int8 profile; set dtype = "int8"' in g for g in got)
+    bad = _problems(_write(tmp_path, INT8_HEAD + """\
+    [targets.cpu]
+    ratio = 0.5
+    dtype = "int4"
+    """))
+    assert bad == ["targets.cpu.dtype: unknown dtype 'int4' (choose fp32 or int8)"]
+    bad = _problems(_write(tmp_path, INT8_HEAD + """\
+    [targets.cpu]
+    ratio = 0.5
+    dtype = "int8"
+    calib = "missing.npy"
+    calib_method = "kl"
+    """))
+    assert [b.split(" (choose")[0] for b in bad] == [
+        f"targets.cpu.calib: file {tmp_path / 'missing.npy'} does not exist",
+        "targets.cpu.calib_method: unknown method 'kl'"]
+
+
+def test_int8_latency_budget_without_a_shipped_int8_profile_says_how_to_make_one(tmp_path):
+    from compress.hardware_profiles.predictor import _candidates, dtype_name
+
+    if any(c.is_file() for c in _candidates(dtype_name("cpu-x86-2core-ort", "int8"), 8)):
+        pytest.skip("an int8 profile ships for this host")
+    got = _problems(_write(tmp_path, INT8_HEAD + """\
+    [targets.cpu]
+    latency_budget = 0.6
+    profile = "cpu-x86-2core-ort"
+    dtype = "int8"
+    calib = "data:128"
+    """))
+    assert len(got) == 1 and got[0].startswith("targets.cpu.profile: no int8 profile 'cpu-x86-2core-ort-int8'")
+    assert "compress profile --target cpu --dtype int8 --batch 8" in got[0]

@@ -1,0 +1,69 @@
+"""`compress plan --dtype`: an int8 plan prices the int8 artifact from an int8 profile; the wrong kind of
+profile, or none for the host, is bad input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compress.cli import main
+from tests.test_planner import PROFILE
+
+MODEL = "tests.models:tiny_cnn"
+
+
+@pytest.fixture
+def profiles(tmp_path):
+    fp32, int8 = tmp_path / "fp32.json", tmp_path / "int8.json"
+    fp32.write_text(json.dumps(PROFILE))
+    # an int8 profile of the same device: faster compute, so the plan's dense prediction differs from fp32's
+    q = dict(PROFILE, name="synthetic-int8", dtype="int8", peak={"gflops": 200.0, "gbps": 10.0, "source": "test"})
+    int8.write_text(json.dumps(q))
+    return fp32, int8
+
+
+def _plan(capsys, tmp_path, *args) -> tuple[int, str, object]:
+    out = tmp_path / "plan"
+    code = main(["plan", MODEL, "--latency-budget", "0.7", "--out", str(out), *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    return code, err, out
+
+
+def test_int8_plan_is_priced_on_the_int8_profile(capsys, tmp_path, profiles, one_thread):
+    fp32, int8 = profiles
+    code, err, out = _plan(capsys, tmp_path, "--dtype", "int8", "--profile", int8)
+    assert code == 0, err
+    r = json.loads((out / "report.json").read_text())
+    assert r["dtype"] == "int8" and r["profile"] == "synthetic-int8"
+    assert r["predicted_ms"] <= r["target_ms"] + 1e-9
+    code, err, out2 = _plan(capsys, tmp_path / "b", "--profile", fp32)   # fp32: its own profile, other numbers
+    assert code == 0, err
+    r32 = json.loads((out2 / "report.json").read_text())
+    assert r32["dtype"] == "float32" and r32["dense_ms"] != r["dense_ms"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--profile", "INT8"], "is an int8 profile (it prices the int8 artifact); plan with --dtype int8"),
+    (["--dtype", "int8", "--profile", "FP32"], "dtype 'float32', not 'int8'; measure one on this machine with "
+                                               "`compress profile --target cpu --dtype int8"),
+    (["--dtype", "int8", "--profile", "INT8", "--measure"], "--measure times fp32 candidates"),
+])
+def test_wrong_kind_of_profile_is_bad_input(capsys, tmp_path, profiles, args, msg):
+    fp32, int8 = profiles
+    args = [{"INT8": int8, "FP32": fp32}.get(a, a) for a in args]
+    code, err, out = _plan(capsys, tmp_path, *args)
+    assert code == 2 and msg in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_int8_without_a_profile_for_the_host_says_how_to_make_one(capsys, tmp_path):
+    from compress.hardware_profiles.predictor import _candidates, dtype_name
+
+    if any(c.is_file() for c in _candidates(dtype_name("cpu-x86-2core-ort", "int8"), 8)):
+        pytest.skip("an int8 profile ships for this host")
+    code, err, out = _plan(capsys, tmp_path, "--dtype", "int8", "--batch", "8")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "no int8 profile 'cpu-x86-2core-ort-int8' ships for this host" in err
+    assert "`compress profile --target cpu --dtype int8 --batch 8 --model MODEL --out FILE`" in err
+    assert not out.exists()
