@@ -67,7 +67,11 @@ def input_batches(spec: str | None, lm, inputs: tuple, batch: int = BATCH) -> li
     c = parse(spec)
     if c.kind == "random":
         shape = (c.samples,) + tuple(inputs[0].shape[1:])
-        full = models.example_inputs(lm, shape, seed=1)[0]
+        every = models.example_inputs(lm, shape, seed=1)     # one tensor per model input
+        return [tuple(x[i:i + batch] for x in every) for i in range(0, c.samples, batch)]
+    if len(inputs) > 1:
+        raise CompressError(f"--calib {spec}: a .npy file holds one input, {lm.spec} takes {len(inputs)} "
+                            f"({', '.join(models.input_names(lm) or [])}); use --calib random[:N]")
     else:
         if not os.path.isfile(spec):
             raise CompressError(f"--calib {spec}: file does not exist")

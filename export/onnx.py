@@ -91,8 +91,19 @@ def _sdpa_gqa_symbolic():
     return sdpa
 
 
+def input_names(model: nn.Module, n: int) -> list[str]:
+    """The ONNX graph's input names: a model's declared `compress_inputs` names (input_ids, attention_mask,
+    ...; compress.models.declared_inputs) when it declares n of them, else input, input1, ..."""
+    decl = getattr(model, "compress_inputs", None) or ()
+    names = [str(d[0]) for d in decl]
+    return names if len(names) == n else [f"input{i}" if i else "input" for i in range(n)]
+
+
 def export_onnx(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool = True, opset: int = OPSET) -> None:
-    names = [f"input{i}" if i else "input" for i in range(len(inputs))]
+    """`model` on `inputs` to ONNX at `path`: one graph input per tensor of `inputs` (input_names), each with
+    its own shape (a dynamic batch dimension with `dynamic_batch`). An input the traced graph does not use
+    would be dropped by the exporter: refused, naming it."""
+    names = input_names(model, len(inputs))
     axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
     if axes is not None:
         axes["output"] = {0: "batch"}
@@ -113,6 +124,15 @@ def export_onnx(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool 
                               do_constant_folding=True)
     except Exception as e:
         raise CompressError(f"ONNX export failed ({type(e).__name__}: {first_line(e, 300)})") from None
+    if len(inputs) > 1:
+        import onnx
+        graph = onnx.load(path, load_external_data=False).graph
+        inits = {t.name for t in graph.initializer}
+        dropped = [n for n in names if n not in {i.name for i in graph.input if i.name not in inits}]
+        if dropped:
+            raise CompressError(f"ONNX export dropped input(s) {', '.join(dropped)}: the traced model does not read "
+                                "them at these example inputs; take them out of the model's inputs "
+                                "(compress_inputs) or make its forward use them")
 
 
 def ort_session(path: str, threads: int | None = None):
@@ -133,7 +153,10 @@ def ort_session(path: str, threads: int | None = None):
 def ort_parity(path: str, model: nn.Module, inputs: tuple) -> dict:
     """Run the ONNX file in onnxruntime and compare with torch: max abs and relative error."""
     sess = ort_session(path)
-    feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)}
+    given = [i.name for i in sess.get_inputs()]
+    names = input_names(model, len(inputs))
+    feeds = ({n: t.numpy() for n, t in zip(names, inputs) if n in given} if set(given) <= set(names)
+             else {n: t.numpy() for n, t in zip(given, inputs)})
     from compress.models.outputs import describe, primary_tensor
 
     got = sess.run(None, feeds)[0]

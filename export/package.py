@@ -546,6 +546,11 @@ def export(model_or_dir: str, cfg: ExportConfig, out: str, *, weights: str | Non
     cfg.validate()
     log("loading")
     lm = models.load(model_or_dir, weights)
+    if len(lm.inputs) > 1:   # the runners (run_ort.py, run_tvm.py), TensorRT profiles and the manifest feed one input
+        raise CompressError(f"{lm.spec} takes {len(lm.inputs)} inputs "
+                            f"({', '.join(models.input_names(lm))}); the artifact's runners and manifest feed one "
+                            "input tensor. `compress prune` writes model.onnx with every input (checked in "
+                            "onnxruntime); for an artifact, export a wrapper whose forward takes one tensor")
     if input_shape:
         lm.input_shape = tuple(input_shape)
     model = lm.model.eval()

@@ -191,3 +191,27 @@ def tiny_grouped_cnn() -> nn.Module:
     model = _init(model, seed=0)
     model.compress_input_shape = (1, 3, 16, 16)
     return model.eval()
+
+
+class BertTwoInputs(nn.Module):
+    """A Hugging Face BERT sequence classifier (random weights, built from a small config) whose forward
+    needs two tensors, token ids and their attention mask, as a deployed classifier takes them."""
+
+    compress_inputs = (("input_ids", (1, 12), "int64"), ("attention_mask", (1, 12), "int64"))
+    compress_vocab_size = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+
+        cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=32, num_labels=3,
+                         attn_implementation="eager")
+        self.bert = BertForSequenceClassification(cfg)
+
+    def forward(self, input_ids, attention_mask):
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def bert_two_inputs() -> nn.Module:
+    return BertTwoInputs()

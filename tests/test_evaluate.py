@@ -52,6 +52,13 @@ def tiny_cnn_3() -> nn.Module:
     return TinyCNN(classes=3)
 
 
+def tiny_cnn_28() -> nn.Module:
+    """TinyCNN stating a 28x28 input (it runs on any size): a stated shape the 8x8 test data contradicts."""
+    m = tiny_cnn()
+    m.compress_input_shape = (1, 1, 28, 28)
+    return m
+
+
 def undeclared_mlp() -> nn.Module:
     """A user's own classifier for (1, 8, 8) grayscale images that does not state its input shape
     (no compress_input_shape): it runs only on 8x8 single-channel inputs, not on the default guess."""
@@ -255,3 +262,35 @@ def test_cli_errors(idx_dir, tmp_path, capsys, argv, message):
     code, out, err = _main(capsys, *argv)
     assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_prune_and_plan_take_the_input_shape_from_the_data(idx_dir, tmp_path, capsys):
+    # issue #20: a user's callable without compress_input_shape that runs only on 8x8 grayscale images,
+    # pruned with --data and no --input-shape: the data's (1, 8, 8) wins over the (3, 224, 224) guess
+    out = tmp_path / "p"
+    code, stdout, err = _main(capsys, "prune", "tests.test_evaluate:undeclared_mlp", "--data", str(idx_dir),
+                              "--ratio", "0.5", "--round-to", "1", "--criterion", "activation", "--out", str(out),
+                              "--json")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["onnx_parity"]["ok"] and summary["eval_samples"] == 200 and 0 <= summary["accuracy"] <= 1
+    assert json.loads((out / "plan.json").read_text())["source"]["input_shape"] == [1, 1, 8, 8]
+    import onnx
+    (inp,) = onnx.load(str(out / "model.onnx")).graph.input
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim][1:] == [1, 8, 8]
+    code, stdout, err = _main(capsys, "eval", str(out), "--data", str(idx_dir), "--json")
+    assert code == 0 and json.loads(stdout)["accuracy"] == pytest.approx(summary["accuracy"])
+    # a model that states another shape than the data's: one line naming both and the fix
+    code, stdout, err = _main(capsys, "prune", "tests.test_evaluate:tiny_cnn_28", "--data", str(idx_dir),
+                              "--ratio", "0.5", "--out", str(tmp_path / "q"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+    assert "(1, 1, 28, 28)" in err and "(1, 8, 8)" in err and "--input-shape 1,1,8,8" in err
+    # compress plan: the samples of a --calib FILE.npy set the shape the same way
+    npy = tmp_path / "calib.npy"
+    np.save(npy, data.load(str(idx_dir), "train").images[:16].numpy())
+    plan = ["plan", "tests.test_evaluate:undeclared_mlp", "--criterion", "activation", "--latency-budget", "2",
+            "--out", str(tmp_path / "pl")]
+    code, stdout, err = _main(capsys, *plan)
+    assert code == 2 and "does not run on an input of shape (1, 3, 224, 224)" in err
+    code, stdout, err = _main(capsys, *plan, "--calib", str(npy))
+    assert code == 0 and "nothing to do" in stdout, err

@@ -21,7 +21,7 @@ from compress.hardware_profiles.profiler import ProfileConfig
 class ProfileRun:
     """One `compress profile` run.
 
-    - `measure`: what is measured and how (--target, --runtime, --batch, --grid-step, --rounds,
+    - `measure`: what is measured and how (--target, --runtime, --dtype, --batch, --grid-step, --rounds,
       --warmup, --reps, --threads, --max-seconds, --no-staircase, --no-sparse, --model). Its
       `max_points` is --grid-points as given (at least 1; the grid uses at least 2); its `target`
       is required unless `refit` (the command passes None without --target); its `models` are the
@@ -36,6 +36,9 @@ class ProfileRun:
       entries measured by anything else are dropped.
     - `input_shape`: example input shape for the models, "N,C,H,W" (--input-shape; batch ignored).
     - `name`: the profile's name (--name; default: the stem of `out`).
+    - `quick`: with `extend`, measure the missing tables in one round over a coarser grid (at most
+      QUICK_GRID_POINTS channel counts per axis; tables begun after QUICK_TABLE_SECONDS at their ends
+      only) and time the added models once (--quick).
     """
     measure: ProfileConfig = ProfileConfig()
     out: str | None = None
@@ -44,6 +47,18 @@ class ProfileRun:
     sparse: str | None = None
     input_shape: str | None = None
     name: str | None = None
+    quick: bool = False
+
+
+# `--extend --quick`: one round, and at most this many channel counts per axis (the grid step and the full
+# count always among them): a ResNet-50's 16 tables in about a third of the points
+QUICK_GRID_POINTS = 5
+# and at most this long per measurement session waiting for runs no other process disturbed (default 20 s: on
+# a loaded machine a session otherwise runs up to 6 x --reps times); past it, the fastest run counts
+QUICK_MAX_SECONDS = 2.0
+# and a budget for the tables: one not begun within it is measured at its ends only (smallest and full count per
+# axis), so that a model with many missing shapes, or a loaded machine, still finishes in about a minute
+QUICK_TABLE_SECONDS = 30.0
 
 
 def profile(cfg: ProfileRun) -> dict:
@@ -52,6 +67,8 @@ def profile(cfg: ProfileRun) -> dict:
         return _refit(cfg.refit)
     if cfg.sparse:
         return _sparse(cfg)
+    if cfg.extend and not cfg.measure.target:   # the profile extended says what it is (checked in _base_profile)
+        cfg = replace(cfg, measure=replace(cfg.measure, target="cpu"))
     _check(cfg)
     base = _base_profile(cfg)
     mcfg = replace(cfg.measure, max_points=max(cfg.measure.max_points, 2))
@@ -68,6 +85,8 @@ def _check(cfg: ProfileRun) -> None:
         raise CompressError("give --out FILE (a new profile) or --extend FILE (add to one), not both")
     if cfg.extend and not m.models:
         raise CompressError("--extend needs --model: the models whose layers the profile should gain")
+    if cfg.quick and not cfg.extend:
+        raise CompressError("--quick applies to --extend FILE (a new profile is measured in full)")
     if not m.target or not (cfg.out or cfg.extend):
         raise CompressError("compress profile needs --target and --out (or --extend FILE, or --refit FILE)")
     counts = {"batch": m.batch, "rounds": m.rounds, "reps": m.reps, "grid-points": m.max_points,
@@ -77,6 +96,9 @@ def _check(cfg: ProfileRun) -> None:
             raise CompressError(f"--{flag} must be >= 1")
     if m.warmup < 0:
         raise CompressError("--warmup must be >= 0")
+    from compress.hardware_profiles.profiler import check_dtype
+
+    check_dtype(m)
 
 
 def _base_profile(cfg: ProfileRun) -> dict | None:
@@ -90,9 +112,16 @@ def _base_profile(cfg: ProfileRun) -> dict | None:
     if not Path(cfg.extend).is_file():
         raise CompressError(f"--extend {cfg.extend}: no such profile file")
     base = schema.read(cfg.extend)
+    have = (base["device"].get("kind"), base["runtime"].get("name"))
+    if have != (cfg.measure.target, cfg.measure.runtime):
+        raise CompressError(f"--extend {cfg.extend}: that profile is for {have[0]} / {have[1]}; this profiler "
+                            f"measures --target {cfg.measure.target} --runtime {cfg.measure.runtime} here")
     if base["batch"] != cfg.measure.batch:
         raise CompressError(f"--extend {cfg.extend}: that profile is for batch {base['batch']}; "
                             f"pass --batch {base['batch']}")
+    if base["dtype"] != cfg.measure.dtype:
+        flag = "int8" if base["dtype"] == "int8" else "fp32"
+        raise CompressError(f"--extend {cfg.extend}: that profile is {base['dtype']}; pass --dtype {flag}")
     return base
 
 
@@ -125,37 +154,56 @@ def _measure_new(cfg: ProfileRun, layers, dense, mcfg: ProfileConfig) -> dict:
     prof = run_profile(layers, mcfg, cfg.out, name, progress=sys.stderr.isatty(), dense_models=dense)
     n_pts = sum(len(t["cin"]) * len(t["cout"]) for t in prof["tables"])
     m = prof["measurement"]
-    text = (f"wrote {cfg.out}: {len(prof['tables'])} layer tables ({n_pts} channel points x {mcfg.rounds} rounds), "
+    text = (f"wrote {cfg.out}: {len(prof['tables'])} {prof['dtype']} layer tables ({n_pts} channel points x "
+            f"{mcfg.rounds} rounds, conv channel step {prof['steps']['conv']['block']}), "
             f"{len(prof['memory_ops'])} memory-op fits; peak {prof['peak']['gflops']} GFLOP/s, "
             f"{prof['peak']['gbps']} GB/s; {m['wall_seconds']} s"
             + (f" (resumed {m['resumed_measurements']} finished measurements)" if m["resumed_measurements"] else ""))
-    return {"text": text, "json": {"out": cfg.out, "name": name, "tables": len(prof["tables"]), "points": n_pts,
+    return {"text": text, "json": {"out": cfg.out, "name": name, "dtype": prof["dtype"], "steps": prof["steps"],
+                                   "tables": len(prof["tables"]), "points": n_pts,
                                    "wall_seconds": m["wall_seconds"], "resumed": m["resumed_measurements"],
                                    "peak": prof["peak"], "overhead": prof["overhead"]}}
 
 
 def _extend(cfg: ProfileRun, base: dict, layers, dense, mcfg: ProfileConfig) -> dict:
-    """Measure the models' layers into a temporary profile, merge what `base` lacks into it, recompute
-    the calibration, and replace `cfg.extend` (atomically: nothing changes if any step fails)."""
+    """Measure what `base` lacks for the models (tables by key, memory-op kinds, the dense timings of
+    uncalibrated models; profiler.missing) into a temporary profile, merge it in, calibrate the added
+    models against the merged tables, and replace `cfg.extend` (atomically: nothing changes if any step
+    fails). Nothing else is measured again: overheads, peaks and the context line are FILE's."""
     import tempfile
 
-    from compress.hardware_profiles.profiler import _write, merge_into, refit, run as run_profile
+    from compress.hardware_profiles.profiler import _write, merge_into, missing, recalibrate, run as run_profile
     from compress.io import write_text_atomic
 
     dest = Path(cfg.extend)
     mcfg = replace(mcfg, staircase=False, sparse=False)   # the merge keeps FILE's staircase and sparse table
+    if cfg.quick:
+        mcfg = replace(mcfg, rounds=1, max_points=min(mcfg.max_points, QUICK_GRID_POINTS),
+                       max_seconds=min(mcfg.max_seconds, QUICK_MAX_SECONDS))
+    tables, kinds, todo = missing(base, layers, mcfg, dense)
+    if not (tables or kinds or todo):
+        text = (f"{dest} already has every layer table of {', '.join(cfg.measure.models)} and their calibration: "
+                "nothing measured, the file is unchanged")
+        return {"text": text, "json": {"out": str(dest), "added": None, "calibration": base.get("calibration") or []}}
     with tempfile.TemporaryDirectory(prefix="compress-extend-", dir=dest.resolve().parent) as tmp:
         new = run_profile(layers, mcfg, str(Path(tmp) / "new.json"), base["name"], progress=sys.stderr.isatty(),
-                          dense_models=dense)
+                          dense_models=dense, base=base, table_seconds=QUICK_TABLE_SECONDS if cfg.quick else None)
         merged, info = merge_into(base, new)
+        info["quick"] = cfg.quick
+        info["reduced_tables"] = new["measurement"].get("reduced_tables", [])
+        recalibrate(merged, {spec: dense[spec][0] for spec in info["models"]})
         staged = Path(tmp) / dest.name
         _write(merged, staged)
-        prof = refit(str(staged), layers_of)
         write_text_atomic(dest, staged.read_bytes())
-    cal = {c["model"]: c["factor"] for c in prof["calibration"]}
-    text = (f"extended {dest}: {info['tables']} layer tables added; calibrated "
-            + (", ".join(f"{m} x{cal[m]}" for m in info["models"]) or "no new model (all were calibrated already)"))
-    return {"text": text, "json": {"out": str(dest), "added": info, "calibration": prof["calibration"]}}
+    cal = {c["model"]: c["factor"] for c in merged["calibration"]}
+    text = (f"extended {dest}: {info['tables']} layer tables added"
+            + (f" ({mcfg.rounds} round, at most {mcfg.max_points} channel counts per axis: --quick"
+               + (f"; {len(info['reduced_tables'])} begun after {QUICK_TABLE_SECONDS:g} s at their ends only"
+                  if info["reduced_tables"] else "") + ")" if cfg.quick else "")
+            + (f", memory ops {', '.join(info['memory_ops'])}" if info["memory_ops"] else "") + "; calibrated "
+            + (", ".join(f"{m} x{cal[m]}" for m in info["models"]) or "no new model (all were calibrated already)")
+            + f"; {info['wall_seconds']} s measuring")
+    return {"text": text, "json": {"out": str(dest), "added": info, "calibration": merged["calibration"]}}
 
 
 def _sparse(cfg: ProfileRun) -> dict:
@@ -170,6 +218,9 @@ def _sparse(cfg: ProfileRun) -> dict:
     if prof["device"]["kind"] != "cpu":
         raise CompressError(f"--sparse {cfg.sparse}: a {prof['device']['kind']} profile; the sparse table is "
                             "measured on this CPU (use a cpu profile)")
+    if prof["dtype"] != "float32":
+        raise CompressError(f"--sparse {cfg.sparse}: a {prof['dtype']} profile; the block-sparse kernel that ships "
+                            "is fp32 (use an fp32 profile)")
     if cfg.measure.reps < 1:
         raise CompressError("--reps must be >= 1")
     layers, _ = _layers(cfg)

@@ -35,6 +35,8 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     shape_declared: bool = False    # the model states its input shape (compress_input_shape, compress:, hf:);
                                     # otherwise input_shape is a default guess that data may override
+    inputs: tuple = ()              # a model with several inputs (compress_inputs): ((name, shape, dtype), ...),
+                                    # the first one's shape and dtype also in input_shape, input_dtype
 
 
 class HFTensorOutput(nn.Module):
@@ -123,6 +125,10 @@ def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
             raise CompressError(f"{spec}() failed ({type(e).__name__}: {first_line(e, 200)})") from None
         if not isinstance(model, nn.Module):
             raise CompressError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+        declared = declared_inputs(model, spec)
+        if declared:
+            return LoadedModel(model.eval(), spec, "callable", declared[0][1], declared[0][2],
+                               getattr(model, "compress_vocab_size", None), shape_declared=True, inputs=declared)
         shape = tuple(getattr(model, "compress_input_shape", (1, 3, 224, 224)))
         dtype = getattr(model, "compress_input_dtype", "float32")
         return LoadedModel(model.eval(), spec, "callable", shape, dtype, getattr(model, "compress_vocab_size", None),
@@ -309,13 +315,54 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+INPUT_DTYPES = ("float32", "int64")
+
+
+def declared_inputs(model: nn.Module, spec: str) -> tuple:
+    """A model's `compress_inputs`, checked: ((name, shape with batch, dtype), ...) for a forward that takes
+    several tensors, e.g. (("input_ids", (1, 16), "int64"), ("attention_mask", (1, 16), "int64")); () when
+    the model does not declare them. Every input shares the batch (the first dimension)."""
+    decl = getattr(model, "compress_inputs", None)
+    if decl is None:
+        return ()
+    try:
+        out = tuple((str(n), tuple(int(d) for d in s), str(t)) for n, s, t in decl)
+    except (TypeError, ValueError):
+        raise CompressError(f"{spec}: compress_inputs must be a sequence of (name, shape, dtype), e.g. "
+                            "((\"input_ids\", (1, 16), \"int64\"), (\"attention_mask\", (1, 16), \"int64\"))") from None
+    bad = [f"{n}: {t}" for n, _, t in out if t not in INPUT_DTYPES] + [
+        f"{n}: shape {s}" for n, s, _ in out if not s or min(s) < 1 or s[0] != out[0][1][0]]
+    if not out or bad or len({n for n, _, _ in out}) != len(out):
+        raise CompressError(f"{spec}: compress_inputs needs distinct names, dtypes among {', '.join(INPUT_DTYPES)} "
+                            f"and positive shapes with one batch size ({'; '.join(bad) or 'empty or repeated names'})")
+    return out
+
+
+def input_names(lm: LoadedModel) -> list[str] | None:
+    """The graph input names of a model with several declared inputs (None: the exporter's default)."""
+    return [n for n, _, _ in lm.inputs] if len(lm.inputs) > 1 else None
+
+
+def _one_input(shape: tuple, dtype: str, high: int | None, name: str, g) -> torch.Tensor:
+    if dtype == "int64":
+        if "mask" in name:        # an attention mask: every position attends (a batch without padding)
+            return torch.ones(shape, dtype=torch.int64)
+        return torch.randint(0, high or 1000, shape, generator=g)
+    return torch.randn(shape, generator=g)
+
+
 def example_inputs(lm: LoadedModel, shape: tuple[int, ...] | None = None, seed: int = 0) -> tuple:
+    """Random example inputs, one tensor per model input. `shape` (default: the model's) is the first
+    input's; a model with several inputs (`lm.inputs`) gives every input that batch, and those declared
+    with the first one's per-sample shape (token ids and their mask) its per-sample shape too. Integer
+    inputs are token ids below the vocabulary size, or ones for an input named like a mask."""
     shape = tuple(shape or lm.input_shape)
     g = torch.Generator().manual_seed(seed)
-    if lm.input_dtype == "int64":
-        high = lm.vocab_size or 1000
-        return (torch.randint(0, high, shape, generator=g),)
-    return (torch.randn(shape, generator=g),)
+    if len(lm.inputs) > 1:
+        first = lm.inputs[0][1][1:]
+        return tuple(_one_input((shape[0],) + (tuple(shape[1:]) if s[1:] == first else tuple(s[1:])), t,
+                                lm.vocab_size, n, g) for n, s, t in lm.inputs)
+    return (_one_input(shape, lm.input_dtype, lm.vocab_size, "", g),)
 
 
 def _sparse_source(d: str, plan) -> LoadedModel:

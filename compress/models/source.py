@@ -8,6 +8,7 @@ loads it and checks that it runs on its example input (what `compress prune`, `i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,18 +35,56 @@ class ModelSpec:
     weights: str | None = None
     input_shape: str | tuple[int, ...] | None = None
 
-    def load(self) -> tuple[models.LoadedModel, tuple]:
-        """The loaded model and its example inputs; the model must run on them."""
+    def load(self, data: str | None = None, calib: str | None = None) -> tuple[models.LoadedModel, tuple]:
+        """The loaded model and its example inputs; the model must run on them. Without --input-shape,
+        the samples of `data` (--data) or of a `calib` FILE.npy (--calib) set the input shape of a model
+        that does not state one (its default is a guess: a Fashion-MNIST classifier runs on 1x28x28,
+        not 3x224x224), and `lm.input_shape` becomes it; a model that states another shape than the
+        data's is refused in one line that says how to fix it (`input_shape_for`)."""
         lm = models.load(self.model, self.weights)
-        shape = _shape(self.input_shape)
+        shape, origin = _shape(self.input_shape), "--input-shape"
+        if shape is None:
+            shape, origin = input_shape_for(lm, data, calib)
+            lm.input_shape = shape
         inputs = models.example_inputs(lm, shape)
         try:
             with torch.no_grad():
                 lm.model(*inputs)
         except Exception as e:
-            raise CompressError(f"the model does not run on an input of shape {tuple(inputs[0].shape)} "
-                                f"({first_line(e, 200)}); pass the right --input-shape") from None
+            whose = {"data": f" (the samples of --data {data})", "calib": f" (the samples of --calib {calib})"}
+            raise CompressError(f"the model does not run on an input of shape {tuple(inputs[0].shape)}"
+                                f"{whose.get(origin, '')} ({first_line(e, 200)}); pass the right --input-shape"
+                                + (" or data the model takes" if origin in whose else "")) from None
         return lm, inputs
+
+
+def input_shape_for(lm: models.LoadedModel, data: str | None = None, calib: str | None = None):
+    """(the example input shape, where it came from: "model" | "data" | "calib") of a model loaded without
+    --input-shape: its own shape, unless `data` (--data, an image data set) or a `calib` FILE.npy has
+    samples of another shape. A model that only guesses its shape (`lm.shape_declared` False) takes
+    the samples' shape; one that states its shape is refused (one line naming both shapes and the fix)."""
+    own = tuple(lm.input_shape)
+    if lm.input_dtype != "float32":          # token ids: the sequence length is the model's
+        return own, "model"
+    theirs, what = None, ""
+    if data:
+        from compress.accuracy import data as datasets
+        ds = datasets.load(data, "test", own[1:])
+        theirs, what, origin = ds.sample_shape, f"--data {data}", "data"
+    elif calib and calib.endswith(".npy") and os.path.isfile(calib):
+        import numpy as np
+        try:
+            theirs = tuple(np.load(calib, mmap_mode="r", allow_pickle=False).shape[1:])
+        except ValueError:
+            return own, "model"                  # compress.calib says what is wrong with the file
+        what, origin = f"--calib {calib}", "calib"
+    if theirs is None or tuple(theirs) == own[1:]:
+        return own, "model"
+    if lm.shape_declared:
+        raise CompressError(f"{lm.spec} states its input shape {own} (compress_input_shape) but {what} has samples "
+                            f"of shape {tuple(theirs)}; give data of the model's shape, or pass --input-shape "
+                            f"{','.join(map(str, (own[0],) + tuple(theirs)))} if the model runs on the data's")
+    return (own[0],) + tuple(theirs), origin
 
 
 def sample_shape(lm: models.LoadedModel, input_shape: str | Sequence[int] | None = None) -> tuple[int, ...]:

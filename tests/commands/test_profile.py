@@ -106,12 +106,27 @@ def test_refit_recomputes_the_calibration_in_place(tiny_profile, tmp_path):
     (["--target", "cpu", "--runtime", "tvm"], "argument --runtime: invalid choice: 'tvm'"),   # not offered
     (["--target", "gpu"], "argument --target: invalid choice: 'gpu'"),
     (["--target", "cpu", "--batch", "0"], "--batch"),
+    (["--target", "cpu", "--dtype", "int8", "--runtime", "torch"], "--dtype int8 is measured with onnxruntime"),
+    (["--target", "cpu", "--dtype", "int4"], "argument --dtype: invalid choice: 'int4'"),
 ])
 def test_profile_bad_input(tmp_path, capsys, args, words):
     out = tmp_path / "x.json"
     code, err, _ = main(capsys, "profile", *args, "--out", out)
     assert code == 2 and words in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_extend_keeps_the_profiles_precision(tmp_path, capsys):
+    # an int8 measurement never lands in an fp32 profile (nor the reverse): refused before anything is timed
+    from tests.test_planner import PROFILE
+
+    f = tmp_path / "fp32.json"
+    f.write_text(json.dumps(PROFILE))
+    before = f.read_text()
+    code, err, _ = main(capsys, "profile", "--target", "cpu", "--dtype", "int8", "--model", "tests.models:tiny_cnn",
+                        "--extend", f)
+    assert code == 2 and "that profile is float32; pass --dtype fp32" in err and len(err.strip().splitlines()) == 1
+    assert f.read_text() == before
 
 
 def test_profile_out_dir_missing(tmp_path, capsys):
@@ -209,3 +224,71 @@ def test_sparse_table_is_measured_with_the_kernel_that_ships(capsys, tmp_path):
 
     code, err, _ = main(capsys, "profile", "--sparse", tmp_path / "missing.json")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no such profile file" in err
+
+
+def test_extend_measures_only_what_the_profile_lacks(tiny_profile, tmp_path):
+    """issue #20: `--extend` measures only the tables, memory-op kinds and dense timings FILE lacks; with
+    nothing missing it measures nothing and leaves FILE as it was; `--quick` needs no --target."""
+    import shutil
+
+    out, _ = tiny_profile
+    copy = tmp_path / "p.json"
+    shutil.copy(out, copy)
+    ext = ["--model", "tests.models:tiny_cnn", "--input-shape", "1,3,16,16", *TINY[4:]]
+    same = copy.read_bytes()
+    p = cli("profile", *ext, "--extend", copy, "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["added"] is None and copy.read_bytes() == same
+    # take one table, one memory-op kind and the model's calibration away: --extend --quick puts back those
+    d = json.loads(same)
+    gone = d["tables"].pop(0)
+    kind = sorted(k for k in d["memory_ops"] if k != "reorder")[0]
+    del d["memory_ops"][kind]
+    d["calibration"], d["context"]["network"] = [], []
+    copy.write_text(json.dumps(d))
+    p = cli("profile", *ext, "--extend", copy, "--quick", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    js, after = json.loads(p.stdout), json.loads(copy.read_text())
+    assert js["added"]["tables"] == 1 and js["added"]["memory_ops"] == [kind] and js["added"]["quick"]
+    new = {t["key"]: t for t in after["tables"]}
+    assert set(new) == {t["key"] for t in json.loads(same)["tables"]}
+    assert all(new[t["key"]] == t for t in d["tables"])                  # the others untouched
+    assert (new[gone["key"]]["cin"], new[gone["key"]]["cout"]) == (gone["cin"], gone["cout"])   # the same grid
+    assert after["memory_ops"][kind]["points"] and after["overhead"] == d["overhead"]
+    (cal,) = after["calibration"]
+    assert cal["model"] == "tests.models:tiny_cnn" and cal["measured_ms"] > 0
+    assert cal["factor"] == pytest.approx(cal["measured_ms"] / cal["predicted_ms"], rel=1e-3)
+    (row,) = after["context"]["network"]                                 # a small network: its kernel sum too
+    assert row["model"] == cal["model"] and row["node_ms"] > 0 and cal["b_ms"] is not None
+    assert after["measurement"]["extensions"][-1]["quick"] is True
+    bad = cli("profile", *ext, "--out", tmp_path / "x.json", "--target", "cpu", "--quick")
+    assert bad.returncode == 2 and "--quick applies to --extend" in bad.stderr
+
+
+def test_int8_profile_end_to_end(tmp_path, capsys):
+    # `--dtype int8`: the tables, the profiled model's timing and the profile's dtype are the int8 artifact's;
+    # predict and plan take it as int8 and refuse it as fp32
+    out = tmp_path / "int8.json"
+    p = cli("profile", "--target", "cpu", "--dtype", "int8", *TINY, "--out", out, "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    js = json.loads(p.stdout)
+    from compress.hardware_profiles import load_profile
+
+    prof = load_profile(out, dtype="int8", batch=1)
+    assert js["dtype"] == prof.dtype == "int8" and len(prof.data["tables"]) == js["tables"] > 0
+    assert "QDQ int8" in prof.data["runtime"]["provider"] and prof.data.get("sparse") is None
+    assert prof.data["steps"]["conv"]["block"] == 1          # --no-staircase: no measured step, no rounding
+    (cal,) = prof.data["calibration"]
+    assert cal["model"] == "tests.models:tiny_cnn" and cal["measured_ms"] > 0
+    code, err, o = main(capsys, "predict", "tests.models:tiny_cnn", "--input-shape", "1,3,16,16", "--profile", out,
+                        "--dtype", "int8", "--json")
+    assert code == 0 and json.loads(o)["dtype"] == "int8", err
+    code, err, _ = main(capsys, "plan", "tests.models:tiny_cnn", "--input-shape", "1,3,16,16", "--profile", out,
+                        "--latency-budget", "0.8", "--out", tmp_path / "plan")
+    assert code == 2 and "is an int8 profile" in err and not (tmp_path / "plan").exists()
+    code, err, o = main(capsys, "plan", "tests.models:tiny_cnn", "--input-shape", "1,3,16,16", "--profile", out,
+                        "--dtype", "int8", "--latency-budget", "0.9", "--min-keep", "0.05", "--out", tmp_path / "plan",
+                        "--json")
+    assert code == 0, err
+    rep = json.loads(o)
+    assert rep["dtype"] == "int8" and rep["predicted_ms"] <= rep["target_ms"] + 1e-9

@@ -90,3 +90,39 @@ def test_export_failure_is_one_line_and_prints_nothing(tmp_path, capfd):
     out, err = capfd.readouterr()
     # the TorchScript exporter dumps its IR graph from C++ on failure; none of it may leak
     assert out == "" and err == "", (out[:200], err[:200])
+
+
+def test_a_model_with_two_inputs_keeps_both_in_onnx(tmp_path, capsys):
+    """issue #20: a BERT classifier whose forward needs token ids and an attention mask, pruned by
+    `compress prune`: model.onnx has both as graph inputs, each with its own shape, and onnxruntime agrees
+    with the pruned torch model on a padded batch; the verbs that feed one tensor refuse in one line."""
+    import numpy as np
+
+    from compress.cli import main
+    from compress.export.onnx import ort_session
+
+    pytest.importorskip("transformers")
+    spec, out = "tests.models:bert_two_inputs", tmp_path / "p"
+    lm = models.load(spec)
+    ids, mask = models.example_inputs(lm, (3, 12))
+    assert ids.dtype == mask.dtype == torch.int64 and mask.shape == (3, 12) and bool((mask == 1).all())
+    assert main(["prune", spec, "--ratio", "0.5", "--out", str(out)]) == 0
+    g = onnx.load(str(out / "model.onnx")).graph
+    assert [(i.name, _dims(i)) for i in g.input] == [("input_ids", ["batch", 12]), ("attention_mask", ["batch", 12])]
+    pruned = models.load(str(out))
+    assert pruned.plan is not None and models.input_names(pruned) == ["input_ids", "attention_mask"]
+    assert any(gr.channels_after < gr.channels_before for gr in pruned.plan.groups)
+    mask = mask.clone()
+    mask[1, 7:] = 0                                  # padding: the mask changes the logits, so it must be fed
+    mask[2, 3:] = 0
+    got = ort_session(str(out / "model.onnx")).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        want = pruned.model(ids, mask).numpy()
+        unmasked = pruned.model(ids, torch.ones_like(mask)).numpy()
+    err = np.abs(got - want).max()
+    assert err <= 1e-4 * np.abs(want).max() and np.abs(want - unmasked).max() > 1000 * max(err, 1e-9)
+    capsys.readouterr()
+    assert main(["export", str(out), "--target", "cpu", "--out", str(tmp_path / "a")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]            # after the progress line: one error line
+    assert last.startswith("compress export: error: ") and "takes 2 inputs (input_ids, attention_mask)" in last
+    assert not (tmp_path / "a").exists()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from compress.hardware_profiles import LayerSig, load_profile
+from compress.hardware_profiles.predictor import table_key
 from compress.hardware_profiles.profiler import ProfileConfig, grid, plan_tables, run
+
+REPO = Path(__file__).resolve().parents[2]
 
 LAYERS = [LayerSig("conv", 3, 16, (3, 3), (1, 1), (1, 1), 1, 8, 8, fixed_in=True),
           LayerSig("conv", 16, 32, (3, 3), (1, 1), (1, 1), 1, 8, 8),
@@ -104,3 +109,120 @@ def test_grouped_conv_is_measured_with_its_groups():
         assert set(ms) == {(64, 32), (64, 64)} and all(v > 0 for v in ms.values())
     with pytest.raises(ValueError, match="do not split into 4 groups"):
         sig.conv_groups(64, 30)
+
+
+# ---------------------------------------------------------------------------------------- int8 tables
+
+def _optimized_ops(model) -> list[tuple[str, str]]:
+    """(op type, name) of the graph onnxruntime runs for `model` (ORT_ENABLE_ALL, CPU)."""
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        import onnx
+
+        return [(n.op_type, n.name) for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+@pytest.mark.parametrize("sig,fused", [
+    (LayerSig("conv", 16, 32, (3, 3), (1, 1), (1, 1), 1, 8, 8), "QLinearConv"),
+    (LayerSig("dwconv", 32, 32, (3, 3), (1, 1), (1, 1), 32, 8, 8), "QLinearConv"),
+    (LayerSig("linear", 32, 10), "QGemm")])
+def test_int8_points_time_the_fused_int8_kernels(sig, fused):
+    # an int8 table times every point as the int8 artifact runs it: export/quantize.py's QDQ graph, each op
+    # fused by onnxruntime into its int8 kernel; no fp32 Conv/Gemm (with dequantized weights) is left to time
+    import numpy as np
+    from onnx import helper
+
+    from compress.hardware_profiles import ort_bench
+
+    rng = np.random.default_rng(0)
+    if sig.op == "linear":
+        pts = [(32, 8), (32, 16)]
+        feeds = {f"x{i}": rng.standard_normal((2, 32), dtype=np.float32) for i in range(2)}
+        nodes = [helper.make_node("Gemm", [n, f"P{i}_w"], [f"P{i}_y"], name=f"P{i}_gemm", transB=1)
+                 for i, n in enumerate(feeds)]
+        inits = [ort_bench._init(f"P{i}_w", rng.standard_normal((o, 32), dtype=np.float32))
+                 for i, (_, o) in enumerate(pts)]
+        built = ort_bench._model(nodes, [(n, [2, 32]) for n in feeds], [f"P{i}_y" for i in range(2)], inits)
+    else:
+        pts = [(16, 16), (16, 32)] if sig.op == "conv" else [(16, 16), (32, 32)]
+        built = ort_bench._conv_model(sig, 16, [16, 32] if sig.op == "conv" else [16, 16], 2, rng, split=True)
+        feeds = {f"x{i}": rng.standard_normal((2, 16, 8, 8), dtype=np.float32) for i in range(2)}
+    m, _ = ort_bench._as_run(built, feeds, "int8")
+    ops = _optimized_ops(m)
+    timed = [t for t, n in ops if n.startswith(("P0_", "P1_")) and t not in ort_bench.INT8_GLUE]
+    assert timed == [fused, fused], ops
+    be = ort_bench.linear_points if sig.op == "linear" else ort_bench.conv_points
+    ms = be(sig, pts, 2, 1, 2, threads=1, max_seconds=0.5, dtype="int8")
+    assert set(ms) == set(pts) and all(v > 0 for v in ms.values())
+
+
+def test_the_int8_channel_block_is_read_off_the_scan():
+    from compress.hardware_profiles.profiler import out_block
+
+    ch = list(range(48, 81))
+    for b in (4, 8, 16):
+        stair = [1.0 + 0.1 * (-(-c // b)) for c in ch]     # a count costs what the next multiple of b costs
+        assert out_block(ch, stair) == b
+    assert out_block(ch, [0.01 * c for c in ch]) == 1       # cost linear in the count: no block
+    assert out_block(ch, [1.0] * len(ch)) == 16             # flat: any count up to the largest block costs the same
+
+
+def test_int8_staircase_gives_the_profile_its_measured_step():
+    from dataclasses import replace
+
+    from compress.hardware_profiles import ort_bench
+    from compress.hardware_profiles.profiler import staircase, steps_from
+
+    cfg = replace(TINY, rounds=1, dtype="int8")
+    sc = staircase(ort_bench, LAYERS, cfg)
+    assert sc["channels"] == list(range(48, 81)) and all(v > 0 for v in sc["cout_ms_at_cin64"] + sc["cin_ms_at_cout64"])
+    steps = steps_from(sc, "ort", "int8")
+    assert steps["conv"]["block"] in (1, 2, 4, 8, 16) and "int8" in steps["conv"]["note"]
+    from compress.hardware_profiles.profiler import out_block
+
+    assert steps["conv"]["block"] == out_block(sc["channels"], sc["cout_ms_at_cin64"])
+
+
+def test_int8_is_measured_with_onnxruntime_only(tmp_path):
+    from compress.errors import CompressError
+
+    with pytest.raises(CompressError, match="--dtype int8 is measured with onnxruntime"):
+        run(LAYERS, ProfileConfig(runtime="torch", dtype="int8"), str(tmp_path / "p.json"), "x", progress=False)
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_an_extension_measures_only_the_missing_tables_within_its_budget(tmp_path):
+    """run(base=...) measures only the tables the base profile lacks (its overheads, peaks and context are
+    copied, not measured); with a table budget spent, a table is measured at the ends of its grid only."""
+    import copy
+
+    from compress.hardware_profiles.profiler import missing
+
+    base = json.loads((REPO / "hardware_profiles" / "cpu-x86-2core-ort-amd-avx512-b1.json").read_text())
+    cfg = replace(TINY, rounds=1, max_points=4)
+    planned = plan_tables(LAYERS, cfg)
+    drop = "conv k3x3 s1x1 p1x1 g1 8x8"
+    base["tables"] = [t for t in base["tables"] if t["key"] != drop]
+    base["tables"].append(copy.deepcopy({"key": table_key(LAYERS[3]), "op": "linear", "cin": [8, 32],
+                                         "cout": [10], "ms": [[0.001], [0.002]]}))
+    tables, kinds, models = missing(base, LAYERS, cfg, {})
+    assert drop in tables and table_key(LAYERS[3]) not in tables and not models
+    prof = run(LAYERS, cfg, str(tmp_path / "p.json"), "x", progress=False, base=base, table_seconds=0)
+    got = {t["key"]: t for t in prof["tables"]}
+    assert set(got) == set(tables) and table_key(LAYERS[3]) not in got
+    full = planned[drop]
+    assert (full[1], full[2]) == ([3, 8, 16], [8, 16, 24, 32])
+    assert (got[drop]["cin"], got[drop]["cout"]) == ([3, 16], [8, 32])     # the ends of each axis
+    assert drop in prof["measurement"]["reduced_tables"] and prof["overhead"]["per_inference_ms"] == \
+        base["overhead"]["per_inference_ms"] and prof["peak"] == base["peak"]
+    prof = run(LAYERS, cfg, str(tmp_path / "q.json"), "x", progress=False, base=base)   # no budget: the full grid
+    assert {t["key"]: t["cout"] for t in prof["tables"]}[drop] == full[2]
