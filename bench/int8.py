@@ -4,7 +4,7 @@ Two parts, each its own JSON under bench/results/cpu/:
 
 accuracy (int8_accuracy.json): post-training static quantization as `compress export --target cpu --dtype int8`
 does it (export/quantize.py: onnxruntime's quant_pre_process + quantize_static, QDQ, per-channel symmetric int8
-weights, int8 activations, calibration method chosen by accuracy on held-out training data), no fine-tuning:
+weights, 8-bit activations (uint8 on the CPU), calibration method chosen by accuracy on held-out training data), no fine-tuning:
 - compress:fmnist-cnn and compress:efficientnet-lite0-fmnist, calibrated on --calib data:128 (stratified
   training subset): fp32 (model.onnx) vs int8 (model.int8.onnx) top-1 on the full Fashion-MNIST test set
   (10,000 images), both in onnxruntime. Bar: int8 within 0.5 point of fp32.

@@ -150,7 +150,7 @@ def _load(cfg: PlanRun, prof: DeviceProfile) -> tuple[LoadedModel, tuple]:
         shape = list(models.parse_shape(given))
         shape[0] = prof.batch
         spec = replace(spec, input_shape=",".join(map(str, shape)))
-    lm, inputs = spec.load()
+    lm, inputs = spec.load(calib=cfg.calib)     # no --input-shape: a --calib FILE.npy's samples set it
     if lm.plan is not None:
         raise CompressError(f"{spec.model} is already pruned; plan from its source model")
     if shape is None:

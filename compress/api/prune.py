@@ -99,6 +99,34 @@ def _check_schedule(cfg: PruneRun) -> None:
             raise CompressError(f"--schedule {sched.kind} fine-tunes between its steps: give --data and --finetune EPOCHS")
         if cfg.channels.global_ranking:
             raise CompressError(f"--global is not supported with --schedule {sched.kind}; use a uniform --ratio")
+    if f.weight_rewind is not None:
+        _check_weight_rewind(cfg)
+
+
+def _check_weight_rewind(cfg: PruneRun) -> None:
+    """--rewind weights:K: an iterative schedule, its own LR (the original schedule from epoch K), and a model
+    whose training history compress owns (compress:* zoo models), K within it."""
+    f, spec = cfg.finetune, cfg.model.model
+    k = f.weight_rewind
+    if cfg.schedule.kind != "iterative":
+        raise CompressError(f"--rewind weights:{k} rewinds after each step of --schedule iterative, "
+                            f"not {cfg.schedule.kind}")
+    for flag, on in (("--lr-rewind", f.lr_rewind), ("--lr", f.lr is not None),
+                     ("--lr-schedule", f.lr_schedule != "constant")):
+        if on:
+            raise CompressError(f"--rewind weights:{k} and {flag} exclude each other (weight rewinding replays the "
+                                "original LR schedule from epoch K)")
+    if not str(spec).startswith("compress:") or cfg.model.weights:
+        what = "with --weights" if cfg.model.weights else spec
+        raise CompressError(f"--rewind weights:{k} needs the model's training history (its epoch-{k} weights), "
+                            f"which compress has only for the compress:* models it trains, not {what}; "
+                            "use --lr-rewind or --lr")
+    from compress.models import zoo
+
+    epochs = zoo.rewind_epochs(spec.split(":", 1)[1])
+    if k not in epochs:
+        raise CompressError(f"--rewind weights:{k}: {spec} trains for {len(epochs)} epoch(s); "
+                            f"rewind to an epoch in 0..{epochs[-1]}")
 
 
 def _check_reconstruct(cfg: PruneRun) -> None:
@@ -169,14 +197,29 @@ def _reconstruct_json(recon: dict, measured) -> dict:
     return out
 
 
-def _finetune_record(f: FinetuneConfig, train, distill: bool, rewind, history, seconds) -> dict:
+def _finetune_record(f: FinetuneConfig, train, distill: bool, rewind, history, seconds,
+                     weight_rewind: dict | None = None) -> dict:
     from compress.accuracy.train import DISTILL_ALPHA, DISTILL_T, FINETUNE_LR
 
     return {"epochs": f.epochs, "train_samples": len(train), "distill": distill,
             "distill_temperature": DISTILL_T if distill else None, "distill_alpha": DISTILL_ALPHA if distill else None,
             "lr": None if rewind else (f.lr or FINETUNE_LR),
             "lr_schedule": None if rewind else f.lr_schedule,
-            "lr_rewind": rewind.to_dict() if rewind else None, "history": history, "seconds": round(seconds, 3)}
+            "lr_rewind": rewind.to_dict() if rewind and weight_rewind is None else None,
+            "weight_rewind": weight_rewind, "history": history, "seconds": round(seconds, 3)}
+
+
+def _weight_rewind(cfg: PruneRun, lm, original) -> tuple[dict, dict]:
+    """The epoch-K state_dict of a zoo model (--rewind weights:K) and summary.json's record of it."""
+    from compress.models import zoo
+
+    k, steps = cfg.finetune.weight_rewind, cfg.schedule.steps
+    state, path = zoo.epoch_weights(lm.spec.split(":", 1)[1], k)
+    share = cfg.finetune.epochs / steps
+    record = {"epoch": k, "checkpoint": path.name, "schedule": original.to_dict(),
+              "lr_from_epoch": k, "replayed_epochs": original.epochs - k, "epochs_per_step": share,
+              "exact_replay": abs(share - (original.epochs - k)) < 1e-9}
+    return state, record
 
 
 def _read_plan(cfg: PruneRun):
@@ -287,7 +330,8 @@ def _prune_and_finetune(cfg: PruneRun, acc: PruneAccuracy, lm, inputs, config, r
     from compress.accuracy.train import finetune, model_schedule
 
     sched, f, seed = cfg.schedule, cfg.finetune, cfg.channels.seed
-    rewind = model_schedule(lm.model) if f.lr_rewind else None
+    rewind = model_schedule(lm.model) if f.lr_rewind or f.weight_rewind is not None else None
+    rewind_state, weight_rewind = _weight_rewind(cfg, lm, rewind) if f.weight_rewind is not None else (None, None)
     teacher = lm.model if f.distill else None
     with_distill = " with distillation" if teacher is not None else ""
     schedule_json = None
@@ -303,7 +347,7 @@ def _prune_and_finetune(cfg: PruneRun, acc: PruneAccuracy, lm, inputs, config, r
         before = None
         sr = run_schedule(lm.model, inputs, config, round_to, source, sched, acc.train, f.epochs,
                           calib=calib, teacher=teacher, lr=f.lr, rewind=rewind, lr_schedule=f.lr_schedule,
-                          strict=cfg.strict, log=log)
+                          strict=cfg.strict, log=log, rewind_state=rewind_state, rewind_epoch=f.weight_rewind)
         res, history = sr.result, [h for s in sr.steps for h in s.history]
         schedule_json = {"kind": sched.kind, "steps": sched.steps, "records": sr.to_json()}
     t_prune = time.perf_counter() - t0
@@ -312,9 +356,11 @@ def _prune_and_finetune(cfg: PruneRun, acc: PruneAccuracy, lm, inputs, config, r
         how = f" after {f.epochs:g} epoch(s) of fine-tuning{with_distill} ({f.lr_schedule} LR)"
     else:
         how = (f" after {sched.kind} pruning in {sched.steps} steps over {f.epochs:g} "
-               f"epoch(s) of fine-tuning{with_distill}")
+               f"epoch(s) of fine-tuning{with_distill}"
+               + (f", weights rewound to epoch {f.weight_rewind} after each step" if weight_rewind else ""))
     measured = acc.measure(lm.model, res.model, before=before, how=how)
-    measured["json"]["finetune"] = _finetune_record(f, acc.train, teacher is not None, rewind, history, ft_seconds)
+    measured["json"]["finetune"] = _finetune_record(f, acc.train, teacher is not None, rewind, history, ft_seconds,
+                                                    weight_rewind)
     if before is not None:
         measured["json"] |= {"accuracy_pruned_before_finetune": before["accuracy"],
                              "agreement_before_finetune": before["agreement"],
@@ -331,7 +377,7 @@ def _prune(cfg: PruneRun, config: PruneConfig, plan, round_to: int, data_criteri
     run_prune = _plan_runner(plan, run_prune)
     sched, f = cfg.schedule, cfg.finetune
     t0 = time.perf_counter()
-    lm, inputs = cfg.model.load()
+    lm, inputs = cfg.model.load(data=cfg.data, calib=cfg.calib)   # no --input-shape: the data's samples set it
     if lm.plan is not None:
         raise CompressError(f"{cfg.model.model} is already pruned; prune its source model with a larger --ratio")
     sparse_specs = _planned_formats(plan, lm)   # {} unless the plan has formats

@@ -39,6 +39,10 @@ def add_arguments(p) -> None:
                    help="prune at once; gradually (cubic schedule, Zhu & Gupta 2017); or in equal prune/fine-tune "
                    "cycles (Molchanov et al. 2017); gradual/iterative spread --finetune EPOCHS over the steps")
     p.add_argument("--steps", type=int, default=4, metavar="N", help="pruning steps of --schedule gradual|iterative")
+    p.add_argument("--rewind", metavar="weights:EPOCH",
+                   help="weight rewinding (lottery tickets; Renda et al. 2020) with --schedule iterative: after each "
+                   "step reset the surviving weights to their values at that epoch of the model's own training "
+                   "(compress:* models keep them) and replay its LR schedule from there")
     add_model_args(p)
 
 
@@ -47,7 +51,7 @@ def run(args) -> dict:
     from compress.api.prune import PruneRun, prune
     from compress.prune.plan import PruneConfig
     from compress.prune.reconstruct import ReconstructConfig
-    from compress.accuracy.schedules import PruneSchedule
+    from compress.accuracy.schedules import PruneSchedule, parse_rewind
     from compress.models.source import ModelSpec
 
     return prune(PruneRun(
@@ -57,6 +61,7 @@ def run(args) -> dict:
                              round_to=args.round_to, ignore=tuple(args.ignore), seed=args.seed),
         plan=args.plan, target=args.target, strict=args.strict, calib=args.calib, data=args.data,
         finetune=FinetuneConfig(epochs=args.finetune, distill=args.distill, lr=args.lr, lr_rewind=args.lr_rewind,
-                                lr_schedule=args.lr_schedule),
+                                lr_schedule=args.lr_schedule,
+                                weight_rewind=None if args.rewind is None else parse_rewind(args.rewind)),
         schedule=PruneSchedule(args.schedule, args.steps),
         reconstruct=ReconstructConfig() if args.reconstruct else None))
