@@ -21,6 +21,8 @@ number the planner optimises), which does not depend on this machine's speed on 
     python bench/format_compare.py                         # both models, ~45 min on an idle 2-core VM
     python bench/format_compare.py --models resnet50       # latency only, ~8 min
     python bench/format_compare.py --epochs 0.05 --distill-sentences 64 --eval-sentences 32 --out /tmp/f.json
+    python bench/format_compare.py --models minilm --budget 0.85 --sparse-layers 'intermediate\.dense|layer\.\d+\.output\.dense' \
+        --candidates unstructured mixed --out bench/results/cpu/format_compare_minilm_mlp.json   # sparse MLP only
     python bench/format_compare.py --time-only             # re-time the artifacts of an earlier run
 """
 
@@ -187,10 +189,11 @@ def run_model(name: str, args, work: c.Path, text: Text | None) -> dict:
     budget = args.budget if args.budget is not None else m["budget"]
     prof, steps = calibrate(name, m, work, args.profile)
     plan_dir = work / "plan"
+    only = ["--sparse-layers", args.sparse_layers] if args.sparse_layers else []
     cli("plan", m["spec"], "--target", "cpu", "--profile", c.rel(prof), "--formats", "structured,block",
-        "--latency-budget", budget, *shape_args(m), "--out", plan_dir)
+        "--latency-budget", budget, *shape_args(m), *only, "--out", plan_dir)
     rep = json.loads((plan_dir / "report.json").read_text())["formats_report"]
-    out = {"model": m["spec"], "budget": budget, "input_shape": m["input_shape"] or "the model's (1,3,224,224)",
+    out = {"model": m["spec"], "budget": budget, "sparse_layers": args.sparse_layers or "every eligible layer", "input_shape": m["input_shape"] or "the model's (1,3,224,224)",
            "profile": c.rel(prof), "calibration": steps, "plan_dir": c.rel(plan_dir),
            "predicted_dense_ms": rep["dense_ms"], "target_ms": rep["target_ms"], "planner_winner": rep["winner"],
            "costs": rep["costs"], "candidates": {}}
@@ -200,7 +203,7 @@ def run_model(name: str, args, work: c.Path, text: Text | None) -> dict:
     out["candidates"]["dense"] = {"artifact": c.rel(dense_art), "file": "model.ort.onnx", "predicted_ms": rep["dense_ms"]}
     if text is not None:
         out["candidates"]["dense"] |= {"cosine_after": 1.0}
-    for cand in CANDIDATES:
+    for cand in args.candidates:
         if cand not in (rep.get("candidates") or {}):
             out["candidates"][cand] = {"skipped": "the planner wrote no such candidate (see its formats report)"}
             continue
@@ -266,6 +269,10 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--budget", type=float, help="latency budget as a fraction of dense (default: per model)")
     ap.add_argument("--profile", help="plan with this profile instead of calibrating a copy of the shipped one")
+    ap.add_argument("--sparse-layers", metavar="REGEX", help="passed to `compress plan --sparse-layers`: only the "
+                    "layers it matches may run sparse (e.g. MiniLM's MLP: 'intermediate\\.dense|layer\\.\\d+\\.output\\.dense')")
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES,
+                    help="the candidates to build (all three by default)")
     ap.add_argument("--distill-sentences", type=int, default=1500)
     ap.add_argument("--epochs", type=float, default=4.0)
     ap.add_argument("--eval-sentences", type=int, default=500)

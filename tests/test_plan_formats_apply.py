@@ -284,3 +284,24 @@ def test_every_candidate_is_a_plan_of_its_own(mixed_plan, tmp_path, one_thread, 
     for name, mod in lm.model.named_modules():
         if name in u.formats:
             assert tuple(mod.dense_weight().shape[:2]) == shapes[f"{name}.weight"][:2], name
+
+
+def test_sparse_layers_restricts_which_layers_run_sparse(mixed_plan, tmp_path, one_thread, monkeypatch, capsys):
+    """--sparse-layers REGEX: only the layers it matches are offered a sparse format, in every candidate;
+    a pattern that is not a regular expression, or one without a sparse format, is bad input."""
+    monkeypatch.chdir(REPO)
+    prof = mixed_plan.parent.parent / "gpu-profile.json"
+    common = ["plan", SPEC, "--target", "gpu", "--profile", prof, "--latency-budget", "0.4"]
+    out = tmp_path / "fc"
+    assert _main(*common, "--formats", "structured,2:4", "--sparse-layers", r"^fc\d$", "--out", out) == 0
+    r = json.loads((out / "report.json").read_text())["formats_report"]
+    assert r["sparse_layers_pattern"] == r"^fc\d$"
+    assert {x["layer"] for x in r["layers"]} <= {"fc1", "fc2"} and r["layers"]
+    for name in r["candidates"]:
+        assert set(PrunePlan.from_json((out / "candidates" / f"{name}.json").read_text()).formats) <= {"fc1", "fc2"}
+    capsys.readouterr()
+    assert _main(*common, "--formats", "structured,2:4", "--sparse-layers", "fc[", "--out", tmp_path / "bad") == 2
+    assert "is not a regular expression" in capsys.readouterr().err
+    assert _main(*common, "--sparse-layers", "fc", "--out", tmp_path / "bad2") == 2
+    assert "needs a sparse format" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()

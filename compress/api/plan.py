@@ -43,6 +43,9 @@ class PlanRun:
     - `calib`: calibration data for data-driven criteria, as for prune (--calib; default random:32
       for those criteria).
     - `formats`: the formats the report compares, a subset of FORMATS (--formats; the plan is structured).
+    - `sparse_layers`: a regular expression (re.search on the module name); with sparse `formats`, only the
+      layers it matches may run sparse (--sparse-layers; e.g. a transformer's MLP, where block sparsity costs
+      less quality than in attention).
     - `measure`: time candidate plans in onnxruntime on this machine and re-plan until the measured
       latency meets the budget (--measure; needs target cpu and formats ("structured",)).
     - `dtype`: the precision that ships, fp32 or int8 (--dtype): int8 plans against an int8 profile (the
@@ -58,6 +61,7 @@ class PlanRun:
     calib: str | None = None
     formats: tuple[str, ...] = ("structured",)
     measure: bool = False
+    sparse_layers: str | None = None
     dtype: str = "fp32"
 
 
@@ -105,6 +109,15 @@ def plan(cfg: PlanRun) -> dict:
 
 
 def _check_options(cfg: PlanRun) -> None:
+    if cfg.sparse_layers is not None:
+        import re
+        if tuple(cfg.formats) == ("structured",):
+            raise CompressError("--sparse-layers chooses which layers may run sparse: it needs a sparse format in "
+                                "--formats (e.g. --formats structured,block)")
+        try:
+            re.compile(cfg.sparse_layers)
+        except re.error as e:
+            raise CompressError(f"--sparse-layers {cfg.sparse_layers!r} is not a regular expression ({e})") from None
     bad = [f for f in cfg.formats if f not in FORMATS]
     if bad:
         raise CompressError(f"--formats: unknown format {bad[0]!r}; use a comma list of structured,2:4,block")
@@ -181,7 +194,7 @@ def _solve(cfg: PlanRun, prof: DeviceProfile, lm: LoadedModel, inputs: tuple) ->
             _refine(solved, cfg, prof, lm, inputs, prep, source, bar, log)
         sparse = tuple(f for f in cfg.formats if f != "structured")
         if solved.plan is not None and sparse:
-            _compare_formats(solved, prep, config, source, sparse)
+            _compare_formats(solved, prep, config, source, sparse, cfg.sparse_layers)
     except BudgetUnreachable as e:
         bar.close()
         raise CheckFailed(f"{e}; raise the budget or lower --min-keep") from None
@@ -202,11 +215,12 @@ def _refine(solved: _Solved, cfg: PlanRun, prof: DeviceProfile, lm: LoadedModel,
         solved.plan, solved.res = solved.measured.plan, solved.measured.result
 
 
-def _compare_formats(solved: _Solved, prep: Prepared, config: PlanConfig, source: dict, sparse: tuple[str, ...]) -> None:
+def _compare_formats(solved: _Solved, prep: Prepared, config: PlanConfig, source: dict, sparse: tuple[str, ...],
+                     only: str | None = None) -> None:
     """The formats report; a mixed plan replaces the structured one when it wins."""
     from compress.planner import formats as planner_formats
 
-    solved.fmt_report, mixed = planner_formats.report(prep, config, source, solved.res, sparse)
+    solved.fmt_report, mixed = planner_formats.report(prep, config, source, solved.res, sparse, only=only)
     solved.candidates = planner_formats.candidate_plans(solved.plan, solved.fmt_report, mixed)
     if solved.fmt_report["winner"] == "mixed" and mixed is not None:
         solved.plan, solved.res = mixed

@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
                    help="comma list of structured,2:4,block: formats the report compares (a mixed plan wins only when it "
                         "keeps more). block: from the profile's sparse entries (on cpu only those timed with the kernel "
                         "that ships); 2:4: gpu/jetson only, measured entries or a fit to published measurements")
+    p.add_argument("--sparse-layers", metavar="REGEX",
+                   help="with sparse --formats: only layers whose module name matches REGEX may run sparse "
+                        "(e.g. 'intermediate|output\\.dense' for a BERT-style MLP)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="modules whose output channels are kept")
     p.add_argument("--min-keep", type=float, default=0.1, help="never keep fewer than this fraction of a group")
     p.add_argument("--seed", type=int, default=0)
@@ -49,4 +52,4 @@ def run(args) -> dict:
                            ignore=tuple(args.ignore), min_keep=args.min_keep, seed=args.seed),
         target=args.target, profile=args.profile, batch=args.batch, calib=args.calib,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-        measure=args.measure, dtype=args.dtype))
+        measure=args.measure, dtype=args.dtype, sparse_layers=args.sparse_layers))

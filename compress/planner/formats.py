@@ -207,8 +207,13 @@ def _published_source(cls: str, why: str, m: int, n: int, k: int, s: float) -> s
             f"({err}; hardware_profiles/{TWO_FOUR_FILE})")
 
 
-def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5) -> dict[int, list[FormatOption]]:
-    """Per eligible costed-layer index, the sparse formats the profile can price."""
+def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5,
+            only: str | None = None) -> dict[int, list[FormatOption]]:
+    """Per eligible costed-layer index, the sparse formats the profile can price; `only`: a regular
+    expression that a layer's module name must match (re.search) to be offered a sparse format."""
+    import re
+
+    pattern = re.compile(only) if only else None
     entries = usable_entries(profile)
     kind = profile.data["device"]["kind"]
     blocks = [int(f[3:].split("x")[0]) for f in _block_formats(entries)]
@@ -216,7 +221,7 @@ def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5)
     out: dict[int, list[FormatOption]] = {}
     for i, cl in enumerate(costed):
         sig = cl.sig
-        if not eligible(sig):
+        if not eligible(sig) or (pattern is not None and not pattern.search(sig.module)):
             continue
         lk = "linear" if sig.op == "linear" else "conv1x1"
         dense_ms = profile.layer_ms(sig)
@@ -301,7 +306,8 @@ def _sparse_ms(dense_ms: float, wins: dict[int, FormatOption]) -> float:
     return dense_ms - sum(o.dense_ms - o.sparse_ms for o in wins.values())
 
 
-def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...], log=None) -> dict:
+def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...], log=None,
+           only: str | None = None) -> dict:
     """The structured / unstructured / mixed comparison at the structured plan's budget.
 
     The candidates meet the budget with as little sparsity as the profile's measured densities allow:
@@ -311,13 +317,14 @@ def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...],
     - mixed: the sparse layers one density level milder than the unstructured candidate's (less sparsity
       per layer), and channels removed by the structured solver for the rest of the budget; when the
       unstructured candidate misses the budget, the sparse layers at their fastest and channels for the rest.
+    `only` (--sparse-layers): a regular expression; only layers whose module name it matches take a sparse format.
     """
     from compress.planner.solve import BudgetUnreachable, finish
 
     cost = prep.cost
     dense_ms = cost.total(prep.dense)
     target = structured_res.target_ms
-    opts = options(cost.profile, cost.costed, allowed)
+    opts = options(cost.profile, cost.costed, allowed, only=only)
     layers = []
     fastest = _wins_at(opts, None)
     for i, os_ in opts.items():
@@ -336,7 +343,7 @@ def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...],
     unstructured_ms = _sparse_ms(dense_ms, wins)
     out = {"dense_ms": round(dense_ms, 4), "target_ms": round(target, 4), "formats": list(allowed),
            "costs": cost_sources(cost.profile, allowed, structured_res.fallback_layers),
-           "densities": levels,
+           "densities": levels, "sparse_layers_pattern": only,
            "structured": {"predicted_ms": round(structured_res.predicted_ms, 4),
                           "speedup": round(dense_ms / structured_res.predicted_ms, 4), "meets_budget": True},
            "unstructured": {"predicted_ms": round(unstructured_ms, 4), "speedup": round(dense_ms / unstructured_ms, 4),
