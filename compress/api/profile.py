@@ -36,6 +36,10 @@ class ProfileRun:
       entries measured by anything else are dropped.
     - `input_shape`: example input shape for the models, "N,C,H,W" (--input-shape; batch ignored).
     - `name`: the profile's name (--name; default: the stem of `out`).
+    - `recalibrate`: with `extend`, time the models again on this machine even where FILE has calibrated them,
+      and replace their calibration rows (a profile measured on another machine of the same kind, or on a
+      day it ran at another speed: the tables keep their shape, the factor takes this machine's speed)
+      (--recalibrate).
     - `quick`: with `extend`, measure the missing tables in one round over a coarser grid (at most
       QUICK_GRID_POINTS channel counts per axis; tables begun after QUICK_TABLE_SECONDS at their ends
       only) and time the added models once (--quick).
@@ -48,6 +52,7 @@ class ProfileRun:
     input_shape: str | None = None
     name: str | None = None
     quick: bool = False
+    recalibrate: bool = False
 
 
 # `--extend --quick`: one round, and at most this many channel counts per axis (the grid step and the full
@@ -85,6 +90,8 @@ def _check(cfg: ProfileRun) -> None:
         raise CompressError("give --out FILE (a new profile) or --extend FILE (add to one), not both")
     if cfg.extend and not m.models:
         raise CompressError("--extend needs --model: the models whose layers the profile should gain")
+    if cfg.recalibrate and not cfg.extend:
+        raise CompressError("--recalibrate applies to --extend FILE (re-times the --model models for FILE's calibration)")
     if cfg.quick and not cfg.extend:
         raise CompressError("--quick applies to --extend FILE (a new profile is measured in full)")
     if not m.target or not (cfg.out or cfg.extend):
@@ -180,6 +187,8 @@ def _extend(cfg: ProfileRun, base: dict, layers, dense, mcfg: ProfileConfig) -> 
     if cfg.quick:
         mcfg = replace(mcfg, rounds=1, max_points=min(mcfg.max_points, QUICK_GRID_POINTS),
                        max_seconds=min(mcfg.max_seconds, QUICK_MAX_SECONDS))
+    if cfg.recalibrate:                  # forget the models' rows: `missing` then times them again
+        base = _without_calibration(base, set(dense))
     tables, kinds, todo = missing(base, layers, mcfg, dense)
     if not (tables or kinds or todo):
         text = (f"{dest} already has every layer table of {', '.join(cfg.measure.models)} and their calibration: "
@@ -204,6 +213,18 @@ def _extend(cfg: ProfileRun, base: dict, layers, dense, mcfg: ProfileConfig) -> 
             + (", ".join(f"{m} x{cal[m]}" for m in info["models"]) or "no new model (all were calibrated already)")
             + f"; {info['wall_seconds']} s measuring")
     return {"text": text, "json": {"out": str(dest), "added": info, "calibration": merged["calibration"]}}
+
+
+def _without_calibration(base: dict, models: set) -> dict:
+    """A copy of profile `base` without the calibration rows (and context.network rows) of `models`."""
+    import copy
+
+    out = copy.deepcopy(base)
+    out["calibration"] = [c for c in out.get("calibration") or [] if c["model"] not in models]
+    ctx = out.get("context") or {}
+    if ctx.get("network"):
+        ctx["network"] = [r for r in ctx["network"] if r.get("model") not in models]
+    return out
 
 
 def _sparse(cfg: ProfileRun) -> dict:

@@ -32,6 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--extend", metavar="FILE",
                    help="add the tables and dense timings of --model that FILE lacks to FILE (same device, runtime, "
                         "batch), keeping everything FILE has, then recompute its calibration; in place")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="with --extend: time the --model models again on this machine and replace their calibration "
+                        "(a profile measured on another machine of this kind, or at another speed)")
     p.add_argument("--quick", action="store_true",
                    help="with --extend: measure the missing tables in one round over at most 5 channel counts per "
                         "axis (tables begun after 30 s: their smallest and full counts only), and time the added "
@@ -55,7 +58,7 @@ def run(args) -> dict:
                               sparse=not args.no_sparse, models=tuple(args.model),
                               dtype={"fp32": "float32"}.get(args.dtype, args.dtype)),
         out=args.out, extend=args.extend, refit=args.refit, sparse=args.sparse, input_shape=args.input_shape,
-        name=args.name, quick=args.quick))
+        name=args.name, quick=args.quick, recalibrate=args.recalibrate))
 
 
 def _layers_of(spec: str, input_shape):

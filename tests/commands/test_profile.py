@@ -265,6 +265,30 @@ def test_extend_measures_only_what_the_profile_lacks(tiny_profile, tmp_path):
     assert bad.returncode == 2 and "--quick applies to --extend" in bad.stderr
 
 
+def test_extend_recalibrate_retimes_a_calibrated_model(tiny_profile, tmp_path):
+    """`--extend --recalibrate`: a model FILE already calibrated is timed again here and its row replaced
+    (the tables stay); without --recalibrate FILE is left as it was; --recalibrate without --extend is bad input."""
+    import shutil
+
+    out, _ = tiny_profile
+    copy = tmp_path / "p.json"
+    shutil.copy(out, copy)
+    d = json.loads(copy.read_text())
+    (old,) = d["calibration"]
+    d["calibration"][0] = old | {"measured_ms": old["measured_ms"] * 50, "factor": old["factor"] * 50}   # another machine
+    copy.write_text(json.dumps(d))
+    ext = ["--model", "tests.models:tiny_cnn", "--input-shape", "1,3,16,16", *TINY[4:]]
+    p = cli("profile", *ext, "--extend", copy, "--recalibrate", "--quick", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    after = json.loads(copy.read_text())
+    (cal,) = after["calibration"]
+    assert cal["model"] == old["model"] and cal["measured_ms"] < old["measured_ms"] * 10      # timed again, here
+    assert cal["factor"] == pytest.approx(cal["measured_ms"] / cal["predicted_ms"], rel=1e-3)
+    assert after["tables"] == d["tables"] and len(after["context"]["network"]) == len(d["context"]["network"])
+    bad = cli("profile", *ext, "--out", tmp_path / "x.json", "--target", "cpu", "--recalibrate")
+    assert bad.returncode == 2 and "--recalibrate applies to --extend" in bad.stderr
+
+
 def test_int8_profile_end_to_end(tmp_path, capsys):
     # `--dtype int8`: the tables, the profiled model's timing and the profile's dtype are the int8 artifact's;
     # predict and plan take it as int8 and refuse it as fp32
