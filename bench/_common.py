@@ -258,6 +258,17 @@ def time_artifacts(files: dict[str, str], threads: int, rounds: int, passes: int
                 "timed_loadavg": loadavg()} for k, ms in got.items()}
 
 
+def distill_and_timing_args(ap) -> None:
+    """The options of the MiniLM benchmarks that distil candidates and time their artifacts in lockstep."""
+    ap.add_argument("--distill-sentences", type=int, default=1500)
+    ap.add_argument("--epochs", type=float, default=4.0)
+    ap.add_argument("--eval-sentences", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads when timing")
+    ap.add_argument("--torch-threads", type=int, default=1, help="torch threads for distillation")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--passes", type=int, default=2)
+
+
 def loadavg() -> list[float]:
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]

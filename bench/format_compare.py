@@ -226,6 +226,36 @@ def run_model(name: str, args, work: c.Path, text: Text | None) -> dict:
     return out
 
 
+def repredict(r: dict) -> None:
+    """Plan again with the model's profile as it is now (e.g. after `compress profile --extend FILE --model M
+    --recalibrate` on this machine) and, where the candidate's plan is unchanged, take its new prediction."""
+    spec = r["model"]
+    name = next(k for k, m in MODELS.items() if m["spec"] == spec)
+    m = MODELS[name]
+    plan_dir = c.ROOT / r["plan_dir"]
+    again = plan_dir.with_name(plan_dir.name + "-repredicted")
+    shutil.rmtree(again, ignore_errors=True)
+    pattern = r.get("sparse_layers")
+    only = ["--sparse-layers", pattern] if pattern and not pattern.startswith("every ") else []
+    cli("plan", spec, "--target", "cpu", "--profile", r["profile"], "--formats", "structured,block",
+        "--latency-budget", r["budget"], *shape_args(m), *only, "--out", again)
+    rep = json.loads((again / "report.json").read_text())["formats_report"]
+    r["repredicted"] = {"plan_dir": c.rel(again), "predicted_dense_ms": rep["dense_ms"], "when": c.now()}
+    r["candidates"]["dense"]["predicted_ms_at_build"] = r["candidates"]["dense"]["predicted_ms"]
+    r["candidates"]["dense"]["predicted_ms"] = rep["dense_ms"]
+    r["predicted_dense_ms"] = rep["dense_ms"]
+    for k, v in r["candidates"].items():
+        if k == "dense" or "artifact" not in v:
+            continue
+        old = json.loads((plan_dir / "candidates" / f"{k}.json").read_text())
+        new = json.loads((again / "candidates" / f"{k}.json").read_text())
+        same = old["keep"] == new["keep"] and old["formats"] == new["formats"]
+        v["predicted_ms_at_build"] = v.get("predicted_ms_at_build", v["predicted_ms"])
+        if same:
+            v["predicted_ms"] = rep[k]["predicted_ms"]
+        v["repredicted_plan_unchanged"] = same
+
+
 def time_model(r: dict, args) -> None:
     cands = {k: v for k, v in r["candidates"].items() if "artifact" in v}
     got = c.time_artifacts({k: str(c.Path(v["artifact"]) / v["file"]) for k, v in cands.items()}, args.threads,
@@ -273,16 +303,12 @@ def main() -> None:
                     "layers it matches may run sparse (e.g. MiniLM's MLP: 'intermediate\\.dense|layer\\.\\d+\\.output\\.dense')")
     ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES,
                     help="the candidates to build (all three by default)")
-    ap.add_argument("--distill-sentences", type=int, default=1500)
-    ap.add_argument("--epochs", type=float, default=4.0)
-    ap.add_argument("--eval-sentences", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads when timing")
-    ap.add_argument("--torch-threads", type=int, default=1, help="torch threads for distillation")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--passes", type=int, default=2)
+    c.distill_and_timing_args(ap)
     ap.add_argument("--no-time", action="store_true", help="build the artifacts only (time them later with --time-only)")
     ap.add_argument("--work", default=str(c.TMP / "format_compare"))
     ap.add_argument("--out", default=str(c.RESULTS / "format_compare.json"))
+    ap.add_argument("--repredict", action="store_true", help="with --time-only: plan again with the (recalibrated) "
+                    "profile and take the new predictions of the candidates whose plan is unchanged")
     ap.add_argument("--time-only", action="store_true", help="re-time the artifacts of an earlier run (its --out JSON)")
     args = ap.parse_args()
     t_start = time.time()
@@ -308,6 +334,8 @@ def main() -> None:
     if not args.no_time:
         c.log("timing every artifact in lockstep with its dense model")
         for r in out["models"].values():
+            if args.repredict:
+                repredict(r)
             time_model(r, args)
         out["timing"] = {"rounds": args.rounds, "passes": args.passes, "protocol": "compress.measure lockstep",
                          "timed": c.now(), "command": c.command_line()}

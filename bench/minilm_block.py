@@ -49,13 +49,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--oneshot", dest="gradual", action="store_false",
                     help="select the blocks once before distilling (default: gradually, while distilling)")
-    ap.add_argument("--distill-sentences", type=int, default=1500)
-    ap.add_argument("--epochs", type=float, default=4.0)
-    ap.add_argument("--eval-sentences", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads when timing")
-    ap.add_argument("--torch-threads", type=int, default=1, help="torch threads for distillation")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--passes", type=int, default=2)
+    c.distill_and_timing_args(ap)
     ap.add_argument("--work", default=str(c.TMP / "minilm_block"))
     ap.add_argument("--out", default=str(c.RESULTS / "minilm_block.json"))
     ap.add_argument("--time-only", action="store_true",
