@@ -252,7 +252,9 @@ def repredict(r: dict) -> None:
         same = old["keep"] == new["keep"] and old["formats"] == new["formats"]
         v["predicted_ms_at_build"] = v.get("predicted_ms_at_build", v["predicted_ms"])
         if same:
-            v["predicted_ms"] = rep[k]["predicted_ms"]
+            v["predicted_ms"], v["predicted_dense_ms"] = rep[k]["predicted_ms"], rep["dense_ms"]
+        else:                 # the plan the artifact was built from: its prediction and dense from the same profile
+            v["predicted_dense_ms"] = r["candidates"]["dense"]["predicted_ms_at_build"]
         v["repredicted_plan_unchanged"] = same
 
 
@@ -260,17 +262,25 @@ def time_model(r: dict, args) -> None:
     cands = {k: v for k, v in r["candidates"].items() if "artifact" in v}
     got = c.time_artifacts({k: str(c.Path(v["artifact"]) / v["file"]) for k, v in cands.items()}, args.threads,
                            args.rounds, args.passes)
-    dense = got["dense"]["median_ms"]
     for k, t in got.items():
-        v = cands[k] | t
+        r["candidates"][k] = cands[k] | t
+    derive(r)
+
+
+def derive(r: dict) -> None:
+    """Prediction errors of every timed candidate: absolute, and as a fraction of dense (the candidate's predicted
+    ms over the dense prediction of the same profile state, against its measured ms over the measured dense)."""
+    dense = r["candidates"]["dense"]["median_ms"]
+    for k, v in r["candidates"].items():
+        if "median_ms" not in v:
+            continue
         if k != "dense":          # from the candidate's plan file, as written by the planner
             v["channels_kept"] = channels_kept(json.loads((c.ROOT / r["plan_dir"] / "candidates" / f"{k}.json").read_text()))
-        v["predicted_error"] = round(v["predicted_ms"] / t["median_ms"] - 1, 4)
-        v["predicted_fraction"] = round(v["predicted_ms"] / r["predicted_dense_ms"], 4)
-        v["measured_fraction"] = round(t["median_ms"] / dense, 4)
+        v["predicted_error"] = round(v["predicted_ms"] / v["median_ms"] - 1, 4)
+        v["predicted_fraction"] = round(v["predicted_ms"] / v.get("predicted_dense_ms", r["predicted_dense_ms"]), 4)
+        v["measured_fraction"] = round(v["median_ms"] / dense, 4)
         v["fraction_error"] = round(v["predicted_fraction"] / v["measured_fraction"] - 1, 4)
-        r["candidates"][k] = v
-        c.log(f"{r['model']} {k}: {t['median_ms']:.2f} ms ({t['speedup_vs_dense']:.2f}x dense), predicted "
+        c.log(f"{r['model']} {k}: {v['median_ms']:.2f} ms ({v['speedup_vs_dense']:.2f}x dense), predicted "
               f"{v['predicted_ms']} ms ({v['predicted_error']:+.1%}; fraction of dense {v['fraction_error']:+.1%})"
               + (f", cosine {v['cosine_after']:.4f}" if "cosine_after" in v else ""))
 
@@ -309,6 +319,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(c.RESULTS / "format_compare.json"))
     ap.add_argument("--repredict", action="store_true", help="with --time-only: plan again with the (recalibrated) "
                     "profile and take the new predictions of the candidates whose plan is unchanged")
+    ap.add_argument("--derive-only", action="store_true", help="with --time-only: recompute the errors and the "
+                    "verdict of an earlier run's timings, without timing")
     ap.add_argument("--time-only", action="store_true", help="re-time the artifacts of an earlier run (its --out JSON)")
     args = ap.parse_args()
     t_start = time.time()
@@ -331,7 +343,10 @@ def main() -> None:
             text = Text(args) if name == "minilm" else None
             out["models"][name] = run_model(name, args, work, text)
             c.write_json(c.Path(args.out), out)          # what is built so far, in case timing is later
-    if not args.no_time:
+    if args.derive_only:
+        for r in out["models"].values():
+            derive(r)
+    elif not args.no_time:
         c.log("timing every artifact in lockstep with its dense model")
         for r in out["models"].values():
             if args.repredict:

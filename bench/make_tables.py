@@ -390,9 +390,9 @@ def results_summary_section(results: Path) -> list[str]:
     d = load("int8_latency")
     if d:
         rows.append("| int8 vs fp32 latency, batch 8 (`int8.py --part latency`) | " + "; ".join(
-            f"{r['model'].split(':')[-1]}: int8 {r['speedup_compress_vs_fp32']:.2f}x fp32, "
-            f"{r['compress_vs_onnxruntime_int8']:.3f}x onnxruntime's own quantize_static"
-            for r in d["results"]) + f" ({_machine(d).split(',')[0]}: int8 does not pay here) |")
+            f"{r['model'].split(':')[-1]}: int8 {r['speedup_compress_vs_fp32']:.2f}x faster than fp32, "
+            f"{1 / r['compress_vs_onnxruntime_int8']:.2f}x faster than onnxruntime's own quantize_static"
+            for r in d["results"]) + f" ({_machine(d).split(',')[0]}) |")
     d = load("export_latency")
     if d:
         r = "; ".join(f"{x['model'].split(':')[-1]} ORT {x['latency']['onnxruntime']['median_ms']:.1f} ms, "
@@ -482,16 +482,19 @@ def format_compare_section(runs: list[dict]) -> list[str]:
              f"cpu` and timed at batch 1 in lockstep with the dense artifact, {d0['threads']} threads. *fraction error*: "
              "predicted / measured fraction of dense - 1 (what the planner optimises); *abs. error*: predicted / "
              f"measured ms - 1. {_machine(d0)}.", "",
-             "| model | budget | candidate | artifact | sparse density | channels kept | quality | latency ms | vs dense | "
-             "predicted ms | abs. error | fraction error |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | budget | sparse layers | candidate | artifact | sparse density | channels kept | quality | latency ms | "
+             "vs dense | predicted ms | abs. error | fraction error |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = ("dense", "structured", "unstructured", "mixed")
     for d in runs:
         for r in d["models"].values():
-            for k, v in r["candidates"].items():
+            scope = r.get("sparse_layers") or "every eligible layer"
+            scope = "all eligible" if scope.startswith("every ") else "`{}`".format(scope.replace("|", "\\|"))
+            for k, v in sorted(r["candidates"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9):
                 if "median_ms" not in v:
                     continue
                 q = f"cosine {v['cosine_after']:.3f}" if v.get("cosine_after") is not None else "-"
                 dens = v.get("sparse_density") if k != "dense" and v.get("sparse_layers_planned") else None
-                lines.append(f"| {r['model']} | {r['budget']} | {k} | {v['file']} | {'-' if dens is None else dens} | "
+                lines.append(f"| {r['model']} | {r['budget']} | {scope} | {k} | {v['file']} | {'-' if dens is None else dens} | "
                              f"{_f(v.get('channels_kept', 1.0), 2) if k != 'dense' else '1.00'} | {q} | "
                              f"{v['median_ms']:.2f} | {v['speedup_vs_dense']:.2f}x | {v['predicted_ms']:.2f} | "
                              f"{v['predicted_error']:+.0%} | {v['fraction_error']:+.0%} |")
@@ -501,7 +504,11 @@ def format_compare_section(runs: list[dict]) -> list[str]:
             if vd:
                 within = [k for k, ok in vd["fraction_within_10pct"].items() if ok]
                 lines.append("")
-                lines.append(f"{r['model']} at {r['budget']} of dense: fastest **{vd['fastest']}**"
+                scope = r.get("sparse_layers") or "every eligible layer"
+                lines.append(f"{r['model']} at {r['budget']} of dense"
+                             + ("" if scope.startswith("every ") else " (sparse layers: the MLP, `--sparse-layers`)"
+                                if "intermediate" in scope else f" (sparse layers `{scope}`)")
+                             + f": fastest **{vd['fastest']}**"
                              + (f", best quality **{vd['best_quality']}**" if vd.get("best_quality") else "")
                              + f"; predicted fraction of dense within 10% for {', '.join(within) or 'none'}"
                              + f" of {len(vd['fraction_within_10pct'])}.")
