@@ -471,7 +471,8 @@ def load_profile(name_or_path, runtime: str | None = None, dtype: str | None = N
     if batch is not None and d["batch"] != batch:
         if d["source"] != "analytic":
             raise CompressError(f"profile {p}: measured at batch {d['batch']}, not {batch}; "
-                                f"{schema.HOWTO.replace('--out', f'--batch {batch} --out')}")
+                                + (howto_int8(batch) if d["dtype"] == "int8" else
+                                   schema.HOWTO.replace('--out', f'--batch {batch} --out')))
         d = {**d, "batch": int(batch)}
     return DeviceProfile(d, str(p))
 
