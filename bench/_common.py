@@ -258,6 +258,16 @@ def time_artifacts(files: dict[str, str], threads: int, rounds: int, passes: int
                 "timed_loadavg": loadavg()} for k, ms in got.items()}
 
 
+def compress_cli(*args) -> str:
+    """`python -m compress ARGS` from the repository root, offline; its stdout, or exit with its error's tail."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    p = subprocess.run([sys.executable, "-m", "compress", *map(str, args)], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"compress {' '.join(map(str, args[:2]))} failed: {p.stderr.strip()[-800:]}")
+    return p.stdout
+
+
 def distill_and_timing_args(ap) -> None:
     """The options of the MiniLM benchmarks that distil candidates and time their artifacts in lockstep."""
     ap.add_argument("--distill-sentences", type=int, default=1500)

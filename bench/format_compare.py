@@ -32,8 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import _common as c
@@ -45,13 +43,7 @@ MODELS = {
 CANDIDATES = ("structured", "unstructured", "mixed")
 
 
-def cli(*args) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-m", "compress", *map(str, args)], cwd=c.ROOT, env=env,
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"compress {' '.join(map(str, args[:2]))} failed: {p.stderr.strip()[-800:]}")
-    return p.stdout
+cli = c.compress_cli
 
 
 def shape_args(m: dict) -> list[str]:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import _common as c
@@ -34,12 +32,7 @@ import _common as c
 TOKENS = 128
 
 
-def cli(*args) -> None:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-m", "compress", *map(str, args)], cwd=c.ROOT, env=env,
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"compress {' '.join(map(str, args[:2]))} failed: {p.stderr.strip()[-600:]}")
+cli = c.compress_cli
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,11 +28,7 @@ import _common as c
 MODEL = "torchvision:resnet50"
 
 
-def cli(*args) -> None:
-    p = subprocess.run([sys.executable, "-m", "compress", *map(str, args)], cwd=c.ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    if p.returncode != 0:
-        raise SystemExit(f"compress {' '.join(map(str, args[:2]))} failed: {p.stderr.strip()[-600:]}")
+cli = c.compress_cli
 
 
 def expected(src: str, file: str) -> tuple[float | None, str]:
