@@ -279,6 +279,35 @@ def distill_and_timing_args(ap) -> None:
     ap.add_argument("--passes", type=int, default=2)
 
 
+def gradual_block_remask(model, layers: dict, total_steps: int):
+    """An `after_step` for a training loop: gradual magnitude pruning of whole blocks (Zhu & Gupta 2017). Each
+    layer of `layers` (name -> (block, density)) starts dense; its block sparsity rises on the cubic ramp
+    (compress.sparse.schedule.cubic_sparsity) over the first 3/4 of `total_steps` to 1 - density, the blocks
+    of least norm re-selected every 10 steps and once when the ramp ends; every step re-applies the masks."""
+    import torch
+
+    from compress.lower import formats as F
+    from compress.sparse.schedule import cubic_sparsity
+
+    ramp = max(1.0, 0.75 * total_steps)         # a ramp shorter than one step ends at the first step
+    masks = {n: torch.ones_like(model.get_submodule(n).weight) for n in layers}
+    state = {"step": 0, "final": False}
+
+    def remask():
+        state["step"] += 1
+        done = state["step"] >= ramp
+        with torch.no_grad():
+            for n, (block, density) in layers.items():
+                w = model.get_submodule(n).weight
+                if state["step"] % 10 == 0 or (done and not state["final"]):
+                    keep = 1.0 - cubic_sparsity(1.0 - density, state["step"], ramp)
+                    masks[n] = F.block_mask_full(F.select_blocks(w.abs(), block, keep), block, tuple(w.shape)).to(w.dtype)
+                w.mul_(masks[n])
+        state["final"] = state["final"] or done
+
+    return remask
+
+
 def loadavg() -> list[float]:
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]

@@ -111,12 +111,9 @@ class Text:
 def build_minilm(t: Text, plan_file: c.Path, work: c.Path, cand: str) -> dict:
     """Apply the candidate's plan (channels, then the sparse layers' blocks), distill with the blocks re-selected
     gradually, lower exactly the distilled zero blocks and write the directory `compress prune --plan` writes."""
-    import torch
-
     from compress import models
     from compress.accuracy.text_distill import distill
     from compress.io import save_pruned
-    from compress.lower import formats as F
     from compress.lower import mixed
     from compress.lower.pipeline import save_sparse_dir
     from compress.prune.apply import apply_plan
@@ -129,23 +126,8 @@ def build_minilm(t: Text, plan_file: c.Path, work: c.Path, cand: str) -> dict:
     fit, kept_dense = mixed.fit(specs, student)
     before = t.cosine(student, f"{cand} before")
     total = max(1, round(t.cfg.epochs * -(-len(t.tk_distill) // t.cfg.batch_size)))
-    state = {"step": 0}
-    masks = {n: torch.ones_like(student.get_submodule(n).weight) for n in fit}
-
-    def remask():
-        # gradual magnitude pruning of whole blocks while distilling (Zhu & Gupta 2017): the sparsity rises on a
-        # cubic schedule over the first 3/4 of the steps, blocks re-selected by norm every 10 steps
-        state["step"] += 1
-        frac = min(1.0, state["step"] / (0.75 * total))
-        with torch.no_grad():
-            for n, (fmt, block, density) in fit.items():
-                w = student.get_submodule(n).weight
-                if state["step"] % 10 == 0 or (frac >= 1.0 and not state.get("final")):
-                    keep = 1.0 - (1.0 - density) * (1 - (1 - frac) ** 3)
-                    masks[n] = F.block_mask_full(F.select_blocks(w.abs(), block, keep), block, tuple(w.shape)).to(w.dtype)
-                w.mul_(masks[n])
-            if frac >= 1.0:
-                state["final"] = True
+    # gradual magnitude pruning of whole blocks while distilling
+    remask = c.gradual_block_remask(student, {n: (block, density) for n, (_fmt, block, density) in fit.items()}, total)
 
     t0 = time.perf_counter()
     hist = distill(student, t.dense, t.tk_distill, t.cfg, desc=cand, after_step=remask if fit else None)

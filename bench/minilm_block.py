@@ -64,7 +64,6 @@ def main() -> None:
     from compress.accuracy.text_eval import embed, mean_cosine
     from compress.hardware_profiles import channel_step
     from compress.io import save_pruned
-    from compress.lower import formats as F
     from compress.lower.pipeline import SparsifyConfig, sparsify
     from compress.prune.apply import prune
     from compress.prune.plan import PruneConfig
@@ -125,23 +124,8 @@ def main() -> None:
             with torch.no_grad():
                 for n in masks:
                     student.get_submodule(n).weight.copy_(dense.get_submodule(n).weight)
-                    masks[n] = torch.ones_like(masks[n], dtype=student.get_submodule(n).weight.dtype)
             total = max(1, round(args.epochs * -(-len(tk_distill) // cfg.batch_size)))
-            state = {"step": 0}
-
-            def remask(student=student, masks=masks, state=state, total=total, s=s):
-                state["step"] += 1
-                t = min(1.0, state["step"] / (0.75 * total))
-                target = s * (1 - (1 - t) ** 3)
-                with torch.no_grad():
-                    for n in masks:
-                        w = student.get_submodule(n).weight
-                        if state["step"] % 10 == 0 or t >= 1.0 and not state.get("final"):
-                            keep = F.select_blocks(w.abs(), args.block, 1.0 - target)
-                            masks[n] = F.block_mask_full(keep, args.block, tuple(w.shape)).to(w.dtype)
-                        w.mul_(masks[n])
-                    if t >= 1.0:
-                        state["final"] = True
+            remask = c.gradual_block_remask(student, {n: (args.block, 1.0 - s) for n in masks}, total)
         else:
             def remask(student=student, masks=masks):
                 with torch.no_grad():

@@ -386,10 +386,10 @@ def candidate_plans(structured, r: dict, mixed) -> dict:
     """Each candidate of the report `r` as a plan of its own (compress.prune.plan.PrunePlan), applied by
     `compress prune MODEL --plan FILE` like any plan:
     - structured: the structured-only plan (channels removed, every layer dense);
-    - unstructured: no channel removed, every layer whose sparse format the profile prices faster than
-      dense in that format (the report's per-layer winners), whether or not that meets the budget;
-    - mixed: the mixed plan (channels removed where they pay, the rest of the budget from sparse layers),
-      when there is one that meets the budget."""
+    - unstructured: no channel removed, the layers of the report's unstructured candidate in their formats
+      (the least sparsity that meets the budget, or the fastest when none does: see `report`);
+    - mixed: the mixed plan (milder sparsity, channels removed for the rest of the budget), when there is one
+      that meets the budget."""
     import copy
 
     out = {"structured": copy.deepcopy(structured)}
