@@ -319,6 +319,19 @@ class DeviceProfile:
         return ms / dense[0], (f"measured ({sp.get('runtime')}): {best['layer']} {best['in']}x{best['out']} rows "
                                f"{best['rows']}, block {block}, density {d:.2f}")
 
+    def sparse_context_ms(self, sig: LayerSig) -> float:
+        """What running `sig` through the CPU block-sparse kernel costs inside its network beyond the one-op
+        timing that `sparse_factor` reads: for a 1x1 conv, the profile's in-network `ms_per_melem` (measured by
+        `compress profile --sparse FILE --model M`, sparse_bench.conv_context) times its activation elements;
+        0 for Linear layers, other devices, or a profile without that measurement."""
+        if sig.op != CONV or self.data["device"]["kind"] != "cpu":
+            return 0.0
+        ctx = ((self.data.get("sparse") or {}).get("context") or {}).get("conv1x1") or {}
+        rate = ctx.get("ms_per_melem")
+        if not rate:
+            return 0.0
+        return float(rate) * self.batch * sig.h * sig.w * (sig.cin + sig.cout) / 1e6
+
     def total_ms(self, layers, fit: "NetworkFit | None" = None, sparse: dict | None = None) -> float:
         """`sparse`: {module name: (block, density)} of block-sparse layers, each costed at its dense time
         times `sparse_factor` (dense when the profile has no factor for it)."""
@@ -329,7 +342,7 @@ class DeviceProfile:
             ms = self.layer_ms(s, fit)
             if sparse and s.module in sparse and s.op in (LINEAR, CONV):
                 f = self.sparse_factor(s, *sparse[s.module])
-                ms = ms * f[0] if f else ms
+                ms = ms * f[0] + self.sparse_context_ms(s) if f else ms
             total += ms
         return total
 

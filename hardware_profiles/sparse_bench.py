@@ -97,9 +97,10 @@ def _time(fn, reps: int) -> float:
     return median_ms(fn, 2, max(reps, 5))
 
 
-def table(layers, batch: int, reps: int, threads: int = 0) -> dict:
+def table(layers, batch: int, reps: int, threads: int = 0, have: frozenset = frozenset()) -> dict:
     """Dense vs block-sparse (block size x density) for the model's largest Linear and 1x1 conv shapes, each
-    pair timed alternately in this process; every sparse point is checked against the dense one first."""
+    pair timed alternately in this process; every sparse point is checked against the dense one first.
+    `have`: (kind, in, out, rows) shapes already measured, skipped."""
     import onnxruntime as ort
 
     from compress.kernels import bsr_cpu
@@ -108,6 +109,8 @@ def table(layers, batch: int, reps: int, threads: int = 0) -> dict:
     rng = np.random.default_rng(0)
     entries = []
     for kind, fin, fout, rows in shapes(layers, batch):
+        if (kind, fin, fout, rows) in have:
+            continue
         w = rng.standard_normal((fout, fin)).astype(np.float32)
         dm, xshape = _model(kind, fin, fout, rows, w, None)
         x = rng.standard_normal(xshape).astype(np.float32)
@@ -133,3 +136,107 @@ def table(layers, batch: int, reps: int, threads: int = 0) -> dict:
     return {"runtime": RUNTIME, "note": NOTE.format(ort=ort.__version__), "threads": threads,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "kernel": info, "two_four": "not runnable on this runtime", "entries": entries}
+
+
+# ------------------------------------------------------------------ 1x1 convs in their network
+CONTEXT_BLOCK = 32
+CONTEXT_DENSITIES = (0.5, 0.3)
+CONTEXT_NOTE = ("the one-op timings above miss what a sparse 1x1 conv costs inside a CNN: onnxruntime runs dense "
+                "convs in MLAS's blocked NCHWc layout, fused with their Add / ReLU, and the kernel's NHWC op breaks "
+                "that chain (layout reorders, transposes, unfused element-wise ops, all memory passes). Measured: "
+                "the whole model dense vs with every eligible 1x1 conv through the kernel (block {block}, random "
+                "blocks at each density), both exported and timed in lockstep (compress.measure); the part of the "
+                "measured difference that the one-op factors do not predict, brought to the profile's speed (the "
+                "dense model measured / predicted) and divided by the layers' activation elements (input + output), "
+                "is `ms_per_melem`: the predictor adds it per million elements to every sparse 1x1 conv on this profile")
+
+
+def conv1x1_layers(layers, block: int = CONTEXT_BLOCK) -> list:
+    """The layers a CPU artifact may run through the kernel as 1x1 convs: stride 1, groups 1, both channel
+    counts multiples of `block`."""
+    from compress.hardware_profiles.layers import CONV
+
+    return [s for s in layers if s.op == CONV and s.kernel == (1, 1) and s.groups == 1 and s.stride == (1, 1)
+            and s.cin % block == 0 and s.cout % block == 0]
+
+
+def melems(sig, batch: int) -> float:
+    """Million activation elements a 1x1 conv reads and writes at `batch`."""
+    return batch * sig.h * sig.w * (sig.cin + sig.cout) / 1e6
+
+
+def _sparse_copy(model, names: list[str], block: int, density: float, seed: int):
+    """`model` with the 1x1 convs `names` replaced by block-sparse modules keeping `density` of their blocks
+    (random, seeded): what `compress sparsify --pattern block:B` leaves for the CPU export."""
+    import copy
+
+    import torch
+
+    from compress.lower.formats import encode_bsr, select_blocks
+    from compress.lower.modules import set_module, sparse_module
+
+    out = copy.deepcopy(model).eval()
+    mods = dict(out.named_modules())
+    gen = torch.Generator().manual_seed(seed)
+    for n in names:
+        m = mods[n]
+        w2 = m.weight.detach().reshape(m.out_channels, -1)
+        bmask = select_blocks(torch.rand(w2.shape, generator=gen), block, density)
+        set_module(out, n, sparse_module(m, f"block:{block}", encode_bsr(w2, bmask, block), block))
+    return out
+
+
+def conv_context(spec: str, model, example: tuple, layers, prof: dict, rounds: int = 3, passes: int = 2,
+                 threads: int = 0) -> dict | None:
+    """The in-network cost of running `model`'s eligible 1x1 convs through the kernel (CONTEXT_NOTE), on the
+    profile `prof` (its dense tables and sparse entries price the part the one-op timings predict). `example`:
+    the model's input at the profile's batch; `layers`: its layers. None when the model has no eligible 1x1 conv."""
+    import shutil
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    from compress.export.onnx import export_onnx
+    from compress.export.sparse_cpu import export as export_bsr
+    from compress.hardware_profiles.predictor import DeviceProfile
+    from compress.kernels import bsr_cpu
+    from compress.kernels import bsr_cpu_runtime as rt
+    from compress.measure import Block, block_ms
+
+    convs = conv1x1_layers(layers)
+    if not convs:
+        return None
+    batch = int(prof["batch"])
+    names = [s.module for s in convs]
+    p = DeviceProfile({k: v for k, v in prof.items() if k != "sparse"} | {"sparse": {
+        k: v for k, v in (prof.get("sparse") or {}).items() if k != "context"}})
+    fit = p.fit(layers)
+    pred_dense = p.total_ms(layers, fit)
+    elems = sum(melems(s, batch) for s in convs)
+    lib = bsr_cpu.cached_library()
+    points = []
+    with tempfile.TemporaryDirectory(prefix="compress-ctx-") as tmp:
+        dense_path = Path(tmp) / "dense.onnx"
+        export_onnx(model, example, str(dense_path), dynamic_batch=False)
+        jobs = [("dense", str(dense_path), batch)]
+        for i, dens in enumerate(CONTEXT_DENSITIES):
+            d = Path(tmp) / f"d{i}"
+            d.mkdir()
+            shutil.copyfile(lib, d / rt.LIB_NAME)
+            export_bsr(_sparse_copy(model, names, CONTEXT_BLOCK, dens, seed=i), {n: CONTEXT_BLOCK for n in names},
+                       example, str(d / "model.bsr.onnx"), dynamic_batch=False)
+            jobs.append((dens, str(d / "model.bsr.onnx"), batch))
+        got = block_ms(jobs, Block(runs=5, min_seconds=0.3, warmup=3, threads=threads), rounds, passes)
+    dense_ms = statistics.median(got["dense"])
+    scale = dense_ms / pred_dense
+    for dens in CONTEXT_DENSITIES:
+        sparse_ms = statistics.median(got[dens])
+        pred_sparse = p.total_ms(layers, fit, sparse={n: (CONTEXT_BLOCK, dens) for n in names})
+        unexplained = (sparse_ms - dense_ms) / scale - (pred_sparse - pred_dense)
+        points.append({"density": dens, "measured_ms": round(sparse_ms, 4),
+                       "predicted_ms_one_op": round(pred_sparse * scale, 4),
+                       "ms_per_melem": round(unexplained / elems, 6)})
+    return {"model": spec, "layers": len(convs), "block": CONTEXT_BLOCK, "activation_melems": round(elems, 4),
+            "dense_measured_ms": round(dense_ms, 4), "dense_predicted_ms": round(pred_dense, 4),
+            "speed_scale": round(scale, 4), "points": points, "rounds": rounds, "passes": passes,
+            "ms_per_melem": round(max(0.0, statistics.median(pt["ms_per_melem"] for pt in points)), 6)}

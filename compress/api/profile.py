@@ -32,11 +32,13 @@ class ProfileRun:
       other fields are then ignored.
     - `sparse`: a CPU profile whose dense vs block-sparse table is re-measured, in place, with the kernel
       that ships (--sparse); `measure.models` choose the layer shapes (default: a generic grid), and
-      `measure.threads` / `measure.reps` apply. Shapes measured earlier with the same kernel are kept;
-      entries measured by anything else are dropped.
+      `measure.threads` / `measure.reps` apply. A model with 1x1 convs the kernel takes is also timed whole,
+      dense vs those convs through the kernel, for their in-network cost (sparse_bench.conv_context). What the
+      section already holds from the same kernel on this machine is kept and not measured again (every shape
+      and network again with `recalibrate`); entries measured by anything else are dropped.
     - `input_shape`: example input shape for the models, "N,C,H,W" (--input-shape; batch ignored).
     - `name`: the profile's name (--name; default: the stem of `out`).
-    - `recalibrate`: with `extend`, time the models again on this machine even where FILE has calibrated them,
+    - `recalibrate`: with `sparse`, measure every shape and network again; with `extend`, time the models again on this machine even where FILE has calibrated them,
       and replace their calibration rows (a profile measured on another machine of the same kind, or on a
       day it ran at another speed: the tables keep their shape, the factor takes this machine's speed)
       (--recalibrate).
@@ -91,7 +93,7 @@ def _check(cfg: ProfileRun) -> None:
     if cfg.extend and not m.models:
         raise CompressError("--extend needs --model: the models whose layers the profile should gain")
     if cfg.recalibrate and not cfg.extend:
-        raise CompressError("--recalibrate applies to --extend FILE (re-times the --model models for FILE's calibration)")
+        raise CompressError("--recalibrate applies to --extend FILE (re-times the --model models for FILE's calibration) or --sparse FILE")
     if cfg.quick and not cfg.extend:
         raise CompressError("--quick applies to --extend FILE (a new profile is measured in full)")
     if not m.target or not (cfg.out or cfg.extend):
@@ -244,18 +246,29 @@ def _sparse(cfg: ProfileRun) -> dict:
                             "is fp32 (use an fp32 profile)")
     if cfg.measure.reps < 1:
         raise CompressError("--reps must be >= 1")
-    layers, _ = _layers(cfg)
-    table = sparse_bench.table(layers, prof["batch"], cfg.measure.reps, cfg.measure.threads)
-    table["machine"] = sparse_bench.machine("cpu")
+    layers, dense = _layers(cfg)
+    old = prof.get("sparse") or {}
+    here = sparse_bench.machine("cpu")
+    # the same kernel on the same machine: measure only the shapes (and networks) the table lacks
+    keep = (old.get("runtime") == sparse_bench.RUNTIME and not cfg.recalibrate
+            and (old.get("machine") or {}).get("name", here["name"]) == here["name"])
+    have = frozenset((e["layer"], e["in"], e["out"], e["rows"]) for e in old.get("entries", [])) if keep else frozenset()
+    table = sparse_bench.table(layers, prof["batch"], cfg.measure.reps, cfg.measure.threads, have=have)
+    table["machine"] = here
     if table["machine"]["name"] != prof["device"]["name"]:
         table["warning"] = (f"measured on {table['machine']['name']}, the profile's tables on "
                             f"{prof['device']['name']}")
-    old = prof.get("sparse") or {}
     if old.get("runtime") == table["runtime"]:          # keep the shapes measured before with the same kernel
         fresh = {(e["layer"], e["in"], e["out"], e["rows"]) for e in table["entries"]}
         table["entries"] = [e for e in old.get("entries", [])
                             if (e["layer"], e["in"], e["out"], e["rows"]) not in fresh] + table["entries"]
+        if have:
+            table["date"] = old.get("date", table["date"])
+    old_ctx = ((old.get("context") or {}).get("conv1x1") or {}) if old.get("runtime") == table["runtime"] else {}
     prof["sparse"] = table
+    ctx = _conv_context(prof, dense, cfg, old_ctx, skip=keep)
+    if ctx:
+        table["context"] = {"conv1x1": ctx}
     _write(prof, path)
     n = sum(e["format"] != "dense" for e in table["entries"])
     shapes = sorted({(e["layer"], e["in"], e["out"], e["rows"]) for e in table["entries"]})
@@ -264,7 +277,33 @@ def _sparse(cfg: ProfileRun) -> dict:
     text = (f"re-measured {path}'s sparse table with {table['runtime']}: {len(shapes)} shapes, {n} block-sparse "
             f"points" + (f"; best {best['format']} at density {best['density']}: {best['speedup_vs_dense']}x dense"
                          if best else ""))
+    if ctx:
+        text += (f"; 1x1 convs in their network cost {ctx['ms_per_melem']:.4f} ms per million activation elements "
+                 f"beyond their one-op timings ({', '.join(r['model'] for r in ctx['models'])})")
     return {"text": text, "json": {"out": str(path), "sparse": table}}
+
+
+def _conv_context(prof: dict, dense: dict, cfg: ProfileRun, old: dict, skip: bool) -> dict | None:
+    """The in-network cost of the kernel's 1x1 convs (sparse_bench.conv_context), measured on every model of
+    `dense` that has eligible 1x1 convs (`skip`: not those measured before), kept beside earlier models'
+    measurements; the rate is their median."""
+    import statistics
+
+    from compress.hardware_profiles import sparse_bench
+
+    batch = int(prof["batch"])
+    records = {r["model"]: r for r in old.get("models") or []}
+    for spec, (layers, model, xb) in dense.items():
+        if skip and spec in records:
+            continue
+        x = tuple(t[:1].repeat(batch, *[1] * (t.dim() - 1)) for t in xb)
+        r = sparse_bench.conv_context(spec, model, x, layers, prof, threads=cfg.measure.threads)
+        if r is not None:
+            records[spec] = r
+    if not records:
+        return None
+    return {"ms_per_melem": round(statistics.median(r["ms_per_melem"] for r in records.values()), 6),
+            "models": list(records.values()), "note": sparse_bench.CONTEXT_NOTE.format(block=sparse_bench.CONTEXT_BLOCK)}
 
 
 def layers_of(spec: str, input_shape):

@@ -34,14 +34,16 @@ def add_arguments(p) -> None:
                         "batch), keeping everything FILE has, then recompute its calibration; in place")
     p.add_argument("--recalibrate", action="store_true",
                    help="with --extend: time the --model models again on this machine and replace their calibration "
-                        "(a profile measured on another machine of this kind, or at another speed)")
+                        "(a profile measured on another machine of this kind, or at another speed); with --sparse: "
+                        "measure every shape and network again")
     p.add_argument("--quick", action="store_true",
                    help="with --extend: measure the missing tables in one round over at most 5 channel counts per "
                         "axis (tables begun after 30 s: their smallest and full counts only), and time the added "
                         "models once (under a minute for a ResNet-50 on 2 cores)")
     p.add_argument("--sparse", metavar="FILE",
-                   help="re-measure FILE's dense vs block-sparse table with the kernel `compress export --target cpu` "
-                        "ships (compress's block-sparse op in onnxruntime), in place; --model picks the layer shapes")
+                   help="measure FILE's dense vs block-sparse table with the kernel `compress export --target cpu` "
+                        "ships (compress's block-sparse op in onnxruntime), in place: the shapes of --model that it "
+                        "lacks, and for a CNN the in-network cost of its 1x1 convs through the kernel")
     p.add_argument("--refit", metavar="FILE",
                    help="no timing: recompute FILE's per-model calibration from the measurements stored in it "
                         "(after a change to how the predictor uses them), in place")

@@ -245,8 +245,10 @@ def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5,
                         continue
                     m = _measured_factor(profile, entries, lk, f"bsr{b}x{b}", dens, sig)
                     if m is not None:
+                        ctx = profile.sparse_context_ms(sig) if kind == "cpu" else 0.0
+                        src = m[1] + (f" + {ctx:.4f} ms in-network layout cost (measured)" if ctx else "")
                         opts.append(FormatOption(sig.module, sig.op, shape, f"block:{b}", dens, dense_ms,
-                                                 dense_ms * m[0], m[1]))
+                                                 dense_ms * m[0] + ctx, src))
         if opts:
             out[i] = opts
     return out

@@ -354,6 +354,25 @@ def test_block_sparse_factor_from_the_kernel_that_ships():
     assert _sparse_profile("torch").sparse_factor(sig, 32, 0.5) is None
 
 
+def test_a_sparse_1x1_conv_pays_its_measured_in_network_layout_cost():
+    """#19: a block-sparse 1x1 conv on a CPU profile costs its one-op factor x its dense time plus the profile's
+    in-network rate (ms per million activation elements, input + output) from `compress profile --sparse`;
+    Linear layers, and profiles without the measurement, pay nothing extra."""
+    from compress.hardware_profiles.layers import CONV, LINEAR, LayerSig
+    from compress.hardware_profiles.sparse_bench import RUNTIME
+
+    prof = _sparse_profile(RUNTIME)
+    conv = LayerSig(op=CONV, cin=256, cout=256, kernel=(1, 1), stride=(1, 1), h=14, w=14, module="c")
+    lin = LayerSig(op=LINEAR, cin=256, cout=256, tokens=4, module="fc")
+    assert prof.sparse_context_ms(conv) == 0.0 and prof.sparse_context_ms(lin) == 0.0
+    base = prof.total_ms([conv, lin], sparse={"c": (32, 0.5), "fc": (32, 0.5)})
+    prof.data["sparse"]["context"] = {"conv1x1": {"ms_per_melem": 0.2}}
+    extra = 0.2 * prof.batch * 14 * 14 * 512 / 1e6
+    assert prof.sparse_context_ms(conv) == pytest.approx(extra) and prof.sparse_context_ms(lin) == 0.0
+    assert prof.total_ms([conv, lin], sparse={"c": (32, 0.5), "fc": (32, 0.5)}) == pytest.approx(base + extra)
+    assert prof.total_ms([conv, lin]) == pytest.approx(prof.total_ms([conv, lin], sparse={}))  # dense: no cost
+
+
 def test_int8_profiles_are_named_apart_from_fp32():
     # NAME-int8[-TAG]-bN.json: the fp32 lookup never finds an int8 file and the int8 lookup never an fp32 one
     from compress.hardware_profiles.predictor import _candidates, dtype_name, host_tags, profile_dtype
