@@ -47,7 +47,8 @@ class PlanRun:
       layers it matches may run sparse (--sparse-layers; e.g. a transformer's MLP, where block sparsity costs
       less quality than in attention).
     - `measure`: time candidate plans in onnxruntime on this machine and re-plan until the measured
-      latency meets the budget (--measure; needs target cpu and formats ("structured",)).
+      latency meets the budget (--measure; needs target cpu and formats ("structured",)); with `dtype` int8
+      the dense model and the candidates are timed as int8 artifacts.
     - `dtype`: the precision that ships, fp32 or int8 (--dtype): int8 plans against an int8 profile (the
       shipped NAME-int8[-TAG]-bN.json of the target, or `profile`), fp32 against any other; the wrong kind
       is bad input.
@@ -126,8 +127,6 @@ def _check_options(cfg: PlanRun) -> None:
                             "--formats structured (a gpu or jetson plan can only be predicted here)")
     if cfg.dtype not in ("fp32", "int8"):
         raise CompressError(f"unknown --dtype {cfg.dtype!r}; choose fp32 or int8")
-    if cfg.dtype == "int8" and cfg.measure:
-        raise CompressError("--measure times fp32 candidates; it does not plan --dtype int8 yet (drop --measure)")
     if cfg.dtype == "int8" and tuple(cfg.formats) != ("structured",):
         raise CompressError("--dtype int8 plans structured pruning only (the sparse formats' kernels are fp32)")
 
@@ -208,7 +207,7 @@ def _refine(solved: _Solved, cfg: PlanRun, prof: DeviceProfile, lm: LoadedModel,
     from compress.planner.measured import refine
 
     bar("measuring")
-    solved.measured = refine(lm.model, inputs, prep, cfg.planner, source, prof.batch, log=log)
+    solved.measured = refine(lm.model, inputs, prep, cfg.planner, source, prof.batch, log=log, dtype=cfg.dtype)
     if solved.measured is None:
         solved.plan = None
     else:
@@ -242,7 +241,8 @@ def _report(cfg: PlanRun, prof: DeviceProfile, solved: _Solved) -> dict:
               "roofline_fallback_layers": res.fallback_layers, "formats": list(cfg.formats),
               "costs": cost_sources(prof, cfg.formats, res.fallback_layers)}
     if measured is not None:
-        report["measured"] = {"runtime": "onnxruntime CPUExecutionProvider (this machine)", "batch": prof.batch,
+        report["measured"] = {"runtime": "onnxruntime CPUExecutionProvider (this machine)", "dtype": prof.dtype,
+                              "batch": prof.batch,
                               "target_ratio": measured.target_ratio, "measured_ratio": measured.measured_ratio,
                               "dense_ms": measured.dense_ms, "measured_ms": measured.measured_ms,
                               "meets_budget": measured.meets, "candidates": measured.candidates}

@@ -35,19 +35,37 @@ class Refined:
     candidates: list = field(default_factory=list)
 
 
+def _export(model, example_inputs: tuple, path: str, dtype: str) -> None:
+    """`model` as the artifact of precision `dtype` runs it: the ONNX export, and for int8 that export quantized
+    as `compress export --dtype int8` does (QDQ, calibrated on `example_inputs`: the ranges do not change the
+    kernels' time)."""
+    from compress.export.onnx import export_onnx
+
+    export_onnx(model, example_inputs, path)
+    if dtype == "int8":
+        import onnx
+
+        from compress.hardware_profiles.ort_bench import quantized
+
+        m = onnx.load(path)
+        names = [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
+        onnx.save(quantized(m, [{n: x.detach().cpu().numpy() for n, x in zip(names, example_inputs)}]), path)
+
+
 def refine(model, example_inputs: tuple, prep, config: PlanConfig, source: dict, batch: int,
-           mcfg: MeasureConfig = MeasureConfig(), log=None, measure=None) -> Refined | None:
+           mcfg: MeasureConfig = MeasureConfig(), log=None, measure=None, dtype: str = "fp32") -> Refined | None:
     """See the module docstring. `model` is the dense model `prep` was built from (not modified);
     None when the budget is at or above the dense model (predicted, or measured for --latency-ms).
-    `measure(candidate_path, dense_path, batch, mcfg) -> Paired` times a candidate (default: paired_ratio)."""
+    `measure(candidate_path, dense_path, batch, mcfg) -> Paired` times a candidate (default: paired_ratio).
+    `dtype` "int8": the dense model and every candidate are timed as int8 artifacts (the budget is a fraction
+    of the dense int8 model, as the int8 profile prices it)."""
     measure = measure or paired_ratio
-    from compress.export.onnx import export_onnx
     from compress.prune.apply import apply_plan
 
     log = log or (lambda msg: None)
     with tempfile.TemporaryDirectory(prefix="compress-measure-") as tmp:
         dense_path = os.path.join(tmp, "dense.onnx")
-        export_onnx(copy.deepcopy(model), example_inputs, dense_path)
+        _export(copy.deepcopy(model), example_inputs, dense_path, dtype)
         plan, res, _ = finish(prep, config, source)
         if plan is None:
             return None
@@ -57,7 +75,7 @@ def refine(model, example_inputs: tuple, prep, config: PlanConfig, source: dict,
         for i in range(mcfg.iterations):
             path = os.path.join(tmp, f"candidate{i}.onnx")
             pm = apply_plan(copy.deepcopy(model), example_inputs, plan).model
-            export_onnx(pm, example_inputs, path)
+            _export(pm, example_inputs, path, dtype)
             m = measure(path, dense_path, batch, mcfg)
             if target is None:                               # --latency-ms: measured ms on this machine
                 target = config.latency_ms / m.dense_ms
@@ -84,7 +102,7 @@ def refine(model, example_inputs: tuple, prep, config: PlanConfig, source: dict,
     ok = [c for c in cands if c["measured_ratio"] <= target * (1 + mcfg.tolerance)]
     best = max(ok, key=lambda c: c["measured_ratio"]) if ok else min(cands, key=lambda c: c["measured_ratio"])
     plan, res = best["_plan"], best["_res"]
-    plan.notes.append(f"measured on this machine (onnxruntime CPU, batch {batch}): {best['measured_ratio']:.3f} of dense "
+    plan.notes.append(f"measured on this machine (onnxruntime CPU, {dtype}, batch {batch}): {best['measured_ratio']:.3f} of dense "
                       f"({best['measured_ms']:.3f} vs {best['dense_ms']:.3f} ms), target {target:.3f}; "
                       f"{len(cands)} candidate(s) timed")
     public = [{k: v for k, v in c.items() if not k.startswith("_")} for c in cands]
