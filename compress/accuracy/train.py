@@ -246,18 +246,34 @@ def frozen_teacher(teacher: nn.Module | None) -> nn.Module | None:
     return teacher
 
 
+QAT_CALIB_SAMPLES = 256     # training images whose activation ranges start quantization-aware fine-tuning
+
+
 def finetune(model: nn.Module, train, epochs: float, teacher: nn.Module | None = None, lr: float | None = None,
              rewind: Schedule | None = None, batch_size: int = 128, seed: int = 0,
              lr_schedule: str = "constant", distill_T: float = DISTILL_T,
-             distill_alpha: float = DISTILL_ALPHA) -> list[dict]:
+             distill_alpha: float = DISTILL_ALPHA, qat: bool = False) -> list[dict]:
     """Recovery fine-tuning of a pruned model (in place). `rewind`: the original schedule, replayed
     from epoch T-epochs (LR rewinding); otherwise SGD from `lr` (default FINETUNE_LR) shaped by
-    `lr_schedule` (constant, cosine or onecycle)."""
+    `lr_schedule` (constant, cosine or onecycle). `qat`: under int8 fake quantization (compress.accuracy.qat;
+    activation ranges calibrated on QAT_CALIB_SAMPLES training images first), for an int8 deployment."""
+    from contextlib import nullcontext
+
     sched, lr_fn = recovery_schedule(epochs, lr, rewind, batch_size, lr_schedule)
     teacher = frozen_teacher(teacher)
     with deterministic(seed):
-        return fit(model, train, sched, epochs, lr_fn, teacher=teacher, seed=seed, distill_T=distill_T,
-                   distill_alpha=distill_alpha, desc="fine-tune" + (" (distill)" if teacher is not None else ""))
+        ctx = nullcontext()
+        if qat:
+            from compress.accuracy.qat import fake_quantized
+
+            from compress.accuracy.data import subset_batches
+
+            calib = subset_batches(train, min(QAT_CALIB_SAMPLES, len(train)), seed, batch=64)
+            ctx = fake_quantized(model, calib)
+        with ctx:
+            return fit(model, train, sched, epochs, lr_fn, teacher=teacher, seed=seed, distill_T=distill_T,
+                       distill_alpha=distill_alpha, desc="fine-tune" + (" (distill)" if teacher is not None else "")
+                       + (" (int8 fake-quant)" if qat else ""))
 
 
 def model_schedule(model: nn.Module) -> Schedule | None:

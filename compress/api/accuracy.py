@@ -30,13 +30,15 @@ class FinetuneConfig:
     model's original schedule instead; `distill`: knowledge distillation from the dense model.
     `weight_rewind`: an epoch K of the model's own training (compress:* models; --rewind weights:K):
     with --schedule iterative, the surviving weights go back to their epoch-K values after every step
-    and the original schedule replays from epoch K (compress.accuracy.schedules)."""
+    and the original schedule replays from epoch K (compress.accuracy.schedules).
+    `qat`: fine-tune under int8 fake quantization (compress.accuracy.qat), for an int8 export (--qat)."""
     epochs: float = 0
     distill: bool = False
     lr: float | None = None
     lr_rewind: bool = False
     lr_schedule: str = "constant"
     weight_rewind: int | None = None
+    qat: bool = False
 
 
 class PruneAccuracy:
@@ -134,18 +136,19 @@ class PruneAccuracy:
         rewind = model_schedule(dense) if f.lr_rewind else None
         teacher = dense if f.distill else None
         history = finetune(pruned, self.train, epochs, teacher=teacher, lr=f.lr, rewind=rewind, seed=self.seed,
-                           lr_schedule=f.lr_schedule)
+                           lr_schedule=f.lr_schedule, qat=f.qat)
         after = compare(predict(pruned, self.test, EVAL_BATCH, desc="eval fine-tuned"), d_logits, self.test.labels)
         out["finetune"] = {
             "epochs": epochs, "train_samples": len(self.train), "distill": teacher is not None,
             "distill_temperature": DISTILL_T if teacher is not None else None,
             "distill_alpha": DISTILL_ALPHA if teacher is not None else None,
             "lr": None if rewind else (f.lr or FINETUNE_LR),
-            "lr_rewind": rewind.to_dict() if rewind else None,
+            "lr_rewind": rewind.to_dict() if rewind else None, "quantization_aware": f.qat,
             "history": history, "seconds": round(time.perf_counter() - t0, 3)}
         out["accuracy_pruned_before_finetune"] = before["accuracy"]
         out["agreement_before_finetune"] = before["agreement"]
         out["functional_distance_before_finetune"] = before["functional_distance"]
         out |= {k: after[k] for k in METRICS}
-        how = f" after {epochs:g} epoch(s) of fine-tuning{' with distillation' if teacher is not None else ''}"
+        how = (f" after {epochs:g} epoch(s) of fine-tuning{' with distillation' if teacher is not None else ''}"
+               + (" under int8 fake quantization" if f.qat else ""))
         return {"json": out, "text": self.text(out["accuracy_dense"], after, before, how)}

@@ -101,6 +101,10 @@ def _check_schedule(cfg: PruneRun) -> None:
             raise CompressError(f"--global is not supported with --schedule {sched.kind}; use a uniform --ratio")
     if f.weight_rewind is not None:
         _check_weight_rewind(cfg)
+    if f.qat and (not f.epochs or not cfg.data):
+        raise CompressError("--qat fine-tunes under int8 fake quantization: give --data and --finetune EPOCHS")
+    if f.qat and sched.kind != "oneshot":
+        raise CompressError(f"--qat applies to one-shot pruning's fine-tuning, not --schedule {sched.kind}")
 
 
 def _check_weight_rewind(cfg: PruneRun) -> None:
@@ -206,7 +210,8 @@ def _finetune_record(f: FinetuneConfig, train, distill: bool, rewind, history, s
             "lr": None if rewind else (f.lr or FINETUNE_LR),
             "lr_schedule": None if rewind else f.lr_schedule,
             "lr_rewind": rewind.to_dict() if rewind and weight_rewind is None else None,
-            "weight_rewind": weight_rewind, "history": history, "seconds": round(seconds, 3)}
+            "weight_rewind": weight_rewind, "quantization_aware": f.qat, "history": history,
+            "seconds": round(seconds, 3)}
 
 
 def _weight_rewind(cfg: PruneRun, lm, original) -> tuple[dict, dict]:
@@ -341,7 +346,7 @@ def _prune_and_finetune(cfg: PruneRun, acc: PruneAccuracy, lm, inputs, config, r
         before = acc.measure(lm.model, res.model)["json"]
         t1 = time.perf_counter()
         history = finetune(res.model, acc.train, f.epochs, teacher=teacher, lr=f.lr, rewind=rewind,
-                           seed=seed, lr_schedule=f.lr_schedule)
+                           seed=seed, lr_schedule=f.lr_schedule, qat=f.qat)
     else:
         from compress.accuracy.schedules import run as run_schedule
         before = None

@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help="fashion-mnist or a directory (IDX files or class subfolders): measure accuracy")
     p.add_argument("--finetune", type=float, default=0, metavar="EPOCHS", help="fine-tune on --data's training split")
     p.add_argument("--distill", action="store_true", help="fine-tune with knowledge distillation from the dense model")
+    p.add_argument("--qat", action="store_true",
+                   help="fine-tune under int8 fake quantization (the rounding `compress export --dtype int8` applies), "
+                        "for an int8 deployment; the result is an ordinary fp32 model")
     p.add_argument("--lr", type=float, help="fixed fine-tuning learning rate (SGD; default 0.01)")
     p.add_argument("--lr-rewind", action="store_true", help="replay the last EPOCHS of the original LR schedule")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "onecycle"), default="constant",
@@ -61,7 +64,7 @@ def run(args) -> dict:
                              round_to=args.round_to, ignore=tuple(args.ignore), seed=args.seed),
         plan=args.plan, target=args.target, strict=args.strict, calib=args.calib, data=args.data,
         finetune=FinetuneConfig(epochs=args.finetune, distill=args.distill, lr=args.lr, lr_rewind=args.lr_rewind,
-                                lr_schedule=args.lr_schedule,
+                                lr_schedule=args.lr_schedule, qat=args.qat,
                                 weight_rewind=None if args.rewind is None else parse_rewind(args.rewind)),
         schedule=PruneSchedule(args.schedule, args.steps),
         reconstruct=ReconstructConfig() if args.reconstruct else None))
