@@ -18,6 +18,7 @@ Top-1 on the full Fashion-MNIST test split (10,000 images). One thread (as the z
 
     python bench/scratch_baseline.py                          # fmnist-cnn (~5-10 min on a busy 2-core VM)
     python bench/scratch_baseline.py --lite0                  # + compress:efficientnet-lite0-fmnist (slow on CPU)
+    python bench/scratch_baseline.py --models efficientnet-lite0-fmnist --merge   # the Lite0 beside fmnist-cnn's result
     python bench/scratch_baseline.py --epochs 0.2 --out /tmp/s.json   # a smoke run
 """
 
@@ -133,7 +134,10 @@ def case(name: str, ratio: float, epochs: float, seeds: list[int], rewind: int |
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["fmnist-cnn"], choices=["fmnist-cnn", "efficientnet-lite0-fmnist"])
     ap.add_argument("--lite0", action="store_true", help="also compress:efficientnet-lite0-fmnist (slow on CPU)")
+    ap.add_argument("--merge", action="store_true", help="keep the other models' results of the --out JSON (each "
+                    "with the command that made it)")
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs after pruning (E)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="scratch runs (one per seed)")
@@ -144,12 +148,17 @@ def main() -> None:
     t_start = time.time()
     out = c.result_header("scratch_baseline", "pruned + fine-tuned vs the pruned architecture trained from "
                           "scratch with the same training budget (Liu et al. 2019)", t_start)
-    names = ["fmnist-cnn"] + (["efficientnet-lite0-fmnist"] if args.lite0 else [])
+    names = list(dict.fromkeys(args.models + (["efficientnet-lite0-fmnist"] if args.lite0 else [])))
     results = {}
+    if args.merge and c.Path(args.out).is_file():
+        old = json.loads(c.Path(args.out).read_text())
+        results = {k: {"command": old.get("command"), "date": old.get("date")} | v
+                   for k, v in old.get("results", {}).items() if k not in names}
     for name in names:
         results[name] = case(name, args.ratio, args.epochs, args.seeds, args.rewind if name == "fmnist-cnn" else None,
                              args.steps)
-        r = results[name]
+        r = results[name] | {"command": out["command"], "date": out["date"]}
+        results[name] = r
         c.log(f"{name}: dense {r['dense']['accuracy']:.4f}, pruned+ft {r['pruned_finetuned']['accuracy']:.4f}, "
               f"scratch {r['scratch_mean_accuracy']:.4f}"
               + (f", rewound {r['weight_rewinding']['accuracy']:.4f}" if "weight_rewinding" in r else ""))
