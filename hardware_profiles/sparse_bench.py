@@ -186,11 +186,12 @@ def _sparse_copy(model, names: list[str], block: int, density: float, seed: int)
     return out
 
 
-def conv_context(spec: str, model, example: tuple, layers, prof: dict, rounds: int = 3, passes: int = 2,
+def conv_context(spec: str, model, example: tuple, layers, p, rounds: int = 3, passes: int = 2,
                  threads: int = 0) -> dict | None:
     """The in-network cost of running `model`'s eligible 1x1 convs through the kernel (CONTEXT_NOTE), on the
-    profile `prof` (its dense tables and sparse entries price the part the one-op timings predict). `example`:
-    the model's input at the profile's batch; `layers`: its layers. None when the model has no eligible 1x1 conv."""
+    profile `p` (a predictor.DeviceProfile without a context rate: its dense tables and sparse entries price the
+    part the one-op timings predict). `example`: the model's input at the profile's batch; `layers`: its layers.
+    None when the model has no eligible 1x1 conv."""
     import shutil
     import statistics
     import tempfile
@@ -198,7 +199,6 @@ def conv_context(spec: str, model, example: tuple, layers, prof: dict, rounds: i
 
     from compress.export.onnx import export_onnx
     from compress.export.sparse_cpu import export as export_bsr
-    from compress.hardware_profiles.predictor import DeviceProfile
     from compress.kernels import bsr_cpu
     from compress.kernels import bsr_cpu_runtime as rt
     from compress.measure import Block, block_ms
@@ -206,10 +206,8 @@ def conv_context(spec: str, model, example: tuple, layers, prof: dict, rounds: i
     convs = conv1x1_layers(layers)
     if not convs:
         return None
-    batch = int(prof["batch"])
+    batch = int(p.batch)
     names = [s.module for s in convs]
-    p = DeviceProfile({k: v for k, v in prof.items() if k != "sparse"} | {"sparse": {
-        k: v for k, v in (prof.get("sparse") or {}).items() if k != "context"}})
     fit = p.fit(layers)
     pred_dense = p.total_ms(layers, fit)
     elems = sum(melems(s, batch) for s in convs)

@@ -290,14 +290,18 @@ def _conv_context(prof: dict, dense: dict, cfg: ProfileRun, old: dict, skip: boo
     import statistics
 
     from compress.hardware_profiles import sparse_bench
+    from compress.hardware_profiles.predictor import DeviceProfile
 
     batch = int(prof["batch"])
+    # priced without a context rate: what the one-op factors alone predict
+    p = DeviceProfile({k: v for k, v in prof.items() if k != "sparse"} | {"sparse": {
+        k: v for k, v in (prof.get("sparse") or {}).items() if k != "context"}})
     records = {r["model"]: r for r in old.get("models") or []}
     for spec, (layers, model, xb) in dense.items():
         if skip and spec in records:
             continue
         x = tuple(t[:1].repeat(batch, *[1] * (t.dim() - 1)) for t in xb)
-        r = sparse_bench.conv_context(spec, model, x, layers, prof, threads=cfg.measure.threads)
+        r = sparse_bench.conv_context(spec, model, x, layers, p, threads=cfg.measure.threads)
         if r is not None:
             records[spec] = r
     if not records:
