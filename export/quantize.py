@@ -22,8 +22,10 @@ essentially unchanged above it.
 
 The default calibration method is chosen by measured accuracy when the model's accuracy can be judged (a
 labelled dataset is known: `compress:` models and pruned directories of them): each method quantizes the
-model and the most accurate on a held-out slice of the training split wins (ties: the higher top-1 agreement
-with fp32, then MinMax, Percentile, Entropy). Otherwise MinMax (the method whose ranges cover every calibration activation; the
+model, once as is and once after bias correction (bias_correct: each Conv/Gemm bias absorbs the mean output
+shift its int8 weight rounding causes, measured on the calibration data), and the most accurate on a held-out
+slice of the training split wins (ties: the higher top-1 agreement with fp32, then without bias correction,
+then MinMax, Percentile, Entropy). Otherwise MinMax (the method whose ranges cover every calibration activation; the
 histogram methods clip, which only pays off when it can be checked). The manifest says which and why.
 
 `--target gpu|jetson`: the same QDQ file feeds TensorRT's explicit quantization; TensorRT takes symmetric
@@ -54,6 +56,10 @@ PERCENTILE = 99.999
 TEXT_OPS = ("MatMul", "Gemm")  # transformers: quantize the matrix products only (LayerNorm/Softmax stay fp32)
 GELU_OPS = ("Erf", "Gelu", "FastGelu", "BiasGelu")  # a GELU, fused or as its erf subgraph
 GELU_HOPS = 4              # how far above a MatMul's activation input a GELU is looked for
+BIAS_CORRECTION_NOTE = {"what": "b -= dW E[x] per output channel of every Conv/Gemm (dW: the int8 rounding error of "
+                        "its weights, E[x]: its input's mean on the calibration data), Nagel et al. 2019",
+                        "why": "weight rounding, not activation ranges, is what cost "
+                        "compress:efficientnet-lite0-fmnist its int8 accuracy (bench/int8.py, docs/export.md)"}
 
 
 def parse_method(name: str | None) -> str | None:
@@ -205,6 +211,87 @@ def quantize(src: str, dst: str, arrays: list, method: str, symmetric_activation
     return info
 
 
+def _int8_rounded(w: np.ndarray) -> np.ndarray:
+    """`w` as quantize_static's per-channel symmetric int8 weights dequantize (axis 0, scale max|w| / 127)."""
+    s = np.abs(w).max(axis=tuple(range(1, w.ndim)), keepdims=True) / 127.0
+    s[s == 0] = 1.0
+    return (np.clip(np.round(w / s), -127, 127) * s).astype(np.float32)
+
+
+def bias_correct(src: str, dst: str, arrays: list) -> dict:
+    """Bias correction (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias
+    Correction", section 4.2), with the input means measured on the calibration batches: int8 rounding of a
+    layer's weights W -> W + dW shifts its output's mean by dW E[x] per output channel, and that systematic shift
+    compounds through the network (depthwise-separable nets most: a 3x3 depthwise kernel has 9 weights per
+    channel, so each channel's rounding error does not average out). Every Conv (grouped and depthwise too) and
+    Gemm (transB=1) with constant weights gets b -= dW E[x] in the fp32 graph `src` -> `dst`, before
+    quantize_static rounds the (unchanged) weights. E[x]: the per-channel mean of the layer's input over the
+    calibration batches (spatial positions included; zero padding at the borders is ignored)."""
+    import onnx
+    from onnx import numpy_helper as nh
+
+    m = onnx.load(src)
+    g = m.graph
+    init = {t.name: t for t in g.initializer}
+
+    def attr(n, name, default):
+        return next((a.i for a in n.attribute if a.name == name), default)
+
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    nodes = [n for n in g.node if n.input[1:2] and n.input[1] in init and
+             (len(n.input) < 3 or not n.input[2] or uses.get(n.input[2], 0) == 1) and   # a shared bias: left alone
+             ((n.op_type == "Conv" and nh.to_array(init[n.input[1]]).ndim >= 3) or
+              (n.op_type == "Gemm" and attr(n, "transB", 0) == 1 and attr(n, "transA", 0) == 0))]
+    if not nodes:
+        shutil.copy(src, dst)
+        return {"layers": 0}
+    ins = sorted({n.input[0] for n in nodes})
+    aug = onnx.load(src)
+    have = {o.name for o in aug.graph.output}
+    aug.graph.output.extend(onnx.helper.ValueInfoProto(name=t) for t in ins if t not in have)
+    with tempfile.TemporaryDirectory(prefix="compress-bc-") as work:
+        p = os.path.join(work, "means.onnx")
+        onnx.save(aug, p)
+        s = session(p)
+        names = [o.name for o in s.get_outputs()]
+        sums, count = {t: 0.0 for t in ins}, 0
+        for a in arrays:
+            outs = dict(zip(names, s.run(None, a if isinstance(a, dict) else {s.get_inputs()[0].name: a})))
+            n_rows = len(next(iter(a.values())) if isinstance(a, dict) else a)
+            for t in ins:
+                v = outs[t].astype(np.float64)
+                sums[t] = sums[t] + v.reshape(v.shape[0], v.shape[1], -1).mean(2).sum(0)
+            count += n_rows
+        del s
+    shifts = []
+    for n in nodes:
+        w = nh.to_array(init[n.input[1]]).astype(np.float32)
+        dw = (_int8_rounded(w) - w).astype(np.float64)
+        mu = sums[n.input[0]] / count
+        if n.op_type == "Conv":
+            per_in = dw.reshape(dw.shape[0], dw.shape[1], -1).sum(2)          # (out, in per group)
+            cin, opg = w.shape[1], w.shape[0] // attr(n, "group", 1)
+            d = np.array([per_in[o] @ mu[(o // opg) * cin:(o // opg + 1) * cin] for o in range(w.shape[0])])
+        else:
+            d = dw @ mu
+        if len(n.input) > 2 and n.input[2] in init:
+            b = nh.to_array(init[n.input[2]]).astype(np.float64)
+            init[n.input[2]].CopyFrom(nh.from_array((b - d).astype(np.float32), n.input[2]))
+        elif len(n.input) > 2 and n.input[2]:
+            continue                                                          # a computed bias: left alone
+        else:
+            name = f"{n.input[1]}_bias_correction"
+            g.initializer.append(nh.from_array((-d).astype(np.float32), name))
+            del n.input[2:]
+            n.input.append(name)
+        shifts.append(float(np.abs(d).max()))
+    onnx.save(m, dst)
+    return {"layers": len(shifts), "max_shift": max(shifts) if shifts else 0.0}
+
+
 def gelu_fed_matmuls(path: str) -> list[str]:
     """The MatMul/Gemm nodes whose activation input comes from a GELU (within GELU_HOPS nodes): a transformer's
     FFN down-projection, whose input has the outliers that per-tensor int8 clips or coarsens (Bondarenko et al.
@@ -326,25 +413,47 @@ def _labelled(dataset: str, split: str, shape: tuple, n: int, seed: int):
 
 def choose_method(fp32_path: str, pre: str, work: str, arrays: list, dataset: str | None, shape: tuple,
                   batch: int | None, symmetric: bool, text: bool, log) -> tuple[str, dict, dict]:
-    """(method, selection record, the chosen method's quantize info); the chosen model is left at work/<method>.onnx."""
+    """(method, selection record, the chosen variant's quantize info); the chosen model is left at
+    work/<method>.onnx. Each method is tried on the graph as is and with bias correction (bias_correct)."""
     if dataset is None:
         return "minmax", {"method": "MinMax", "chosen_by": "default: MinMax (no labelled data to judge the "
                           "methods by; MinMax covers every calibration activation, the histogram methods clip)"}, {}
     x, y, desc = _labelled(dataset, "train", shape, SELECT_SAMPLES, 1)
     ref = run_batched(session(fp32_path), x, batch)
-    tried, infos = [], {}
-    for m in METHODS:
-        log(f"int8 calibration {METHOD_NAMES[m]}")
-        p = os.path.join(work, f"{m}.onnx")
-        infos[m] = quantize(pre, p, arrays, m, symmetric, text)
+    log("int8 bias correction (input means on the calibration data)")
+    pre_bc = os.path.join(work, "pre_bias_corrected.onnx")
+    try:
+        bc = bias_correct(pre, pre_bc, arrays)
+    except Exception as e:                       # e.g. a graph onnxruntime cannot run with its inner outputs exposed
+        bc = {"layers": 0, "error": first_line(e, 200)}
+        log(f"int8 bias correction skipped: {bc['error']}")
+    variants = [(m, False) for m in METHODS] + ([(m, True) for m in METHODS] if bc["layers"] else [])
+    tried, infos, paths = [], [], []
+    for m, corrected in variants:
+        log(f"int8 calibration {METHOD_NAMES[m]}" + (" + bias correction" if corrected else ""))
+        p = os.path.join(work, f"{m}{'_bc' if corrected else ''}.onnx")
+        info = quantize(pre_bc if corrected else pre, p, arrays, m, symmetric, text)
+        if corrected:
+            info["bias_correction"] = BIAS_CORRECTION_NOTE | bc
         got = run_batched(session(p), x, batch)
-        tried.append({"method": METHOD_NAMES[m], "accuracy": float((got.argmax(1) == y).mean()),
+        tried.append({"method": METHOD_NAMES[m], "bias_correction": corrected,
+                      "accuracy": float((got.argmax(1) == y).mean()),
                       "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean())})
+        infos.append(info)
+        paths.append(p)
+    # ties: the higher agreement with fp32, then the earlier variant (no bias correction first; MinMax first)
     best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"], tried[i]["top1_agreement"], -i))
-    m = METHODS[best]
-    return m, {"method": METHOD_NAMES[m], "chosen_by": f"measured: highest int8 top-1 accuracy on {desc} "
-               "(ties: the higher top-1 agreement with fp32, then MinMax, Percentile, Entropy in that order)",
-               "fp32_accuracy": float((ref.argmax(1) == y).mean()), "tried": tried}, infos[m]
+    m, corrected = variants[best]
+    if paths[best] != os.path.join(work, f"{m}.onnx"):
+        shutil.copy(paths[best], os.path.join(work, f"{m}.onnx"))
+    selection = {"method": METHOD_NAMES[m], "bias_correction": corrected,
+                 "chosen_by": f"measured: highest int8 top-1 accuracy on {desc} over every method with and without "
+                 "bias correction (ties: the higher top-1 agreement with fp32, then without bias correction, then "
+                 "MinMax, Percentile, Entropy in that order)",
+                 "fp32_accuracy": float((ref.argmax(1) == y).mean()), "tried": tried}
+    if "error" in bc:
+        selection["bias_correction_skipped"] = bc["error"]
+    return m, selection, infos[best]
 
 
 def build_int8(fp32_path: str, dst: str, cal: Calibration, method: str | None, dataset: str | None, shape: tuple,

@@ -105,7 +105,10 @@ def test_int8_labelled_model_method_chosen_by_accuracy_and_eval(tmp_path, capsys
     text = capsys.readouterr().out
     assert "top1_agreement" in text and "accuracy int8" in text
     q = json.loads((out / "manifest.json").read_text())["int8"]
-    assert q["method"]["chosen_by"].startswith("measured") and len(q["method"]["tried"]) == 3
+    assert q["method"]["chosen_by"].startswith("measured") and len(q["method"]["tried"]) == 6
+    # every method with and without bias correction; the choice is recorded where the quantization is described
+    assert [t["bias_correction"] for t in q["method"]["tried"]] == [False] * 3 + [True] * 3
+    assert ("bias_correction" in q["quantization"]) == q["method"]["bias_correction"]
     assert "fashion-mnist" in q["calibration"]["data"] and "warning" not in q["calibration"]
     p = q["parity"]
     assert p["samples"] == 1000 and "test split" in p["inputs"] and p["ok"] and p["value"] >= 0.95
@@ -209,3 +212,59 @@ def test_text_encoder_judged_by_cosine_ffn_down_projection_kept_fp32(tmp_path, c
     assert q["quantization"]["op_types"] == ["MatMul", "Gemm"] and q["method"]["method"] == "MinMax"
     kept = q["quantization"]["kept_fp32"]["nodes"]
     assert len(kept) == 1 and "down" in kept[0]
+
+
+def test_bias_correction_removes_the_mean_shift_of_int8_weight_rounding(tmp_path):
+    """bias_correct: b -= dW E[x] per output channel (Nagel et al. 2019) for a dense, a depthwise and a
+    bias-less conv and a Gemm; with the weights rounded as quantize_static rounds them, each layer's output mean
+    on the calibration inputs moves back towards fp32."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper as nh
+
+    from compress.export import quantize as q
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 1, (8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 1, (8, 1, 3, 3)).astype(np.float32)
+    w3 = rng.normal(0, 1, (4, 8, 1, 1)).astype(np.float32)
+    w4 = rng.normal(0, 1, (5, 4)).astype(np.float32)
+    inits = [nh.from_array(w1, "w1"), nh.from_array(np.zeros(8, np.float32), "b1"), nh.from_array(w2, "w2"),
+             nh.from_array(np.ones(8, np.float32), "b2"), nh.from_array(w3, "w3"), nh.from_array(w4, "w4"),
+             nh.from_array(np.zeros(5, np.float32), "b4")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="c2", group=8),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="c3"),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w4", "b4"], ["y"], name="g", transB=1)]
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 5])], inits)
+    src, dst = str(tmp_path / "m.onnx"), str(tmp_path / "bc.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    x = rng.uniform(0, 1, (16, 3, 6, 6)).astype(np.float32)
+    info = q.bias_correct(src, dst, [x[:8], x[8:]])
+    assert info["layers"] == 4 and info["max_shift"] > 0
+
+    def means(path, rounded):
+        m = onnx.load(path)
+        if rounded:
+            for t in m.graph.initializer:
+                if t.name.startswith("w"):
+                    t.CopyFrom(nh.from_array(q._int8_rounded(nh.to_array(t)), t.name))
+        m.graph.output.extend(helper.ValueInfoProto(name=n) for n in ("c1",))
+        p = str(tmp_path / "r.onnx")
+        onnx.save(m, p)
+        return ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    fp, raw, fixed = means(src, False), means(src, True), means(dst, True)
+    # the first conv sees the same input in all three: the mean shift of its outputs shrinks (not to 0 exactly:
+    # E[x] is the whole input's mean, each kernel tap sees a slightly different window of it); so do the logits'
+    def shift(a, b, axes):
+        return np.abs(a.mean(axes) - b.mean(axes)).max()
+
+    assert shift(fixed[1], fp[1], (0, 2, 3)) < 0.05 * shift(raw[1], fp[1], (0, 2, 3))
+    assert shift(fixed[0], fp[0], 0) < 0.3 * shift(raw[0], fp[0], 0)
+    assert onnx.load(dst).graph.node[4].input[2] == "w3_bias_correction"   # the bias-less conv got a bias
