@@ -69,18 +69,39 @@ def input_batches(spec: str | None, lm, inputs: tuple, batch: int = BATCH) -> li
         shape = (c.samples,) + tuple(inputs[0].shape[1:])
         every = models.example_inputs(lm, shape, seed=1)     # one tensor per model input
         return [tuple(x[i:i + batch] for x in every) for i in range(0, c.samples, batch)]
-    if len(inputs) > 1:
-        raise CompressError(f"--calib {spec}: a .npy file holds one input, {lm.spec} takes {len(inputs)} "
-                            f"({', '.join(models.input_names(lm) or [])}); use --calib random[:N]")
-    else:
-        if not os.path.isfile(spec):
-            raise CompressError(f"--calib {spec}: file does not exist")
-        try:
-            full = torch.from_numpy(np.load(spec, allow_pickle=False))
-        except ValueError as e:
-            raise CompressError(f"--calib {spec}: not a numeric .npy array ({e})") from None
-        if tuple(full.shape[1:]) != tuple(inputs[0].shape[1:]):
-            raise CompressError(f"--calib {spec}: samples have shape {tuple(full.shape[1:])}, "
-                                f"the model takes {tuple(inputs[0].shape[1:])}")
-        full = full.to(inputs[0].dtype)
+    fill = _other_inputs(spec, lm, inputs) if len(inputs) > 1 else None
+    if not os.path.isfile(spec):
+        raise CompressError(f"--calib {spec}: file does not exist")
+    try:
+        full = torch.from_numpy(np.load(spec, allow_pickle=False))
+    except ValueError as e:
+        raise CompressError(f"--calib {spec}: not a numeric .npy array ({e})") from None
+    if tuple(full.shape[1:]) != tuple(inputs[0].shape[1:]):
+        raise CompressError(f"--calib {spec}: samples have shape {tuple(full.shape[1:])}, "
+                            f"the model takes {tuple(inputs[0].shape[1:])}")
+    full = full.to(inputs[0].dtype)
+    if fill is not None:
+        return [(full[i:i + batch], *fill(full[i:i + batch])) for i in range(0, len(full), batch)]
     return [(full[i:i + batch],) for i in range(0, len(full), batch)]
+
+
+def _other_inputs(spec: str, lm, inputs: tuple):
+    """For a model with several inputs, whose .npy holds the first (token ids): a function giving the others from
+    it, an attention mask (1 on every token, 0 where the id is the model's pad token id, when its config names
+    one) or token type ids (zeros); refused in one line when another input is neither, or shaped otherwise."""
+    import torch
+
+    from compress import models
+
+    names = models.input_names(lm) or []
+    kinds = [models.input_values(n, t) for n, t in zip(names[1:], inputs[1:])]
+    if any(k not in ("mask", "zeros") for k in kinds) or any(t.shape != inputs[0].shape for t in inputs[1:]):
+        raise CompressError(f"--calib {spec}: a .npy file holds one input, {lm.spec} takes {len(inputs)} "
+                            f"({', '.join(names)}); use --calib random[:N]")
+    pad = (lm.hf_config or {}).get("pad_token_id")
+
+    def fill(ids):
+        mask = (ids != pad).to(ids.dtype) if pad is not None else torch.ones_like(ids)
+        return tuple(mask if k == "mask" else torch.zeros_like(ids) for k in kinds)
+
+    return fill

@@ -37,13 +37,20 @@ def batch_of(d: str, man: dict, batch: int | None) -> int:
 
 
 def at_batch(d: str, man: dict, argv: list[str], batch: int | None) -> list[str]:
-    """`argv` (a manifest bench entry) with its `--shape` set to batch `batch` (None: as exported). A static-batch
-    artifact only runs at its own batch."""
+    """`argv` (a manifest bench entry) with its `--shape`, or the shape of each `--input NAME:SHAPE:DTYPE[:VALUES]`
+    (a model with several inputs, one per input spec of the manifest), set to batch `batch` (None: as exported).
+    A static-batch artifact only runs at its own batch."""
     if batch is None:
         return argv
     batch = batch_of(d, man, batch)
-    i = argv.index("--shape") + 1
-    return argv[:i] + [",".join([str(batch)] + argv[i].split(",")[1:])] + argv[i + 1:]
+    out = list(argv)
+    for i in range(1, len(out)):
+        if out[i - 1] == "--shape":
+            out[i] = ",".join([str(batch)] + out[i].split(",")[1:])
+        elif out[i - 1] == "--input":
+            name, shape, rest = out[i].split(":", 2)
+            out[i] = f"{name}:{','.join([str(batch)] + shape.split(',')[1:])}:{rest}"
+    return out
 
 
 def time_runtime(d: str, argv: list[str], runs: int, warmup: int, threads: int) -> dict:
@@ -97,7 +104,9 @@ def bench(d: str, runs: int = 50, warmup: int = 5, threads: int = 0, batch: int 
     exported = man["source"]["input_shape"][0]
     if batch is not None and batch != exported:
         exp_ms, exp_reason = None, f"the manifest's expectation is for batch {exported}, not {batch}"
+    inputs = [s | {"shape": [batch, *s["shape"][1:]] if batch is not None else s["shape"]}
+              for s in man["source"].get("inputs") or []]
     return {"dir": d, "model": man["source"]["model"], "target": man["target"]["name"],
-            "shape": shape, "runs": runs, "warmup": warmup, "threads": threads,
+            "shape": shape, "inputs": inputs, "runs": runs, "warmup": warmup, "threads": threads,
             "expected_ms": exp_ms, "expected_reason": exp_reason, "results": results,
             "loadavg": list(os.getloadavg()), "not_verified_here": nv}

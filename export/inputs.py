@@ -20,10 +20,74 @@ SENTENCES = (
 )
 
 
-def random_inputs(lm, batch: int, seed: int) -> tuple:
+def random_inputs(lm, batch: int, seed: int, pad: bool = False) -> tuple:
+    """Seeded random inputs at `batch` (compress.models.example_inputs: token ids below the vocabulary size,
+    attention masks of ones). `pad`: every attention mask pads its row, keeping a random 1..len-1 tokens
+    (as a tokenizer pads a batch of shorter sentences)."""
     from compress import models
 
-    return models.example_inputs(lm, (batch,) + tuple(lm.input_shape[1:]), seed=seed)
+    x = models.example_inputs(lm, (batch,) + tuple(lm.input_shape[1:]), seed=seed)
+    if not pad:
+        return x
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for name, t in zip(names(lm), x):
+        if value_kind(name, t) == "mask" and t.dim() == 2 and t.shape[1] > 1:
+            keep = torch.randint(1, t.shape[1], (t.shape[0], 1), generator=g)
+            t = (torch.arange(t.shape[1]).unsqueeze(0) < keep).to(t.dtype)
+        out.append(t)
+    return tuple(out)
+
+
+def names(lm) -> list[str]:
+    """The graph input names of the model's inputs (compress.export.onnx.input_names: its declared names, or
+    `input` for a model with one)."""
+    from compress import models
+
+    return models.input_names(lm) or ["input"]
+
+
+def value_kind(name: str, t) -> str:
+    """What the values of an input are, as the runners generate them (compress.models.input_values): normal
+    (float), mask (0/1, padded), zeros (token type ids) or ids (integers below a bound)."""
+    from compress import models
+
+    return models.input_values(name, t)
+
+
+def has_mask(lm, example: tuple) -> bool:
+    return len(example) > 1 and any(value_kind(n, t) == "mask" for n, t in zip(names(lm), example))
+
+
+def input_specs(lm, example: tuple, batch: int) -> list[dict]:
+    """The manifest's input specs: every graph input's name, shape (batch `batch`, the example's sample shape) and
+    dtype, with what its values are (`value_kind`; `high`: token ids are drawn from [0, high))."""
+    out = []
+    for name, t in zip(names(lm), example):
+        kind = value_kind(name, t)
+        spec = {"name": name, "shape": [int(batch), *t.shape[1:]],
+                "dtype": str(t.dtype).replace("torch.", ""), "values": kind}
+        if kind == "ids" and lm.vocab_size:
+            spec["high"] = int(lm.vocab_size)
+        out.append(spec)
+    return out
+
+
+def runner_args(specs: list[dict], batch: int | None = None) -> list[str]:
+    """run_ort.py / run_tvm.py options feeding these inputs (at `batch`, default the specs' own): one input
+    as --shape/--dtype/--high, several as one --input NAME:SHAPE:DTYPE[:VALUES] each."""
+    def shape(s):
+        return ",".join(str(d) for d in ([batch] if batch else s["shape"][:1]) + list(s["shape"][1:]))
+
+    if len(specs) == 1:
+        s = specs[0]
+        return (["--shape", shape(s), "--dtype", s["dtype"]]
+                + (["--high", str(s["high"])] if s["dtype"] == "int64" and s.get("high") else []))
+    out = []
+    for s in specs:
+        values = f"high={s['high']}" if s["values"] == "ids" and s.get("high") else s["values"]
+        out += ["--input", f"{s['name']}:{shape(s)}:{s['dtype']}:{values}"]
+    return out
 
 
 def real_inputs(lm, batch: int | None, n: int = 8) -> tuple[tuple | None, str]:
@@ -46,8 +110,16 @@ def real_inputs(lm, batch: int | None, n: int = 8) -> tuple[tuple | None, str]:
             return None, f"no tokenizer for {lm.spec}: {type(e).__name__}"
         seq = int(lm.input_shape[-1])
         sents = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
-        ids = tok(sents, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")["input_ids"]
-        return (ids.to(torch.int64),), f"{n} tokenised English sentences (padded/truncated to {seq} tokens)"
+        enc = tok(sents, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+        ids = enc["input_ids"].to(torch.int64)
+        if len(lm.inputs) > 1:   # token ids and their attention mask (0 on the padding)
+            feeds = {"input_ids": ids, "attention_mask": enc["attention_mask"].to(torch.int64)}
+            missing = [n for n, _, _ in lm.inputs if n not in feeds]
+            if missing:
+                return None, f"the tokenizer gives no {', '.join(missing)} for {lm.spec}"
+            return (tuple(feeds[n] for n, _, _ in lm.inputs),
+                    f"{n} tokenised English sentences (padded/truncated to {seq} tokens, attention_mask 0 on the padding)")
+        return (ids,), f"{n} tokenised English sentences (padded/truncated to {seq} tokens)"
     return None, (f"no real data source for input {lm.input_dtype} {list(sample)} "
                   "(real inputs: Fashion-MNIST for 1x28x28 images, tokenised sentences for Hugging Face text models)")
 

@@ -14,10 +14,11 @@ from typing import Any, Callable
 from compress.errors import CompressError, first_line
 from compress.export import manifest as mf
 from compress.export import sparse_cpu, sparsity
-from compress.export.inputs import torch_output
+from compress.export.inputs import input_specs, runner_args, torch_output
 from compress.export.targets import AARCH64_CXX, AARCH64_HOST, ExportConfig
 
 HERE = Path(__file__).resolve().parent
+PADDED = "attention_mask padded"   # the parity case whose every attention mask row has padding
 ORT_TOL, TVM_TOL = 1e-4, 1e-4
 
 
@@ -68,10 +69,6 @@ def _ort_parity(path: str, name: str, cases, optimized: bool) -> list[dict]:
             raise CompressError(f"onnxruntime cannot run {os.path.basename(path)}: {first_line(e)}") from None
         out.append(_check(name, what, got, ref, ORT_TOL))
     return out
-
-
-def _shape_arg(shape) -> str:
-    return ",".join(str(s) for s in shape)
 
 
 def _trt(cfg: ExportConfig, tmp: str, inputs: list, sparse: bool) -> tuple[dict, list]:
@@ -207,6 +204,9 @@ def _parity_cases(lm, model, cfg: ExportConfig) -> tuple[tuple, list[tuple], str
     if cfg.dynamic:
         x3 = inp.random_inputs(lm, 3, seed=1)
         cases.append(("random batch 3 (seed 1)", x3, torch_output(model, x3)))
+    if inp.has_mask(lm, example):   # every row padded: the mask must reach the graph and change the output
+        xp = inp.random_inputs(lm, batch, seed=2, pad=True)
+        cases.append((f"random batch {batch}, {PADDED} (seed 2)", xp, torch_output(model, xp)))
     real, real_desc = inp.real_inputs(lm, cfg.batch)
     if real is not None:
         cases.append((f"real: {real_desc}", real, torch_output(model, real)))
@@ -228,7 +228,7 @@ def _source_manifest(lm, model, model_or_dir: str, cfg: ExportConfig, command: s
         "source": {"model": lm.spec, "model_or_dir": model_or_dir, "weights_sha256": models.weights_sha256(model),
                    "source_weights_sha256": (lm.plan.source.get("sha256") if lm.plan is not None else None),
                    "input_shape": [batch, *example[0].shape[1:]], "input_dtype": lm.input_dtype,
-                   "vocab_size": lm.vocab_size},
+                   "vocab_size": lm.vocab_size, "inputs": input_specs(lm, example, batch)},
         "plans": {"prune_plan_sha256": (mf.sha256_file(os.path.join(model_or_dir, models.PLAN_FILE))
                                         if is_dir and lm.plan is not None else None),
                   "sparse_plan": plan_file, "sparse_plan_sha256": mf.sha256_file(plan_file) if plan_file else None},
@@ -238,10 +238,10 @@ def _source_manifest(lm, model, model_or_dir: str, cfg: ExportConfig, command: s
     }
 
 
-def _dtype_args(lm, shape: list) -> str:
-    """The input options of run_ort.py / run_tvm.py for `shape`."""
-    return f"--shape {_shape_arg(shape)} --dtype {lm.input_dtype}" + (
-        f" --high {lm.vocab_size}" if lm.input_dtype == "int64" and lm.vocab_size else "")
+def _dtype_args(man: dict) -> str:
+    """The input options of run_ort.py / run_tvm.py for the manifest's inputs (one: --shape, --dtype, --high;
+    several: an --input each)."""
+    return " ".join(runner_args(man["source"]["inputs"]))
 
 
 def _onnx_step(b: _Build) -> dict:
@@ -385,7 +385,8 @@ def _tensorrt_step(b: _Build) -> dict:
 
     b.log("TensorRT")
     fp16_tol = 1e-2  # model_fp16.onnx vs torch (fp32), relative to the largest output
-    inputs = bt.onnx_inputs(b.onnx_path, [tuple(t.shape[1:]) for t in b.example])
+    built = os.path.join(b.tmp, bt.INT8_ONNX) if b.cfg.dtype == "int8" else b.onnx_path  # int8: maybe fewer inputs
+    inputs = bt.onnx_inputs(built, [tuple(t.shape[1:]) for t in b.example])
     info, trt_cmds = _trt(b.cfg, b.tmp, inputs, b.has_24)
     b.commands += trt_cmds
     if info.get("reason"):
@@ -460,6 +461,41 @@ def _jetson_step(b: _Build) -> dict:
     return info
 
 
+def _check_int8_inputs(lm) -> None:
+    """A model with several inputs is quantized from its first input alone (export/quantize.py calibrates and
+    judges one-input graphs): each other input must be an attention mask (filled with ones) or token type ids
+    (zeros) shaped like the first; anything else is refused in one line."""
+    from compress import models
+    from compress.export import inputs as inp
+
+    x = models.example_inputs(lm)
+    fills = [inp.value_kind(n, t) for (n, _, _), t in zip(lm.inputs[1:], x[1:])]
+    bad = [n for (n, _, _), f, t in zip(lm.inputs[1:], fills, x[1:])
+           if f not in ("mask", "zeros") or t.shape != x[0].shape]
+    if bad:
+        raise CompressError(f"--dtype int8 quantizes a model from its first input alone; {lm.spec} also takes "
+                            f"{', '.join(bad)}, which is not an attention mask or token type ids shaped like "
+                            f"{lm.inputs[0][0]}: export it in fp32 (--dtype fp32)")
+
+
+def _first_input_only(model, name: str, fills: list[str]):
+    """`model` fed its first input alone, the others filled (attention masks with ones: every token attended;
+    token type ids with zeros): what --dtype int8 quantizes for a model with several inputs."""
+    import torch
+    from torch import nn
+
+    class FirstInputOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.compress_inputs = ((name, (), ""),)   # the ONNX input keeps the first input's name
+
+        def forward(self, x):
+            return self.model(x, *[torch.ones_like(x) if f == "mask" else torch.zeros_like(x) for f in fills])
+
+    return FirstInputOnly().eval()
+
+
 def _int8_step(b: _Build) -> dict:
     """--dtype int8: model.int8.onnx (ONNX QDQ: post-training static quantization of model.onnx on --calib,
     compress.export.quantize), judged against model.onnx by task metric (top-1 agreement, or cosine); on --target
@@ -468,25 +504,46 @@ def _int8_step(b: _Build) -> dict:
     from compress.export import quantize as q
 
     src = b.man["source"]
-    lm = models.LoadedModel(b.model, src["model"], "hf" if src["model"].startswith("hf:") else "other",
+    model, example, cases, fp32_path, specs = b.model, b.example, b.cases, b.onnx_path, src["inputs"]
+    work = None
+    if len(b.example) > 1:   # quantize.py feeds one input: the model on its first, the others filled
+        import tempfile
+
+        first = specs[0]["name"]
+        fills = [s["values"] for s in specs[1:]]
+        model, example, specs = _first_input_only(b.model, first, fills), b.example[:1], specs[:1]
+        cases = [(what, x[:1], ref) for what, x, ref in b.cases if PADDED not in what]
+        work = tempfile.TemporaryDirectory()
+        fp32_path = os.path.join(work.name, "model.first_input.onnx")
+        export_model_onnx(model, example, fp32_path, b.cfg)
+        b.not_verified.append(f"{q.INT8_FILE}: takes {first} alone ({', '.join(s['name'] for s in src['inputs'][1:])} "
+                              "filled in the graph: every token attended, no padding); export/quantize.py calibrates "
+                              "one-input graphs. Feed it unpadded sequences, or deploy model.onnx (fp32) for padded batches")
+    lm = models.LoadedModel(model, src["model"], "hf" if src["model"].startswith("hf:") else "other",
                             tuple(src["input_shape"]), src["input_dtype"], src["vocab_size"])
     text = lm.input_dtype == "int64"
-    dataset = None if text else q.dataset_of(b.model, lm.spec)
-    cal = q.calibration(b.cfg.calib, lm, b.example, dataset, b.cfg.batch)
+    dataset = None if text else q.dataset_of(model, lm.spec)
+    cal = q.calibration(b.cfg.calib, lm, example, dataset, b.cfg.batch)
     path = os.path.join(b.tmp, q.INT8_FILE)
-    info = q.build_int8(b.onnx_path, path, cal, q.parse_method(b.cfg.calib_method), dataset, b.sample_shape,
-                        b.cfg.batch, b.cfg.target, text, b.log)
-    b.log("int8 vs fp32 (task metric)")
-    info["parity"] = p = q.check(path, b.onnx_path, b.cases, dataset, b.sample_shape, b.cfg.batch, lm)
+    try:
+        info = q.build_int8(fp32_path, path, cal, q.parse_method(b.cfg.calib_method), dataset, b.sample_shape,
+                            b.cfg.batch, b.cfg.target, text, b.log)
+        b.log("int8 vs fp32 (task metric)")
+        info["parity"] = p = q.check(path, fp32_path, cases, dataset, b.sample_shape, b.cfg.batch, lm)
+    finally:
+        if work is not None:
+            work.cleanup()
+    info["inputs"] = [s["name"] for s in specs]
+    int8_args = " ".join(runner_args(specs))
     b.checks.append({"runtime": f"onnxruntime int8 ({q.INT8_FILE}) vs fp32 (model.onnx)", "inputs": p["inputs"],
                      "ok": p["ok"], "metric": p["metric"], "value": p["value"], "threshold": p["threshold"]})
     for why in (cal.warning, p.get("note")):
         if why:
             b.not_verified.append(f"{q.INT8_FILE}: {why}")
     if b.cfg.target == "cpu":
-        b.bench.append({"runtime": "onnxruntime int8 (QDQ)", "argv": ["run_ort.py", q.INT8_FILE] + shlex.split(b.dtype_args)})
+        b.bench.append({"runtime": "onnxruntime int8 (QDQ)", "argv": ["run_ort.py", q.INT8_FILE] + shlex.split(int8_args)})
         b.commands.append({"what": "run and time the int8 model with onnxruntime",
-                           "command": f"python3 run_ort.py {q.INT8_FILE} {b.dtype_args}", "needs": "onnxruntime, numpy"})
+                           "command": f"python3 run_ort.py {q.INT8_FILE} {int8_args}", "needs": "onnxruntime, numpy"})
     return info
 
 
@@ -546,14 +603,11 @@ def export(model_or_dir: str, cfg: ExportConfig, out: str, *, weights: str | Non
     cfg.validate()
     log("loading")
     lm = models.load(model_or_dir, weights)
-    if len(lm.inputs) > 1:   # the runners (run_ort.py, run_tvm.py), TensorRT profiles and the manifest feed one input
-        raise CompressError(f"{lm.spec} takes {len(lm.inputs)} inputs "
-                            f"({', '.join(models.input_names(lm))}); the artifact's runners and manifest feed one "
-                            "input tensor. `compress prune` writes model.onnx with every input (checked in "
-                            "onnxruntime); for an artifact, export a wrapper whose forward takes one tensor")
     if input_shape:
         lm.input_shape = tuple(input_shape)
     model = lm.model.eval()
+    if cfg.dtype == "int8" and len(lm.inputs) > 1:
+        _check_int8_inputs(lm)                         # a model int8 cannot quantize: refused before writing
     plan_file, formats = _layer_formats(model, model_or_dir, sparse_plan)
     example, cases, real_desc = _parity_cases(lm, model, cfg)
     sample_shape = tuple(example[0].shape[1:])
@@ -563,8 +617,7 @@ def export(model_or_dir: str, cfg: ExportConfig, out: str, *, weights: str | Non
     elif cfg.target == "jetson":
         man["runs_dense"] = sparse_cpu.check_jetson(formats, cfg.dense_fallback)
     with atomic_dir(out) as tmp:
-        b = _Build(cfg, model, tmp, example, cases, formats, sample_shape,
-                   _dtype_args(lm, [cfg.batch or 1, *sample_shape]), man, log)
+        b = _Build(cfg, model, tmp, example, cases, formats, sample_shape, _dtype_args(man), man, log)
         _runtime_steps(b)
         _write_manifest(b, command)
     return man

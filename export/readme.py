@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 
+_VALUES = {"normal": "float values", "mask": "attention mask: 1 for a token, 0 for padding",
+           "zeros": "token type ids (0 for a single sentence)"}
+
+
 def render(manifest: dict) -> str:
     t = manifest["target"]
     lines = [f"# {manifest['source']['model']} exported for {t['name']}"
              + (f" ({t['device']})" if t.get("device") else ""), "",
              f"Written by `{manifest['command']}`.", "",
-             "## Files", ""]
+             "## Inputs", ""]
+    dyn = t.get("batch") == "dynamic"
+    for spec in manifest["source"].get("inputs") or []:
+        lines.append(f"- `{spec['name']}`: {spec['dtype']} {spec['shape']}" + (" (dynamic batch)" if dyn else "")
+                     + (f", {_VALUES[spec['values']]}" if spec["values"] != "ids" else
+                        f", token ids in [0, {spec['high']})" if spec.get("high") else ", token ids"))
+    lines += ["", "## Files", ""]
     for name, f in manifest["files"].items():
         lines.append(f"- `{name}` ({f['bytes']:,} bytes, sha256 `{f['sha256'][:16]}...`)")
     lines += ["", "## On the device", ""]

@@ -4,6 +4,9 @@ random inputs, warm-up, then the median of N runs; prints one JSON line. Needs o
 
     python3 run_ort.py model.ort.onnx --shape 1,3,224,224 --runs 50
     python3 run_ort.py model.bsr.onnx --bsr-kernel --shape 1,128 --dtype int64   (block-sparse layers)
+    python3 run_ort.py model.ort.onnx --input input_ids:1,16:int64:high=30522 --input attention_mask:1,16:int64:mask
+      (a model with several inputs: one --input NAME:SHAPE:DTYPE[:VALUES] each; VALUES high=N (integers in
+       [0, N)), mask (each row 1s then 0s: padding), zeros, normal (float))
 """
 
 import argparse
@@ -12,11 +15,50 @@ import statistics
 import sys
 import time
 
+VALUES = ("normal", "mask", "zeros")
+
+
+def parse_input(text):
+    """NAME:SHAPE:DTYPE[:VALUES] -> (name, shape, dtype, values); values 'high=N', mask, zeros or normal."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or not parts[0]:
+        raise argparse.ArgumentTypeError(f"--input {text!r}: use NAME:SHAPE:DTYPE[:VALUES], "
+                                         "e.g. input_ids:1,16:int64:high=30522 or attention_mask:1,16:int64:mask")
+    name, shape, dtype = parts[:3]
+    values = parts[3] if len(parts) == 4 else ("normal" if dtype == "float32" else "high=1000")
+    try:
+        dims = [int(s) for s in shape.split(",")]
+        ok = dtype in ("float32", "int64") and min(dims) > 0 and (
+            values in VALUES or (values.startswith("high=") and int(values[5:]) > 0))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"--input {text!r}: SHAPE positive integers, DTYPE float32 or int64, "
+                                         f"VALUES high=N, {', '.join(VALUES)}")
+    return name, dims, dtype, values
+
+
+def make_input(rng, shape, dtype, values):
+    """Random values for one input: token ids below N, a padded 0/1 mask (row i keeps its first 1..len tokens),
+    zeros, or standard normal floats."""
+    import numpy as np
+
+    if values == "mask":
+        keep = rng.integers(1, shape[-1] + 1, size=tuple(shape[:-1]) + (1,))
+        return (np.arange(shape[-1]) < keep).astype(dtype)
+    if values == "zeros":
+        return np.zeros(shape, dtype)
+    if values.startswith("high="):
+        return rng.integers(0, int(values[5:]), shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--shape", required=True, help="input shape, e.g. 1,3,224,224")
+    ap.add_argument("--shape", help="input shape, e.g. 1,3,224,224 (a model with one input)")
+    ap.add_argument("--input", action="append", type=parse_input, default=[], metavar="NAME:SHAPE:DTYPE[:VALUES]",
+                    help="one per input of a model with several (instead of --shape/--dtype/--high)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "int64"])
     ap.add_argument("--high", type=int, default=1000, help="int64 inputs are drawn from [0, high)")
     ap.add_argument("--provider", default="CPUExecutionProvider")
@@ -27,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--runs", type=int, default=50)
     a = ap.parse_args(argv)
+    if bool(a.shape) == bool(a.input):
+        ap.error("give --shape (one input) or an --input for every input")
 
     import numpy as np
     import onnxruntime as ort
@@ -43,10 +87,23 @@ def main(argv=None):
         if a.threads:
             so.intra_op_num_threads = a.threads
     sess = ort.InferenceSession(a.model, so, providers=[a.provider])
-    shape = [int(s) for s in a.shape.split(",")]
     rng = np.random.default_rng(0)
-    x = (rng.integers(0, a.high, shape) if a.dtype == "int64" else rng.standard_normal(shape)).astype(a.dtype)
-    feeds = {sess.get_inputs()[0].name: x}
+    graph = [i.name for i in sess.get_inputs()]
+    if a.input:
+        given = [i[0] for i in a.input]
+        if sorted(given) != sorted(graph):
+            print(f"run_ort.py: {a.model} takes inputs {', '.join(graph)}; --input gave {', '.join(given)}",
+                  file=sys.stderr)
+            return 2
+        feeds = {n: make_input(rng, s, d, v) for n, s, d, v in a.input}
+        shape = a.input[0][1]
+    else:
+        if len(graph) != 1:
+            print(f"run_ort.py: {a.model} takes {len(graph)} inputs ({', '.join(graph)}): give an --input for each",
+                  file=sys.stderr)
+            return 2
+        shape = [int(s) for s in a.shape.split(",")]
+        feeds = {graph[0]: make_input(rng, shape, a.dtype, f"high={a.high}" if a.dtype == "int64" else "normal")}
     for _ in range(a.warmup):
         sess.run(None, feeds)
     times = []
@@ -56,7 +113,7 @@ def main(argv=None):
         times.append((time.perf_counter() - t0) * 1e3)
     print(json.dumps({"runtime": "onnxruntime", "provider": a.provider, "median_ms": statistics.median(times),
                       "min_ms": min(times), "max_ms": max(times), "runs": len(times), "warmup": a.warmup,
-                      "shape": shape}))
+                      "shape": shape} | ({"inputs": {n: s for n, s, _, _ in a.input}} if a.input else {})))
     return 0
 
 

@@ -192,3 +192,64 @@ def test_eval_cli_bad_text_data_exits_2(tmp_path, tiny_hf_dir, capsys):
     assert main(["eval", str(tiny_hf_dir), "--data", str(tmp_path / "missing.csv")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_hf_encoder_takes_its_attention_mask_through_prune_and_export(tmp_path, tiny_hf_dir, capsys, one_thread):
+    """issue #20: an hf: encoder takes token ids and their attention mask. `prune` keeps both as inputs of
+    model.onnx; `export --target cpu` of the pruned directory checks onnxruntime and TVM against torch on
+    padded masks (random, and the tokenizer's on real sentences), and a padded batch gives in onnxruntime what
+    it gives in torch, which is not what the same ids give unpadded."""
+    import numpy as np
+    import onnx
+
+    from compress import models
+    from compress.cli import main
+    from compress.export.onnx import ort_session
+
+    lm = models.load(str(tiny_hf_dir))
+    assert models.input_names(lm) == ["input_ids", "attention_mask"] and lm.model.mask_4d
+    out, art = tmp_path / "pruned", tmp_path / "art"
+    assert main(["prune", str(tiny_hf_dir), "--ratio", "0.5", "--round-to", "8", "--out", str(out)]) == 0
+    assert [i.name for i in onnx.load(str(out / "model.onnx")).graph.input] == ["input_ids", "attention_mask"]
+    capsys.readouterr()
+    assert main(["export", str(out), "--target", "cpu", "--out", str(art), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["ok"] and [(s["name"], s["values"]) for s in man["source"]["inputs"]] == [
+        ("input_ids", "ids"), ("attention_mask", "mask")]
+    checked = {(c["runtime"], c["inputs"].split(":")[0]) for c in man["parity"] if c["ok"]}
+    for rt in ("onnxruntime (model.ort.onnx)", "tvm (model_llvm.so)"):
+        assert {(rt, "real"), (rt, "random batch 1, attention_mask padded (seed 2)")} <= checked, checked
+    assert "attention_mask 0 on the padding" in man["real_inputs"]
+    pruned = models.load(str(out))
+    ids = torch.randint(1, 100, (3, 16), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 4:] = 0
+    got = ort_session(str(art / "model.ort.onnx")).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        want, unpadded = pruned.model(ids, mask).numpy(), pruned.model(ids).numpy()
+    err = np.abs(got - want).max()
+    assert err <= 1e-4 * np.abs(want).max() and np.abs(want - unpadded).max() > 1000 * max(err, 1e-9)
+
+
+def test_calib_npy_of_token_ids_gives_the_attention_mask(tmp_path, tiny_hf_dir):
+    """--calib FILE.npy holds one input: for an hf: encoder, token ids; its attention mask is 0 on the pad
+    token id (the config's) and 1 elsewhere. A model whose other input is not a mask is refused in one line."""
+    import numpy as np
+
+    from compress import calib, models
+    from compress.errors import CompressError
+
+    lm = models.load(str(tiny_hf_dir))
+    ids = np.random.default_rng(0).integers(1, 100, (5, 16))
+    ids[1, 6:] = ids[3, 2:] = lm.hf_config["pad_token_id"]
+    np.save(tmp_path / "ids.npy", ids)
+    batches = calib.input_batches(str(tmp_path / "ids.npy"), lm, models.example_inputs(lm), batch=2)
+    got_ids = torch.cat([b[0] for b in batches])
+    got_mask = torch.cat([b[1] for b in batches])
+    assert [len(b) for b in batches] == [2, 2, 2] and (got_ids.numpy() == ids).all()
+    assert got_mask.sum(1).tolist() == [16, 6, 16, 2, 16]
+    two = models.load("tests.export.export_models:two_float_inputs")
+    np.save(tmp_path / "x.npy", np.zeros((4, 8), np.float32))
+    with pytest.raises(CompressError, match="a .npy file holds one input, .* takes 2 \\(left, right\\)"):
+        calib.input_batches(str(tmp_path / "x.npy"), two, models.example_inputs(two))

@@ -19,7 +19,10 @@ def run(args) -> dict:
     from compress.export.bench import bench
 
     res = bench(args.dir, runs=args.runs, warmup=args.warmup, threads=args.threads, batch=args.batch)
-    lines = [f"{res['model']} ({res['target']}), input {res['shape']}, {res['runs']} runs after {res['warmup']} "
+    ins = res.get("inputs") or []
+    what = (f"input {res['shape']}" if len(ins) < 2 else
+            "inputs " + ", ".join(f"{s['name']} {s['shape']} {s['dtype']}" for s in ins))
+    lines = [f"{res['model']} ({res['target']}), {what}, {res['runs']} runs after {res['warmup']} "
              f"warm-up, each runtime in its own process:"]
     exp = res["expected_ms"]
     for r in res["results"]:

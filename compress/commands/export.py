@@ -40,6 +40,9 @@ def _summary(man: dict, out: str) -> str:
     t = man["target"]
     lines = [f"exported {man['source']['model']} for {t['name']}" + (f" ({t['device']})" if t.get("device") else "")
              + f", {t['dtype']}, batch {t['batch']} -> {out}"]
+    ins = man["source"].get("inputs") or []
+    if len(ins) > 1:
+        lines.append("inputs: " + ", ".join(f"{s['name']} {s['dtype']} {s['shape']}" for s in ins))
     for name, f in man["files"].items():
         lines.append(f"  {name:28s} {f['bytes']:>12,d} bytes  sha256 {f['sha256'][:12]}")
     for c in man["parity"]:

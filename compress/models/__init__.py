@@ -39,16 +39,80 @@ class LoadedModel:
                                     # the first one's shape and dtype also in input_shape, input_dtype
 
 
-class HFTensorOutput(nn.Module):
-    """A Hugging Face model taking token ids and returning one tensor (logits or last hidden state)."""
+HF_SEQ = 16                         # the token length hf: models are traced and exported at (--input-shape sets it)
 
-    def __init__(self, model: nn.Module) -> None:
+
+def hf_accepts_mask(model: nn.Module) -> bool:
+    """Whether a Hugging Face model's forward takes `attention_mask` (encoders and classifiers do)."""
+    import inspect
+
+    try:
+        return "attention_mask" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class HFTensorOutput(nn.Module):
+    """A Hugging Face model taking token ids, and their attention mask (1: a token, 0: padding) where the
+    model accepts one, returning one tensor (logits or last hidden state). With a mask it declares both
+    inputs (`compress_inputs`), so the exported ONNX takes both; without one every token is attended."""
+
+    def __init__(self, model: nn.Module, seq: int = HF_SEQ) -> None:
         super().__init__()
         self.model = model
+        self.mask_4d = False
+        if hf_accepts_mask(model):
+            self.compress_inputs = (("input_ids", (1, seq), "int64"), ("attention_mask", (1, seq), "int64"))
+            self.mask_4d = self._takes_4d_mask()
 
-    def forward(self, input_ids):
-        out = self.model(input_ids=input_ids)
+    @staticmethod
+    def additive_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) 1/0 -> (batch, 1, 1, seq) float: 0 where a token is, -10000 on padding (exp underflows to
+        0 in the softmax, and it stays finite in fp16, unlike the float32 minimum), as BERT's extended attention
+        mask. Its ONNX graph is a Cast, Sub and Mul that every runtime imports (TVM's frontend cannot import the
+        index arithmetic Hugging Face's mask builder traces to)."""
+        m = attention_mask[:, None, None, :].to(torch.float32)
+        return (1.0 - m) * -10000.0
+
+    @torch.no_grad()
+    def _takes_4d_mask(self) -> bool:
+        """Whether the model takes `additive_mask` as is and gives what the 1/0 mask gives (models that build
+        their masks with transformers' masking utilities pass a 4-D mask through; others reject it)."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
+            mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+            a = self._out(self.model(input_ids=ids, attention_mask=mask))
+            b = self._out(self.model(input_ids=ids, attention_mask=self.additive_mask(mask)))
+            return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+        except Exception:
+            return False
+        finally:
+            self.model.train(was)
+
+    @staticmethod
+    def _out(out):
         return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+    def forward(self, input_ids, attention_mask=None):
+        if attention_mask is None:
+            return self._out(self.model(input_ids=input_ids))
+        if self.mask_4d:
+            attention_mask = self.additive_mask(attention_mask)
+        return self._out(self.model(input_ids=input_ids, attention_mask=attention_mask))
+
+
+def _hf_loaded(model: nn.Module, spec: str, shape: tuple, cfg: dict | None, vocab: int | None = None,
+               declared: bool = True) -> "LoadedModel":
+    """The LoadedModel of an hf: model (wrapped in HFTensorOutput): token ids of `shape`, and an attention mask
+    of the same shape as a second input where the model takes one. `declared`: the shape is the model's own
+    (False for a pruned or sparsified directory, which records the shape it was built at)."""
+    shape = tuple(shape)
+    inputs = (tuple((n, shape, t) for n, _, t in model.compress_inputs) if hasattr(model, "compress_inputs")
+              else ())
+    return LoadedModel(model, spec, "hf", shape, "int64", vocab if vocab is not None else (cfg or {}).get("vocab_size"),
+                       cfg, shape_declared=declared, inputs=inputs)
 
 
 def _hf_dir(arg: str) -> Path:
@@ -108,8 +172,7 @@ def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
         except Exception as e:
             raise CompressError(f"cannot load Hugging Face model from {d}: {type(e).__name__}: {str(e)[:200]}") from None
         cfg = base.config.to_dict()
-        return LoadedModel(HFTensorOutput(base).eval(), spec, "hf", (1, 16), "int64",
-                           getattr(base.config, "vocab_size", None), cfg, shape_declared=True)
+        return _hf_loaded(HFTensorOutput(base).eval(), spec, (1, HF_SEQ), cfg, getattr(base.config, "vocab_size", None))
     if ":" in spec and not os.path.exists(spec):
         mod_name, fn_name = spec.split(":", 1)
         try:
@@ -274,8 +337,7 @@ def load_pruned(d: str) -> LoadedModel:
     if src.startswith("hf:"):
         cfg_path = os.path.join(d, HF_CONFIG_FILE)
         cfg = json.loads(Path(cfg_path).read_text())
-        lm = LoadedModel(_hf_from_config(cfg), src, "hf", tuple(plan.source["input_shape"]), "int64",
-                         cfg.get("vocab_size"), cfg)
+        lm = _hf_loaded(_hf_from_config(cfg), src, tuple(plan.source["input_shape"]), cfg, declared=False)
     else:
         lm = _build_source(src, pretrained=False)
     canonicalize(lm.model)
@@ -343,10 +405,22 @@ def input_names(lm: LoadedModel) -> list[str] | None:
     return [n for n, _, _ in lm.inputs] if len(lm.inputs) > 1 else None
 
 
+def input_values(name: str, t: torch.Tensor) -> str:
+    """What the values of a model input named `name` (example tensor `t`) are: normal (floats), mask (an attention
+    mask: 1 on a token, 0 on padding), zeros (token type ids of one sentence) or ids (integers below a bound)."""
+    if t.is_floating_point():
+        return "normal"
+    if "mask" in name:
+        return "mask"
+    return "zeros" if "token_type" in name else "ids"
+
+
 def _one_input(shape: tuple, dtype: str, high: int | None, name: str, g) -> torch.Tensor:
     if dtype == "int64":
         if "mask" in name:        # an attention mask: every position attends (a batch without padding)
             return torch.ones(shape, dtype=torch.int64)
+        if "token_type" in name:  # token type ids: one sentence
+            return torch.zeros(shape, dtype=torch.int64)
         return torch.randint(0, high or 1000, shape, generator=g)
     return torch.randn(shape, generator=g)
 
@@ -369,8 +443,7 @@ def _sparse_source(d: str, plan) -> LoadedModel:
     src = plan.source["model"]
     if src.startswith("hf:"):
         cfg = json.loads(Path(d, "config.json").read_text())
-        return LoadedModel(_hf_from_config(cfg), src, "hf", tuple(plan.source["input_shape"]),
-                                  "int64", cfg.get("vocab_size"), cfg)
+        return _hf_loaded(_hf_from_config(cfg), src, tuple(plan.source["input_shape"]), cfg, declared=False)
     return _build_source(src, pretrained=False)
 
 

@@ -92,3 +92,54 @@ def test_dict_output_model_exports_its_primary_output(tmp_path, capsys):
                  "--out", str(out), "--json"]) == 0
     man = json.loads(capsys.readouterr().out)
     assert man["ok"] and man["onnx"]["output"] == {"name": "output", "from": "dict (out, aux): 'out'"}
+
+
+def test_export_cpu_model_with_two_inputs(tmp_path, capsys):
+    """issue #20: a model declaring two inputs (compress_inputs) exports for cpu with both in model.onnx, the
+    manifest and README listing each, onnxruntime and TVM checked against torch on every case, the runners fed
+    one --input per input; the GPU scripts give TensorRT every input's shapes."""
+    import onnx
+
+    out = tmp_path / "art"
+    assert main(["export", M + "two_float_inputs", "--target", "cpu", "--out", str(out), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["ok"], man["parity"]
+    assert man["source"]["inputs"] == [{"name": "left", "shape": [1, 8], "dtype": "float32", "values": "normal"},
+                                       {"name": "right", "shape": [1, 4], "dtype": "float32", "values": "normal"}]
+    g = onnx.load(str(out / "model.onnx")).graph
+    assert [i.name for i in g.input] == ["left", "right"]
+    runtimes = {c["runtime"] for c in man["parity"] if c["ok"] and c["inputs"].startswith("random batch 3")}
+    assert runtimes == {"onnxruntime (model.onnx)", "onnxruntime (model.ort.onnx)", "tvm (model_llvm.so)"}
+    args = "--input left:1,8:float32:normal --input right:1,4:float32:normal"
+    assert [c["command"].endswith(args) for c in man["commands"][1:]] == [True, True]
+    readme = (out / "README.md").read_text()
+    assert "- `left`: float32 [1, 8] (dynamic batch), float values" in readme and args in readme
+    gpu = tmp_path / "gpu"
+    assert main(["export", M + "two_float_inputs", "--target", "gpu", "--out", str(gpu), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["tensorrt"]["inputs"] == {"left": [8], "right": [4]}
+    assert "--minShapes=left:1x8,right:1x4 " in (gpu / "build_engine.sh").read_text()
+    assert "--shapes=left:1x8,right:1x4" in (gpu / "run_engine.sh").read_text()
+    assert man["bench"][0]["argv"][2:] == args.split()
+
+
+def test_export_two_inputs_int8_and_bad_input(tmp_path, capsys):
+    """--dtype int8 of a model with several inputs quantizes it from its first input when the others are an
+    attention mask (filled with ones, recorded); otherwise, like a shape its inputs cannot take, it is refused
+    in one line, exit 2, nothing written."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "q"
+    assert main(["export", "tests.models:bert_two_inputs", "--target", "cpu", "--dtype", "int8", "--calib",
+                 "random:16", "--runtimes", "ort", "--out", str(out), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["int8"]["inputs"] == ["input_ids"] and man["onnx"] and man["ok"]
+    assert any("model.int8.onnx: takes input_ids alone (attention_mask filled" in n for n in man["not_verified_here"])
+    int8 = next(b for b in man["bench"] if "int8" in b["runtime"])
+    assert int8["argv"][2:] == ["--shape", "1,12", "--dtype", "int64", "--high", "64"]
+    for argv, msg in [([M + "two_float_inputs", "--dtype", "int8", "--calib", "random"], "also takes right, which is"),
+                      ([M + "two_float_inputs", "--input-shape", "1,5"], "does not run on its example input")]:
+        bad = tmp_path / "bad"
+        assert main(["export", *argv, "--target", "cpu", "--out", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("compress export: error: ") and msg in err[-1], err
+        assert not bad.exists()

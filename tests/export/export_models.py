@@ -185,3 +185,22 @@ class HFStyleOutput(TupleOutput):
 def hf_style_output() -> nn.Module:
     torch.manual_seed(0)
     return HFStyleOutput().eval()
+
+
+class TwoFloatInputs(nn.Module):
+    """An MLP over two float feature vectors (issue #20: a model with several inputs, none of them token ids
+    or a mask), each of its own width."""
+
+    compress_inputs = (("left", (1, 8), "float32"), ("right", (1, 4), "float32"))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 16), nn.Linear(4, 16), nn.Linear(16, 3)
+
+    def forward(self, left, right):
+        return self.head(torch.relu(self.a(left) + self.b(right)))
+
+
+def two_float_inputs() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoFloatInputs().eval()
