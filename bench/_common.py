@@ -221,6 +221,15 @@ def summarize(meas: list[dict]) -> dict:
             "load1": [m["load1"][0] if m["load1"] else None for m in meas]}
 
 
+def error_stats(errors: list[float]) -> dict:
+    """n, median and largest |error|, mean signed error of relative errors (predicted / measured - 1)."""
+    a = sorted(abs(x) for x in errors)
+    if not a:
+        return {"n": 0}
+    return {"n": len(a), "median_abs_error": round(statistics.median(a), 4), "max_abs_error": round(a[-1], 4),
+            "mean_signed_error": round(statistics.mean(errors), 4)}
+
+
 def derived(dense: dict, lat: dict, dense_macs: int, macs: int, pairs: list | None = None) -> dict:
     """efficiency: from medians over rounds (the headline), or with `pairs` ((dense block, variant
     block) of the same round, from alternate_workers) from the median over rounds of their speedup.

@@ -515,6 +515,126 @@ def format_compare_section(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def _met(ok) -> str:
+    return "-" if ok is None else ("met" if ok else "**not met**")
+
+
+def predict_unprofiled_section(d: dict) -> list[str]:
+    """Issue #20: the shipped CPU profile on architectures it was not calibrated on (bench/predict_unprofiled.py)."""
+    p, s, prof = d["protocol"], d["summary"], d["profiles"]
+    recal = "recalibrated" in prof
+    if not any("fraction_error" in e for e in d["entries"]):
+        return ["### Latency prediction on architectures the profile was not calibrated on (`predict_unprofiled.py`)",
+                "", f"Not timed yet (`{d['command']}`)."]
+    out = ["### Latency prediction on architectures the profile was not calibrated on (`predict_unprofiled.py`)", "",
+           f"Each architecture dense and pruned as `compress prune --ratio {p['ratio']}` does it (seeded random "
+           f"weights, 3×224×224, batch {p['batch']}), predicted with the shipped profile `{prof['shipped']['path']}` "
+           f"(calibrated on {', '.join(m.split(':')[-1] for m in prof['shipped']['calibrated_on'])}; none of those "
+           "is in the table) and timed in lockstep. *fraction*: pruned over dense latency, the figure a "
+           "`--latency-budget` plan relies on; *error*: predicted / measured - 1. *fit*: which network calibration "
+           "the predictor applied: that of a calibrated model with the same layer structure (kernels, strides, "
+           "resolutions; channel counts and groups aside), else the median of the calibrated models' factors."
+           + (f" *recal.*: absolute errors against the profile recalibrated on this host (`{prof['recalibrated']['path']}`)."
+              if recal else ""), "",
+           "| model | MAC red. | pred. dense ms | meas. dense ms | pred. fraction | meas. fraction | fraction error "
+           "| abs. error dense | abs. error pruned |" + (" recal. dense | recal. pruned |" if recal else "") + " fit |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if recal else "") + "---|"]
+    for e in d["entries"]:
+        if "fraction_error" not in e:
+            continue
+        r = e.get("recalibrated") or {}
+        ra = r.get("absolute_error", {})
+        out.append(f"| {e['model']} | {e['mac_reduction']:.2f} | {e['predicted_ms']['dense']:.1f} | "
+                   f"{e['measured_ms']['dense']:.1f} | {e['predicted_fraction']:.3f} | {e['measured_fraction']:.3f} | "
+                   f"{_pct(e['fraction_error'])} | {_pct(e['absolute_error']['dense'])} | "
+                   f"{_pct(e['absolute_error']['pruned'])} |"
+                   + (f" {_pct(ra.get('dense'))} | {_pct(ra.get('pruned'))} |" if recal else "")
+                   + f" {e.get('fit_model') or 'median'} |")
+    out.append("")
+    for which in ("shipped", "recalibrated"):
+        x = s.get(which)
+        if not x or not x["fraction"]["n"]:
+            continue
+        b, m = s["bars"], x["met"]
+        out.append(f"{'Shipped' if which == 'shipped' else 'Recalibrated'} profile, {x['fraction']['n']} architectures: "
+                   f"fraction error median {x['fraction']['median_abs_error']:.1%} (bar {b['fraction_median_abs_error']:.0%}: "
+                   f"{_met(m['fraction_median'])}), worst {x['fraction']['max_abs_error']:.1%} (bar "
+                   f"{b['fraction_max_abs_error']:.0%}: {_met(m['fraction_worst'])}); absolute error median "
+                   f"{x['absolute']['median_abs_error']:.1%} over dense and pruned (bar {b['absolute_median_abs_error']:.0%}: "
+                   f"{_met(m['absolute_median'])}).")
+        out.append("")
+    hs = s.get("host_speed_dense_measured_over_predicted")
+    if hs:
+        out.append(f"Host speed check: measured / predicted dense latency {hs['median']:.2f} (median; "
+                   f"{hs['min']:.2f}–{hs['max']:.2f}): above 1, this host runs slower than the machine the profile "
+                   "was measured on.")
+        out.append("")
+    if d.get("skipped") or d.get("failures"):
+        out.append("; ".join(d.get("skipped", []) + [f"{f['model']}: failed ({f['stage']}): {f['error']}"
+                                                     for f in d.get("failures", [])]) + ".")
+        out.append("")
+    out.append(f"Produced by `{d['command']}` ({p['rounds']} rounds x {p['passes']} passes; "
+               f"{d['wall_seconds'] / 60:.0f} min) on {_machine(d)}.")
+    return out
+
+
+def int8_pruned_section(d: dict) -> list[str]:
+    """Issue #22: pruning on int8 (efficiency) and the int8 profile's predictions (bench/int8_pruned.py)."""
+    p, s = d["protocol"], d["summary"]
+    out = ["### Pruning on int8 (`int8_pruned.py`)", "",
+           f"Dense and pruned models quantized as `compress export --target cpu --dtype int8` does it (random:64 "
+           f"calibration, seeded random weights, 3×224×224), timed in lockstep at batch {p['batch']}; pruned with "
+           f"round_to = the int8 profile's conv step ({d['profile']['steps']['conv']['block']}). Predictions: "
+           f"`{d['profile']['path']}`."]
+    eff = s.get("efficiency")
+    if eff:
+        fp32 = any("fp32" in v for v in eff["per_model"].values())
+        out += ["", "Efficiency = (dense ms / pruned ms) / (dense MACs / pruned MACs) at ratio 0.3 (1.0: latency "
+                "falls as MACs do).", "",
+                "| model | MAC red. | dense int8 ms | u0.3 int8 ms | speedup int8 | efficiency int8 |"
+                + (" efficiency fp32 |" if fp32 else ""),
+                "|---|---:|---:|---:|---:|---:|" + ("---:|" if fp32 else "")]
+        dense = {e["model"]: e for e in d["entries"] if e["variant"] == "dense" and "measured" in e}
+        for e in d["entries"]:
+            if e["variant"] != "u0.3" or e["model"] not in eff["per_model"]:
+                continue
+            v = e["vs_dense"]
+            dm = dense.get(e["model"], {}).get("measured_int8_ms")
+            out.append(f"| {e['model']} | {v['int8']['mac_reduction']:.2f} | {_f(dm, 1)} | {e['measured_int8_ms']:.1f} | "
+                       f"{v['int8']['speedup']:.2f} | {v['int8']['efficiency']:.2f} |"
+                       + (f" {_f(v.get('fp32', {}).get('efficiency'))} |" if fp32 else ""))
+        out += ["", f"Bar (int8 efficiency >= {s['bars']['efficiency_min']} on "
+                f"{', '.join(s['bars']['efficiency_models'])}): "
+                + ("not evaluated (not all of them measured)" if eff["met"] is None else _met(eff["met"])) + "."]
+    pr = s.get("prediction")
+    if pr:
+        out += ["", "Predicted vs measured int8 latency of pruned variants (none used to fit the profile):", "",
+                "| model | variant | MACs (M) | predicted ms | measured ms | error | fraction error |",
+                "|---|---|---:|---:|---:|---:|---:|"]
+        for e in d["entries"]:
+            if "prediction_error" in e and e["model"] in p["prediction_models"] and (
+                    e["variant"] in p["prediction_variants"] or e["variant"] == "dense"):
+                out.append(f"| {e['model']} | {e['variant']} | {e['macs'] / 1e6:.0f} | {e['predicted_int8_ms']:.2f} | "
+                           f"{e['measured_int8_ms']:.2f} | {_pct(e['prediction_error'])} | "
+                           f"{_pct(e.get('fraction_error'))} |")
+        v, b, m = pr["pruned_variants"], s["bars"], pr["met"]
+        out += ["", f"{v['n']} pruned variants: median |error| {v['median_abs_error']:.1%} (bar "
+                f"{b['prediction_median_abs_error']:.0%}: {_met(m['median'])}), worst {v['max_abs_error']:.1%} (bar "
+                f"{b['prediction_max_abs_error']:.0%}: {_met(m['worst'])}); at least {b['prediction_min_variants']} "
+                f"variants: {_met(m['variants'])}."]
+    if not eff and not pr:
+        out += ["", "Not timed yet."]
+    if d.get("failures"):
+        out += ["", "Failed: " + "; ".join(d["failures"]) + "."]
+    out += ["", f"Produced by `{d['command']}` ({p['rounds']} rounds x {p['passes']} passes; "
+            f"{d['wall_seconds'] / 60:.0f} min) on {_machine(d)}."]
+    return out
+
+
 def section(results: Path = RESULTS) -> str:
     parts = ["", "Generated by `python bench/make_tables.py` from `bench/results/cpu/*.json`; "
              "see `bench/README.md`. Do not edit by hand.", ""]
@@ -522,7 +642,8 @@ def section(results: Path = RESULTS) -> str:
                       ("planner_budget.json", planner_budget_section),
                       ("depthwise_linear.json", depthwise_linear_section), ("export_zoo.json", export_zoo_section),
                       ("bsr_cpu_candidates.json", bsr_cpu_section), ("minilm_block.json", minilm_block_section),
-                      ("resnet50_block.json", resnet50_block_section)):
+                      ("resnet50_block.json", resnet50_block_section),
+                      ("predict_unprofiled.json", predict_unprofiled_section), ("int8_pruned.json", int8_pruned_section)):
         f = results / fname
         if f.is_file():
             extra = results / "planner_budget_measured.json"
