@@ -17,6 +17,10 @@ channel step 16), then refit by least squares + BatchNorm re-estimation (compres
 
     python bench/reconstruct.py                                  # every case (~30 min on a busy 2-core VM)
     python bench/reconstruct.py --cases fmnist-cnn --out /tmp/r.json
+    python bench/reconstruct.py --cases resnet50                 # re-run one case, keep the others in --out
+
+Running a subset of the cases merges into an existing --out (the other cases' results and the runs that
+made them are kept; --replace writes only this run's cases).
 """
 
 from __future__ import annotations
@@ -157,19 +161,21 @@ def resnet50_case(ratio: float, samples: int) -> dict:
     t_prune = time.perf_counter() - t0
     batches = calib.input_batches(f"random:{samples}", lm, inputs)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
+    load0 = c.loadavg()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     rep = reconstruct(lm.model, res.model, res.plan.param_keep(), batches, ReconstructConfig(), graph=res.graph)
-    t_rec = time.perf_counter() - t0
+    t_rec, cpu_rec = time.perf_counter() - t0, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"model": "torchvision:resnet50 (seeded random weights)", "ratio": ratio, "calib": f"random:{samples}",
             "input": list(inputs[0].shape[1:]), "torch_threads": torch.get_num_threads(),
             "prune_seconds": round(t_prune, 1), "reconstruct_seconds": round(t_rec, 1),
+            "reconstruct_cpu_seconds": round(cpu_rec, 1),      # process CPU time (all threads): the load-independent part
             "peak_rss_gb": round(peak / 2**20, 2), "rss_before_reconstruct_gb": round(rss0 / 2**20, 2),
             "layers_refit": rep.refit, "layers": len(rep.layers),
             "batchnorm_reestimated": sum(b["reestimated"] for b in rep.batchnorm),
             "heldout_output_error": [rep.output_error_before, rep.output_error_after], "kept": rep.kept,
             "bar": {"seconds": 120, "memory_gb": 8, "met": t_rec < 120 and peak / 2**20 < 8},
-            "loadavg_end": c.loadavg()}
+            "loadavg_start": load0, "loadavg_end": c.loadavg()}
 
 
 def main() -> None:
@@ -184,6 +190,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=4.0)
     ap.add_argument("--worker", help=argparse.SUPPRESS)          # resnet50 in a fresh process: JSON path
     ap.add_argument("--out", default=str(c.RESULTS / "reconstruct.json"))
+    ap.add_argument("--replace", action="store_true", help="write only this run's cases (default: a subset of the "
+                    "cases merges into an existing --out)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
@@ -215,8 +223,18 @@ def main() -> None:
                 results[case] = image_case(f"compress:{case}", args.ratio, args.samples, os.path.join(d, "out"))
         c.log(f"{case}: " + json.dumps({k: v for k, v in results[case].items()
                                         if k not in ("groups", "reconstruct", "notes")})[:600])
-    out["results"] = results
     out["wall_seconds"] = round(time.time() - t_start, 1)
+    old = {}
+    if not args.replace and set(args.cases) != set(CASES) and os.path.isfile(args.out):
+        old = json.loads(open(args.out).read())
+    kept = {k: v for k, v in old.get("results", {}).items() if k not in results}
+    if kept:                # the runs that produced the kept cases, then this one
+        out["runs"] = old.get("runs") or [{"command": old.get("command"), "date": old.get("date"),
+                                           "wall_seconds": old.get("wall_seconds"), "cases": list(old["results"])}]
+        out["runs"] = [r | {"cases": [k for k in r["cases"] if k in kept]} for r in out["runs"]]
+        out["runs"] = [r for r in out["runs"] if r["cases"]]
+        out["runs"].append({k: out[k] for k in ("command", "date", "wall_seconds")} | {"cases": list(results)})
+    out["results"] = {k: (results | kept)[k] for k in CASES if k in results or k in kept}
     out["loadavg_end"] = c.loadavg()
     c.write_json(c.Path(args.out), out)
     c.log(f"wrote {args.out}")

@@ -12,7 +12,8 @@ How (`reconstruct`):
   seeded), restricted to the output channels the pruned layer kept, and the dense model's output;
 - one *sequential pass*: the pruned model runs on the whole calibration set as one batch; a forward
   pre-hook on each consumer builds its input rows (im2col at the sampled positions for a conv),
-  accumulates the normal equations XᵀX, XᵀY in float64, solves the dampened system
+  accumulates the normal equations XᵀX, XᵀY (float32 products over row blocks summed in float64; all
+  float64 for small layers: FLOAT64_FLOPS), solves the dampened system in float64
   (XᵀX + λ·mean(diag XᵀX)·I) Wᵀ = XᵀY and writes the new weights before the layer runs, so every
   later layer is fit on the already-reconstructed model's activations and errors do not compound.
   A layer with a bias gets its intercept refit too; a grouped conv is solved per conv group (a
@@ -23,7 +24,10 @@ How (`reconstruct`):
   BatchNorm re-estimate) is kept only if it lowers the layer's output error on the held-out rows
   (λ is chosen among `DAMPS` by the same error). At the end, the whole model is kept only if its
   output error against the dense model on the held-out samples went down; otherwise every weight
-  is restored ("never worse than without it").
+  is restored ("never worse than without it"); a layer's held-out error is computed from its held-out
+  rows directly (‖X Wᵀ − Y‖², not from their normal equations, which cancel);
+- a 4-D image input runs every pass in channels-last (NHWC) layout when the model gives the same output
+  that way (`_layout`): oneDNN's CPU convolutions are much faster in it.
 
 `ReconstructReport.to_json()` is what summary.json records under "reconstruct".
 """
@@ -35,7 +39,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import CompressError
@@ -44,7 +47,10 @@ MIN_SAMPLES = 10
 DAMPS = (1e-3, 1e-2, 1e-1, 1.0)     # λ candidates, relative to the mean of diag(XᵀX); ridge towards the pruned weights
 DEFAULT_SAMPLES = 1024              # --reconstruct with --data and no --calib: data:1024
 MIN_GAIN = 1e-9                     # a refit must lower the held-out error by this fraction of ‖Y‖² to be kept
-FLOAT64_FLOPS = 2e10                # normal equations of up to this many multiply-adds are formed in float64
+FLOAT64_FLOPS = 2e9                 # normal equations (held-out residuals) of up to this many multiply-adds are
+                                    # formed in float64; beyond, float32 products over blocks of GRAM_STEP rows
+                                    # summed in float64
+GRAM_STEP = 2048
 
 
 @dataclass(frozen=True)
@@ -208,16 +214,20 @@ def _im2col_at(m: nn.Conv2d, x: torch.Tensor, pos: torch.Tensor, chunk: int, pad
         raise _Mismatch()
     ky = torch.arange(kh) * dh
     kx = torch.arange(kw) * dw
+    padded = (left, right, top, bottom, ph, pw) != (0,) * 6
     parts = []
     for i in range(0, n, chunk):
         xc = x[i:i + chunk]
-        if (left, right, top, bottom, ph, pw) != (0,) * 6:
-            xc = F.pad(xc, (left + pw, right + pw, top + ph, bottom + ph))
         p = pos[i:i + chunk]
-        rows = (p // Wo * sh)[..., None] + ky                            # (n, P, kh)
-        cols = (p % Wo * sw)[..., None] + kx                             # (n, P, kw)
+        rows = (p // Wo * sh)[..., None] + ky - (top + ph)               # (n, P, kh), in x's own rows
+        cols = (p % Wo * sw)[..., None] + kx - (left + pw)               # (n, P, kw)
         b = torch.arange(len(p))[:, None, None, None]
+        if padded:                # the zero padding, without a padded copy of x: clamp, then zero what is outside
+            inside = (((rows >= 0) & (rows < H))[..., :, None] & ((cols >= 0) & (cols < W))[..., None, :])
+            rows, cols = rows.clamp(0, H - 1), cols.clamp(0, W - 1)
         patch = xc[b, :, rows[..., :, None], cols[..., None, :]]         # (n, P, kh, kw, C)
+        if padded:
+            patch = torch.where(inside[..., None], patch, torch.zeros((), dtype=patch.dtype))
         parts.append(patch.permute(0, 1, 4, 2, 3).reshape(len(p), p.shape[1], -1).float())
     return torch.cat(parts, 0)
 
@@ -281,13 +291,13 @@ def _conv_chunk(m: nn.Conv2d, x: torch.Tensor, budget: float = 2e8) -> int:
 
 def _gram(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """XᵀX, XᵀY, per-group sum of Y² in float64 for X (G, R, d), Y (G, R, o), accumulated over row
-    blocks (products in float64, or in float32 for the largest layers: FLOAT64_FLOPS)."""
+    blocks (products in float64, or in float32 for all but the smallest layers: FLOAT64_FLOPS)."""
     G, R, d = X.shape
     A = torch.zeros(G, d, d, dtype=torch.float64)
     B = torch.zeros(G, d, Y.shape[2], dtype=torch.float64)
     yy = torch.zeros(G, dtype=torch.float64)
     wide = G * R * d * (d + Y.shape[2]) > FLOAT64_FLOPS   # products in float32 beyond this, summed in float64
-    step = 4096
+    step = GRAM_STEP
     for i in range(0, R, step):
         x, y = X[:, i:i + step], Y[:, i:i + step]
         if not wide:
@@ -298,10 +308,20 @@ def _gram(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return A, B, yy
 
 
-def _sq_error(Wt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-    """Σ ||X Wt - Y||² per group from the normal equations (Wt: (G, d, o))."""
-    quad = (Wt * torch.bmm(A, Wt)).sum((1, 2))
-    return (quad - 2 * (Wt * B).sum((1, 2)) + yy).clamp(min=0)
+def _residual_error(X: torch.Tensor, Y: torch.Tensor, Wts: list[torch.Tensor]) -> list[float]:
+    """Σ ||X Wt - Y||² for each Wt (G, d, o) of `Wts`, from the rows themselves (X (G, R, d), Y (G, R, o)):
+    products in float64 for small layers, else float32 over row blocks, squares summed in float64."""
+    G, R, d = X.shape
+    o = Y.shape[2]
+    exact = G * R * d * o * len(Wts) <= FLOAT64_FLOPS
+    dt = torch.float64 if exact else torch.float32
+    W = [w.to(dt) for w in Wts]
+    out = [0.0] * len(Wts)
+    for i in range(0, R, GRAM_STEP):
+        x, y = X[:, i:i + GRAM_STEP].to(dt), Y[:, i:i + GRAM_STEP].to(dt)
+        for j, w in enumerate(W):
+            out[j] += float((torch.bmm(x, w) - y).double().pow(2).sum())
+    return out
 
 
 def solve(A: torch.Tensor, B: torch.Tensor, damp: float, free: int | None = None,
@@ -355,6 +375,31 @@ def _flat(out) -> list[torch.Tensor]:
     return flat(out)
 
 
+def _nhwc(t):
+    return t.contiguous(memory_format=torch.channels_last) if (
+        isinstance(t, torch.Tensor) and t.dim() == 4 and t.is_floating_point()) else t
+
+
+@torch.no_grad()
+def _layout(model: nn.Module, inputs: tuple):
+    """How to lay out the model's inputs for the passes: channels-last for 4-D image inputs (the whole
+    network then runs in NHWC, which oneDNN's CPU convolutions run much faster than NCHW) where the model
+    takes it and computes the same thing on two samples (a forward that .view()s an activation may not);
+    else as given. Returns a function of one input tensor."""
+    if not any(_nhwc(t) is not t for t in inputs):
+        return lambda t: t
+    probe = tuple(t[:2] for t in inputs)
+    try:
+        a = _flat(model(*probe))
+        b = _flat(model(*(_nhwc(t) for t in probe)))
+    except Exception:           # noqa: BLE001 - any failure in NHWC: run as given
+        return lambda t: t
+    same = len(a) == len(b) and all(
+        u.shape == v.shape and (float((u.double() - v.double()).abs().max()) <= 1e-3 * (float(u.abs().max()) or 1.0)
+                                if u.is_floating_point() else torch.equal(u, v)) for u, v in zip(a, b))
+    return _nhwc if same else (lambda t: t)
+
+
 def _output_error(outs: list[list[torch.Tensor]], ref: list[list[torch.Tensor]]) -> tuple[float, float | None]:
     """Relative squared error Σ||o - r||² / Σ||r||² over every output, and top-1 agreement of 2-D outputs."""
     num = den = 0.0
@@ -383,8 +428,15 @@ def _accumulate_stats(layer: _Layer, x: torch.Tensor, rows: torch.Tensor | None 
     """Add a BatchNorm input's per-channel sum, sum of squares and count (float64) to `layer.stats`,
     over the samples `rows` (bool mask; None: all) and the channels `keep` (None: all)."""
     n, C = x.shape[:2]
-    per = x.reshape(n, C, -1)
-    s1, s2 = per.sum(2), (per * per).sum(2)                  # (n, C): float32 within one sample
+    per = x.reshape(n, C, -1)                                 # a view (NCHW or NHWC)
+    s1 = per.sum(2)                                           # (n, C): float32 within one sample
+    s2 = torch.empty_like(s1)
+    step = max(1, (1 << 20) // max(per[0].numel(), 1))       # squares of a few samples at a time, in cache
+    buf = torch.empty_like(per[:step])
+    for i in range(0, n, step):
+        q = buf[:min(step, n - i)]
+        torch.mul(per[i:i + step], per[i:i + step], out=q)
+        s2[i:i + step] = q.sum(2)
     if rows is not None:
         s1, s2 = s1[rows], s2[rows]
     if keep is not None:
@@ -404,7 +456,7 @@ def _moments(stats) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 @torch.no_grad()
 def _dense_pass(dense: nn.Module, layers: dict[str, _Layer], inputs: tuple, check: torch.Tensor,
-                cfg: ReconstructConfig) -> list[list[torch.Tensor]]:
+                cfg: ReconstructConfig, fmt=lambda t: t) -> list[list[torch.Tensor]]:
     """Record the dense outputs of every layer at sampled positions (and the input statistics of every
     BatchNorm over the fit samples); the dense model's output on the held-out samples."""
     N = inputs[0].shape[0]
@@ -449,7 +501,7 @@ def _dense_pass(dense: nn.Module, layers: dict[str, _Layer], inputs: tuple, chec
     try:
         for i in range(0, N, cfg.chunk):
             state["i0"], state["first"] = i, i == 0
-            o = _flat(dense(*(t[i:i + cfg.chunk] for t in inputs)))
+            o = _flat(dense(*(fmt(t[i:i + cfg.chunk]) for t in inputs)))
             if i == 0:
                 for layer in layers.values():
                     if layer.calls != 1 and not layer.skip:
@@ -465,8 +517,9 @@ def _dense_pass(dense: nn.Module, layers: dict[str, _Layer], inputs: tuple, chec
 
 
 @torch.no_grad()
-def _outputs_on(model: nn.Module, inputs: tuple, idx: torch.Tensor, chunk: int) -> list[list[torch.Tensor]]:
-    sub = tuple(t[idx] for t in inputs)
+def _outputs_on(model: nn.Module, inputs: tuple, idx: torch.Tensor, chunk: int,
+                fmt=lambda t: t) -> list[list[torch.Tensor]]:
+    sub = tuple(fmt(t[idx]) for t in inputs)
     return [[t.float() for t in _flat(model(*(s[i:i + chunk] for s in sub)))]
             for i in range(0, len(idx), chunk)]
 
@@ -503,15 +556,17 @@ def _refit_layer(layer: _Layer, x: torch.Tensor, fit: torch.Tensor, check: torch
         Xc = torch.cat([Xc, torch.ones(*Xc.shape[:2], 1)], 2)
     Yf, Yc = grouped(Y, o, fit), grouped(Y, o, check)
     Af, Bf, _ = _gram(Xf, Yf)
-    Ac, Bc, yyc = _gram(Xc, Yc)
-    e0 = float(_sq_error(W0, Ac, Bc, yyc).sum())
-    den = max(float(yyc.sum()), 1e-30)
-    best = None
+    del Xf, Yf
+    den = max(float(Yc.double().pow(2).sum()), 1e-30)
+    cands = []
     for lam in cfg.damps:
         Wt = solve(Af, Bf, lam, 1 if bias is not None else None, prior=W0)
-        if not torch.isfinite(Wt).all():
-            continue
-        e = float(_sq_error(Wt, Ac, Bc, yyc).sum())
+        if torch.isfinite(Wt).all():
+            cands.append((lam, Wt))
+    errs = _residual_error(Xc, Yc, [W0] + [Wt for _, Wt in cands])     # held-out error of each, one pass
+    e0 = errs[0]
+    best = None
+    for e, (lam, Wt) in zip(errs[1:], cands):
         if best is None or e < best[0]:
             best = (e, lam, Wt)
     rec.update({"rows_fit": int(len(fit) * layer.pos.shape[1]), "rows_heldout": int(len(check) * layer.pos.shape[1]),
@@ -554,8 +609,8 @@ def _reestimate_bn(layer: _Layer, x: torch.Tensor, fit: torch.Tensor, check: tor
     rm, rv = m.running_mean.double(), m.running_var.double()
     ratio = torch.where(var_d > 1e-12, var_p / var_d.clamp(min=1e-12), torch.ones_like(var_p))
     cands = {"mean": (rm + (mu_p - mu_d), rv), "mean+var": (rm + (mu_p - mu_d), rv * ratio)}
-    xr = _as_rows(x.detach(), "conv")[check]
-    xr = torch.gather(xr, 1, layer.pos[check].unsqueeze(-1).expand(-1, -1, C)).double()
+    xf = x.detach().reshape(x.shape[0], C, -1)                          # a view, NCHW or NHWC
+    xr = xf[check[:, None], :, layer.pos[check]].double()                # (held-out, P, C)
     tgt = layer.target[check].double()
     wgt = m.weight.detach().double() if m.weight is not None else torch.ones(C, dtype=torch.float64)
     b = m.bias.detach().double() if m.bias is not None else torch.zeros(C, dtype=torch.float64)
@@ -577,7 +632,7 @@ def _reestimate_bn(layer: _Layer, x: torch.Tensor, fit: torch.Tensor, check: tor
 
 @torch.no_grad()
 def _sequential_pass(pruned: nn.Module, layers: dict[str, _Layer], inputs: tuple, fit: torch.Tensor,
-                     check: torch.Tensor, cfg: ReconstructConfig, log) -> list[list[torch.Tensor]]:
+                     check: torch.Tensor, cfg: ReconstructConfig, log, fmt=lambda t: t) -> list[list[torch.Tensor]]:
     """The pruned model on the whole calibration set at once; each layer is refit (or its statistics
     re-estimated) in a pre-hook just before it runs. Returns the model's output on the held-out samples."""
     state = {"consumer_seen": False}
@@ -607,7 +662,7 @@ def _sequential_pass(pruned: nn.Module, layers: dict[str, _Layer], inputs: tuple
     for layer in layers.values():
         handles.append(layer.module.register_forward_pre_hook(pre(layer)))
     try:
-        out = _flat(pruned(*inputs))
+        out = _flat(pruned(*(fmt(t) for t in inputs)))
     finally:
         for h in handles:
             h.remove()
@@ -708,11 +763,12 @@ def reconstruct(dense: nn.Module, pruned: nn.Module, keep: dict, batches, config
     notes = [] if found else ["nothing to refit: no Conv2d or Linear layer reads a pruned group"]
     snapshot = {k: v.detach().clone() for k, v in pruned.state_dict(keep_vars=False).items()}
     log("reconstruct: dense pass")
-    ref = _dense_pass(dense, layers, inputs, check, config)
-    before = _outputs_on(pruned, inputs, check, config.chunk)
+    fmt = _layout(dense, inputs)
+    ref = _dense_pass(dense, layers, inputs, check, config, fmt)
+    before = _outputs_on(pruned, inputs, check, config.chunk, fmt)
     e_before, a_before = _output_error(before, _regroup(ref, before))
     log("reconstruct: sequential refit")
-    after = _sequential_pass(pruned, layers, inputs, fit, check, config, log)
+    after = _sequential_pass(pruned, layers, inputs, fit, check, config, log, fmt)
     e_after, a_after = _output_error(after, _regroup(ref, after))
     kept = e_after < e_before
     if not kept:

@@ -376,3 +376,60 @@ def test_grouped_conv_with_whole_groups_removed():
     assert rec["type"] == "grouped conv 3x3 (2 groups)"
     assert rec["error_before"] < 1e-9 and not rec["refit"]          # the kept groups lost nothing: left alone
     assert rep.kept and rep.output_error_after < rep.output_error_before
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("k,stride,pad,dil", [(3, 1, 1, 1), (3, 2, 1, 1), (7, 2, 3, 1), (1, 1, 0, 1), (3, 1, 2, 2),
+                                              (5, 2, 0, 1)])
+def test_im2col_at_sampled_positions_matches_unfold(k, stride, pad, dil, nhwc):
+    """The conv's input rows at sampled output positions, zero padding included, without a padded copy."""
+    torch.manual_seed(0)
+    m = nn.Conv2d(4, 3, k, stride, pad, dil)
+    x = torch.randn(5, 4, 13, 11)
+    if nhwc:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = m(x)
+    S = y.shape[2] * y.shape[3]
+    pos = torch.rand(5, S).argsort(1)[:, :7]
+    X = R._im2col_at(m, x, pos, 2)
+    cols = torch.nn.functional.unfold(x, k, dil, pad, stride).transpose(1, 2)        # (n, S, C*k*k)
+    assert torch.equal(X, torch.gather(cols, 1, pos.unsqueeze(-1).expand(-1, -1, cols.shape[2])))
+
+
+class ViewsActivation(nn.Module):
+    """Its forward .view()s a conv output: that works on NCHW only, so the passes keep the given layout."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c2(torch.relu(self.c1(x)))
+        return y.view(y.shape[0], -1)
+
+
+def test_channels_last_passes_match_the_given_layout(monkeypatch):
+    """Image inputs run the passes in NHWC where the model takes it: the refit is what NCHW gives, up
+    to float rounding; a model that cannot take NHWC runs as given."""
+    assert R._layout(ViewsActivation().eval(), (torch.randn(4, 3, 8, 8),)) is not R._nhwc
+    model = _tiny_cnn()
+    assert R._layout(model.eval(), (torch.randn(4, 3, 32, 32),)) is R._nhwc
+    states, reps = [], []
+    for layout in (R._layout, lambda model, inputs: (lambda t: t)):
+        monkeypatch.setattr(R, "_layout", layout)
+        res = prune(model, (torch.randn(2, 3, 32, 32),), PruneConfig(ratio=0.5), 1, {"model": "t"})
+        reps.append(R.reconstruct(model, res.model, res.plan.param_keep(), _batches((3, 32, 32), n=40)))
+        states.append(res.model.state_dict())
+    assert [r["refit"] for r in reps[0].layers] == [r["refit"] for r in reps[1].layers]
+    assert reps[0].output_error_after == pytest.approx(reps[1].output_error_after, rel=1e-3)
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            assert torch.allclose(v, states[1][k], rtol=1e-3, atol=1e-4), k
+    dense = ViewsActivation().eval()
+    keep = {"c1.weight": {0: [0, 1, 2, 3, 4, 5]}, "c1.bias": {0: [0, 1, 2, 3, 4, 5]}, "c2.weight": {1: [0, 1, 2, 3, 4, 5]}}
+    pruned = apply_keep(copy.deepcopy(dense), keep).eval()
+    monkeypatch.undo()
+    rep = R.reconstruct(dense, pruned, keep, _batches((3, 8, 8), n=40))
+    assert rep.kept and rep.layers[0]["refit"]
