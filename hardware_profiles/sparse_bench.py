@@ -143,12 +143,14 @@ CONTEXT_BLOCK = 32
 CONTEXT_DENSITIES = (0.5, 0.3)
 CONTEXT_NOTE = ("the one-op timings above miss what a sparse 1x1 conv costs inside a CNN: onnxruntime runs dense "
                 "convs in MLAS's blocked NCHWc layout, fused with their Add / ReLU, and the kernel's NHWC op breaks "
-                "that chain (layout reorders, transposes, unfused element-wise ops, all memory passes). Measured: "
+                "that chain (likely parts: layout reorders, transposes, unfused element-wise ops). Measured: "
                 "the whole model dense vs with every eligible 1x1 conv through the kernel (block {block}, random "
-                "blocks at each density), both exported and timed in lockstep (compress.measure); the part of the "
-                "measured difference that the one-op factors do not predict, brought to the profile's speed (the "
-                "dense model measured / predicted) and divided by the layers' activation elements (input + output), "
-                "is `ms_per_melem`: the predictor adds it per million elements to every sparse 1x1 conv on this profile")
+                "blocks), the half of those convs with the smaller activations, and the other half, all exported and "
+                "timed in lockstep (compress.measure); the part of each measured difference that the one-op factors "
+                "do not predict, brought to the profile's speed (the dense model measured / predicted), is fitted as "
+                "`ms_per_layer` + `ms_per_melem` x the layers' activation elements (input + output, millions) on the "
+                "two halves and checked on the whole set (`fitted_ms` vs `unexplained_ms`): the predictor adds that "
+                "to every sparse 1x1 conv on this profile")
 
 
 def conv1x1_layers(layers, block: int = CONTEXT_BLOCK) -> list:
@@ -186,12 +188,33 @@ def _sparse_copy(model, names: list[str], block: int, density: float, seed: int)
     return out
 
 
+def _fit_two(u: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """(ms per layer, ms per million elements) >= 0 explaining unexplained ms `x` of subsets (layers, melems, x):
+    least squares through the origin; a negative coefficient is dropped and the other refitted alone."""
+    import numpy as np
+
+    a = np.array([[n, e] for n, e, _ in u], dtype=float)
+    y = np.array([x for _, _, x in u], dtype=float)
+    c, *_ = np.linalg.lstsq(a, y, rcond=None)
+    if c[0] >= 0 and c[1] >= 0:
+        return float(c[0]), float(c[1])
+    per_layer = max(0.0, float(a[:, 0] @ y / max(a[:, 0] @ a[:, 0], 1e-12)))
+    per_elem = max(0.0, float(a[:, 1] @ y / max(a[:, 1] @ a[:, 1], 1e-12)))
+    # the one-parameter fit with the smaller residual
+    r0 = float(((a[:, 0] * per_layer - y) ** 2).sum())
+    r1 = float(((a[:, 1] * per_elem - y) ** 2).sum())
+    return (per_layer, 0.0) if r0 <= r1 else (0.0, per_elem)
+
+
 def conv_context(spec: str, model, example: tuple, layers, p, rounds: int = 3, passes: int = 2,
                  threads: int = 0) -> dict | None:
     """The in-network cost of running `model`'s eligible 1x1 convs through the kernel (CONTEXT_NOTE), on the
     profile `p` (a predictor.DeviceProfile without a context rate: its dense tables and sparse entries price the
     part the one-op timings predict). `example`: the model's input at the profile's batch; `layers`: its layers.
-    None when the model has no eligible 1x1 conv."""
+    Timed in lockstep with the dense model: the layers with the larger activations sparse, those with the smaller
+    ones sparse (density CONTEXT_DENSITIES[0]), and all of them (each density): the cost the one-op factors do not
+    explain is fitted as ms per layer + ms per million activation elements on the two halves, and checked on
+    the whole set. None when the model has no eligible 1x1 conv."""
     import shutil
     import statistics
     import tempfile
@@ -207,34 +230,45 @@ def conv_context(spec: str, model, example: tuple, layers, p, rounds: int = 3, p
     if not convs:
         return None
     batch = int(p.batch)
-    names = [s.module for s in convs]
     fit = p.fit(layers)
     pred_dense = p.total_ms(layers, fit)
-    elems = sum(melems(s, batch) for s in convs)
+    by_size = sorted(convs, key=lambda s: (melems(s, batch), s.module))
+    half = len(by_size) // 2
+    subsets = {"all": convs}
+    if half:
+        subsets |= {"small": by_size[:half], "large": by_size[half:]}
+    cases = [(k, CONTEXT_DENSITIES[0]) for k in subsets if k != "all"] + [("all", d) for d in CONTEXT_DENSITIES]
     lib = bsr_cpu.cached_library()
-    points = []
     with tempfile.TemporaryDirectory(prefix="compress-ctx-") as tmp:
         dense_path = Path(tmp) / "dense.onnx"
         export_onnx(model, example, str(dense_path), dynamic_batch=False)
         jobs = [("dense", str(dense_path), batch)]
-        for i, dens in enumerate(CONTEXT_DENSITIES):
-            d = Path(tmp) / f"d{i}"
+        for i, (k, dens) in enumerate(cases):
+            names = [s.module for s in subsets[k]]
+            d = Path(tmp) / f"c{i}"
             d.mkdir()
             shutil.copyfile(lib, d / rt.LIB_NAME)
             export_bsr(_sparse_copy(model, names, CONTEXT_BLOCK, dens, seed=i), {n: CONTEXT_BLOCK for n in names},
                        example, str(d / "model.bsr.onnx"), dynamic_batch=False)
-            jobs.append((dens, str(d / "model.bsr.onnx"), batch))
+            jobs.append((f"{k}@{dens}", str(d / "model.bsr.onnx"), batch))
         got = block_ms(jobs, Block(runs=5, min_seconds=0.3, warmup=3, threads=threads), rounds, passes)
     dense_ms = statistics.median(got["dense"])
     scale = dense_ms / pred_dense
-    for dens in CONTEXT_DENSITIES:
-        sparse_ms = statistics.median(got[dens])
-        pred_sparse = p.total_ms(layers, fit, sparse={n: (CONTEXT_BLOCK, dens) for n in names})
-        unexplained = (sparse_ms - dense_ms) / scale - (pred_sparse - pred_dense)
-        points.append({"density": dens, "measured_ms": round(sparse_ms, 4),
+    points = []
+    for k, dens in cases:
+        sub = subsets[k]
+        sparse_ms = statistics.median(got[f"{k}@{dens}"])
+        pred_sparse = p.total_ms(layers, fit, sparse={s.module: (CONTEXT_BLOCK, dens) for s in sub})
+        points.append({"layers": k, "n": len(sub), "melems": round(sum(melems(s, batch) for s in sub), 4),
+                       "density": dens, "measured_ms": round(sparse_ms, 4),
                        "predicted_ms_one_op": round(pred_sparse * scale, 4),
-                       "ms_per_melem": round(unexplained / elems, 6)})
-    return {"model": spec, "layers": len(convs), "block": CONTEXT_BLOCK, "activation_melems": round(elems, 4),
+                       "unexplained_ms": round((sparse_ms - dense_ms) / scale - (pred_sparse - pred_dense), 4)})
+    fitted = [pt for pt in points if pt["layers"] != "all"] or points
+    per_layer, per_elem = _fit_two([(pt["n"], pt["melems"], pt["unexplained_ms"]) for pt in fitted])
+    for pt in points:
+        pt["fitted_ms"] = round(per_layer * pt["n"] + per_elem * pt["melems"], 4)
+    return {"model": spec, "layers": len(convs), "block": CONTEXT_BLOCK,
+            "activation_melems": round(sum(melems(s, batch) for s in convs), 4),
             "dense_measured_ms": round(dense_ms, 4), "dense_predicted_ms": round(pred_dense, 4),
             "speed_scale": round(scale, 4), "points": points, "rounds": rounds, "passes": passes,
-            "ms_per_melem": round(max(0.0, statistics.median(pt["ms_per_melem"] for pt in points)), 6)}
+            "ms_per_layer": round(per_layer, 6), "ms_per_melem": round(per_elem, 6)}

@@ -278,8 +278,9 @@ def _sparse(cfg: ProfileRun) -> dict:
             f"points" + (f"; best {best['format']} at density {best['density']}: {best['speedup_vs_dense']}x dense"
                          if best else ""))
     if ctx:
-        text += (f"; 1x1 convs in their network cost {ctx['ms_per_melem']:.4f} ms per million activation elements "
-                 f"beyond their one-op timings ({', '.join(r['model'] for r in ctx['models'])})")
+        text += (f"; a 1x1 conv through the kernel costs {ctx['ms_per_layer']:.4f} ms + {ctx['ms_per_melem']:.4f} ms "
+                 f"per million activation elements in its network beyond its one-op timing "
+                 f"({', '.join(r['model'] for r in ctx['models'])})")
     return {"text": text, "json": {"out": str(path), "sparse": table}}
 
 
@@ -306,7 +307,8 @@ def _conv_context(prof: dict, dense: dict, cfg: ProfileRun, old: dict, skip: boo
             records[spec] = r
     if not records:
         return None
-    return {"ms_per_melem": round(statistics.median(r["ms_per_melem"] for r in records.values()), 6),
+    return {"ms_per_layer": round(statistics.median(r.get("ms_per_layer", 0.0) for r in records.values()), 6),
+            "ms_per_melem": round(statistics.median(r["ms_per_melem"] for r in records.values()), 6),
             "models": list(records.values()), "note": sparse_bench.CONTEXT_NOTE.format(block=sparse_bench.CONTEXT_BLOCK)}
 
 

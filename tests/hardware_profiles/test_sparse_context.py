@@ -43,15 +43,21 @@ def test_conv_context_measures_the_eligible_1x1_convs_in_their_network():
                                   threads=1)
     assert r["layers"] == 2 and r["block"] == 32
     assert r["activation_melems"] == pytest.approx(16 * 16 * (32 + 64 + 64 + 32) / 1e6, abs=1e-4)
-    assert [p["density"] for p in r["points"]] == list(sparse_bench.CONTEXT_DENSITIES)
+    d0 = sparse_bench.CONTEXT_DENSITIES[0]
+    assert [(p["layers"], p["n"], p["density"]) for p in r["points"]] == [
+        ("small", 1, d0), ("large", 1, d0)] + [("all", 2, d) for d in sparse_bench.CONTEXT_DENSITIES]
     assert r["dense_measured_ms"] > 0 and all(p["measured_ms"] > 0 for p in r["points"])
-    assert r["ms_per_melem"] >= 0.0
+    assert r["ms_per_melem"] >= 0.0 and r["ms_per_layer"] >= 0.0
+    for p in r["points"]:                                             # the fit, written beside what it explains
+        assert p["fitted_ms"] == pytest.approx(r["ms_per_layer"] * p["n"] + r["ms_per_melem"] * p["melems"], abs=1e-3)
     json.dumps(r)                                                       # goes into the profile file as is
     # the predictor charges that rate to every sparse 1x1 conv of a network priced on the profile
-    prof["sparse"]["context"] = {"conv1x1": {"ms_per_melem": 0.5}}
+    prof["sparse"]["context"] = {"conv1x1": {"ms_per_melem": 0.5, "ms_per_layer": 0.01}}
     p = DeviceProfile(prof)
     sa = next(s for s in layers if s.module == "a")
-    assert p.sparse_context_ms(sa) == pytest.approx(0.5 * 16 * 16 * 96 / 1e6)
+    assert p.sparse_context_ms(sa) == pytest.approx(0.01 + 0.5 * 16 * 16 * 96 / 1e6)
+    assert sparse_bench._fit_two([(1, 2.0, 1.2), (1, 1.0, 0.7)]) == pytest.approx((0.2, 0.5))
+    assert sparse_bench._fit_two([(1, 2.0, -1.0), (1, 1.0, -1.0)]) == (0.0, 0.0)      # never a negative cost
     assert sparse_bench.conv_context("test:fc", nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), (torch.randn(1, 12),),
                                      extract_layers(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), (torch.randn(1, 12),)),
                                      DeviceProfile(prof)) is None      # nothing to measure
