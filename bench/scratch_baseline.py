@@ -19,6 +19,7 @@ Top-1 on the full Fashion-MNIST test split (10,000 images). One thread (as the z
     python bench/scratch_baseline.py                          # fmnist-cnn (~5-10 min on a busy 2-core VM)
     python bench/scratch_baseline.py --lite0                  # + compress:efficientnet-lite0-fmnist (slow on CPU)
     python bench/scratch_baseline.py --models efficientnet-lite0-fmnist --merge   # the Lite0 beside fmnist-cnn's result
+    python bench/scratch_baseline.py --rewind 1 --merge --lr-rewinding-only         # + LR rewinding beside weight rewinding
     python bench/scratch_baseline.py --epochs 0.2 --out /tmp/s.json   # a smoke run
 """
 
@@ -34,7 +35,7 @@ import _common as c
 
 
 def pruned_finetuned(name: str, ratio: float, epochs: float, seed: int, out_dir: str, rewind: int | None = None,
-                     steps: int = 2) -> tuple[dict, object]:
+                     steps: int = 2, lr_rewind: bool = False) -> tuple[dict, object]:
     """compress prune as a library call; (its record, the plan)."""
     from compress.accuracy.schedules import PruneSchedule
     from compress.api.accuracy import FinetuneConfig
@@ -44,8 +45,9 @@ def pruned_finetuned(name: str, ratio: float, epochs: float, seed: int, out_dir:
 
     t0 = time.perf_counter()
     run = PruneRun(ModelSpec(f"compress:{name}"), out_dir, PruneConfig(ratio=ratio, criterion="l1", seed=seed),
-                   data="fashion-mnist", finetune=FinetuneConfig(epochs=epochs, weight_rewind=rewind),
-                   schedule=PruneSchedule("iterative", steps) if rewind is not None else PruneSchedule("oneshot"))
+                   data="fashion-mnist", finetune=FinetuneConfig(epochs=epochs, weight_rewind=rewind, lr_rewind=lr_rewind),
+                   schedule=PruneSchedule("iterative", steps) if rewind is not None or lr_rewind
+                   else PruneSchedule("oneshot"))
     r = prune(run)
     s = json.loads(open(os.path.join(out_dir, "summary.json")).read())
     with open(os.path.join(out_dir, "plan.json")) as f:
@@ -57,7 +59,7 @@ def pruned_finetuned(name: str, ratio: float, epochs: float, seed: int, out_dir:
            "mac_reduction": round(s["mac_reduction"], 3),
            "accuracy_dense": s["accuracy_dense"], "accuracy_before_finetune": s.get("accuracy_pruned_before_finetune"),
            "accuracy": s["accuracy"], "finetune_epochs": epochs, "finetune_lr": ft["lr"],
-           "weight_rewind": ft.get("weight_rewind"), "finetune_history": ft["history"],
+           "weight_rewind": ft.get("weight_rewind"), "lr_rewind": ft.get("lr_rewind"), "finetune_history": ft["history"],
            "exit_code": r["code"], "wall_seconds": round(time.perf_counter() - t0, 1)}
     return rec, plan
 
@@ -132,6 +134,26 @@ def case(name: str, ratio: float, epochs: float, seeds: list[int], rewind: int |
     return out
 
 
+def lr_rewinding(name: str, ratio: float, rewind: int, steps: int, seed: int = 0) -> dict:
+    """The LR-rewinding arm beside weight rewinding (Renda et al. 2020): the same iterative steps and epochs,
+    the original LR schedule replayed from epoch `rewind`, the weights not reset."""
+    import torch
+
+    from compress.models import zoo
+
+    t_dense = float(zoo.ZOO[name]["train"]["epochs"]) - rewind
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            c.log(f"{name}: iterative {steps} steps, LR rewound to epoch {rewind}, {steps * t_dense:g} epoch(s)")
+            rec, _ = pruned_finetuned(name, ratio, steps * t_dense, seed, os.path.join(d, "l"), None, steps,
+                                      lr_rewind=True)
+    finally:
+        torch.set_num_threads(n)
+    return rec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["fmnist-cnn"], choices=["fmnist-cnn", "efficientnet-lite0-fmnist"])
@@ -143,6 +165,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="scratch runs (one per seed)")
     ap.add_argument("--rewind", type=int, help="also iterative pruning with weights rewound to this epoch")
     ap.add_argument("--steps", type=int, default=2, help="iterative steps of --rewind")
+    ap.add_argument("--lr-rewinding-only", action="store_true", help="with --rewind K and --merge: only add the "
+                    "LR-rewinding arm (same steps and epochs, weights not reset) to the models' earlier results")
     ap.add_argument("--out", default=str(c.RESULTS / "scratch_baseline.json"))
     args = ap.parse_args()
     t_start = time.time()
@@ -154,6 +178,16 @@ def main() -> None:
         old = json.loads(c.Path(args.out).read_text())
         results = {k: {"command": old.get("command"), "date": old.get("date")} | v
                    for k, v in old.get("results", {}).items() if k not in names}
+    if args.lr_rewinding_only:
+        if args.rewind is None or not args.merge or not c.Path(args.out).is_file():
+            ap.error("--lr-rewinding-only adds to an earlier --out JSON: give --rewind K and --merge")
+        old = json.loads(c.Path(args.out).read_text())
+        results = old["results"]
+        for name in names:
+            results[name]["lr_rewinding"] = lr_rewinding(name, args.ratio, args.rewind, args.steps) | {
+                "command": out["command"], "date": out["date"]}
+            c.log(f"{name}: LR rewinding {results[name]['lr_rewinding']['accuracy']:.4f}")
+        names = []
     for name in names:
         results[name] = case(name, args.ratio, args.epochs, args.seeds, args.rewind if name == "fmnist-cnn" else None,
                              args.steps)
