@@ -277,6 +277,15 @@ def compress_cli(*args) -> str:
     return p.stdout
 
 
+def lockstep_args(ap) -> None:
+    """The lockstep timing options of the benches that time ONNX files with alternate_workers."""
+    ap.add_argument("--rounds", type=int, default=4, help="round-robin rounds per pass (blocks per file)")
+    ap.add_argument("--passes", type=int, default=2, help="fresh sets of timing workers")
+    ap.add_argument("--runs", type=int, default=10, help="timed iterations per block (median)")
+    ap.add_argument("--max-seconds", type=float, default=2.5, help="per block, stop after this (at least 3 runs)")
+    ap.add_argument("--warmup", type=int, default=2)
+
+
 def distill_and_timing_args(ap) -> None:
     """The options of the MiniLM benchmarks that distil candidates and time their artifacts in lockstep."""
     ap.add_argument("--distill-sentences", type=int, default=1500)

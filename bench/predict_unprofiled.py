@@ -147,11 +147,7 @@ def main() -> None:
                     help="shipped profile name (the file for this CPU and --batch is picked) or a file")
     ap.add_argument("--recalibrated-profile", metavar="FILE",
                     help="the profile recalibrated on this host: absolute errors against it as a second column")
-    ap.add_argument("--rounds", type=int, default=4, help="round-robin rounds per pass (blocks per file)")
-    ap.add_argument("--passes", type=int, default=2, help="fresh sets of timing workers")
-    ap.add_argument("--runs", type=int, default=10, help="timed iterations per block (median)")
-    ap.add_argument("--max-seconds", type=float, default=2.5, help="per block, stop after this (at least 3 runs)")
-    ap.add_argument("--warmup", type=int, default=2)
+    c.lockstep_args(ap)
     ap.add_argument("--no-time", action="store_true", help="build, prune, predict and export only (smoke test)")
     ap.add_argument("--out", default=str(c.RESULTS / "predict_unprofiled.json"))
     a = ap.parse_args()
