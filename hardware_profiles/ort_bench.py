@@ -505,6 +505,17 @@ def network_ms(model, feeds: dict, min_runs: int, threads: int = 0, seconds: flo
     return {"wall_ms": statistics.median(ts), "node_ms": node, "nodes": len(per)}
 
 
+def quantize_file(src: str, dst: str, example_inputs) -> None:
+    """The ONNX file `src` quantized as the int8 artifact is (`quantized`), calibrated on `example_inputs`
+    (torch tensors, in the graph's input order), written to `dst` (may be `src`)."""
+    import onnx
+
+    m = onnx.load(src)
+    names = [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
+    feeds = {n: x.detach().cpu().numpy() for n, x in zip(names, example_inputs)}
+    onnx.save(quantized(m, [feeds]), dst)
+
+
 def model_ms(model, example_inputs, warmup: int, reps: int, threads: int = 0, dtype: str = "float32",
              rounds: int = 1, nodes_below_ms: float | None = None) -> dict:
     """A whole model's end-to-end latency as a user runs it: exported to ONNX (compress.export.onnx;
@@ -522,13 +533,8 @@ def model_ms(model, example_inputs, warmup: int, reps: int, threads: int = 0, dt
         export_onnx(model, example_inputs, path)
         _check_dtype(dtype)
         if dtype != "float32":
-            import onnx
-
-            m = onnx.load(path)
-            names = [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
-            feeds = {n: x.detach().cpu().numpy() for n, x in zip(names, example_inputs)}
+            quantize_file(path, os.path.join(tmp, "model.int8.onnx"), example_inputs)
             path = os.path.join(tmp, "model.int8.onnx")
-            onnx.save(quantized(m, [feeds]), path)
         shapes = ";".join(",".join(str(d) for d in x.shape) for x in example_inputs)
         best = None
         for _ in range(max(rounds, 1)):

@@ -324,11 +324,13 @@ class DeviceProfile:
         timing that `sparse_factor` reads: for a 1x1 conv, the profile's in-network `ms_per_layer` plus
         `ms_per_melem` times its activation elements (measured by `compress profile --sparse FILE --model M`,
         sparse_bench.conv_context); 0 for Linear layers, other devices, or a profile without that measurement."""
+        from compress.hardware_profiles.sparse_bench import melems
+
         if sig.op != CONV or self.data["device"]["kind"] != "cpu":
             return 0.0
         ctx = ((self.data.get("sparse") or {}).get("context") or {}).get("conv1x1") or {}
         per_layer, rate = float(ctx.get("ms_per_layer") or 0.0), float(ctx.get("ms_per_melem") or 0.0)
-        return per_layer + rate * self.batch * sig.h * sig.w * (sig.cin + sig.cout) / 1e6
+        return per_layer + rate * melems(sig, self.batch)
 
     def total_ms(self, layers, fit: "NetworkFit | None" = None, sparse: dict | None = None) -> float:
         """`sparse`: {module name: (block, density)} of block-sparse layers, each costed at its dense time

@@ -43,13 +43,9 @@ def _export(model, example_inputs: tuple, path: str, dtype: str) -> None:
 
     export_onnx(model, example_inputs, path)
     if dtype == "int8":
-        import onnx
+        from compress.hardware_profiles.ort_bench import quantize_file
 
-        from compress.hardware_profiles.ort_bench import quantized
-
-        m = onnx.load(path)
-        names = [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}]
-        onnx.save(quantized(m, [{n: x.detach().cpu().numpy() for n, x in zip(names, example_inputs)}]), path)
+        quantize_file(path, path, example_inputs)
 
 
 def refine(model, example_inputs: tuple, prep, config: PlanConfig, source: dict, batch: int,
