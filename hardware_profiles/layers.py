@@ -16,8 +16,10 @@ CONV, DWCONV, LINEAR, MATMUL = "conv", "dwconv", "linear", "matmul"
 COMPUTE_OPS = (CONV, DWCONV, LINEAR, MATMUL)
 # memory-bound kinds (LayerSig.op == "memory", LayerSig.kind one of these)
 MEMORY = "memory"
-MEMORY_KINDS = ("unary", "silu", "gelu", "binary", "broadcast", "maxpool", "avgpool", "gap", "softmax",
+MEMORY_KINDS = ("unary", "hardswish", "silu", "gelu", "binary", "broadcast", "maxpool", "avgpool", "gap", "softmax",
                 "norm", "concat", "reorder")
+# a kind that a profile measured before it existed is priced as this one (and fingerprinted as it: predictor.structure)
+KIND_FALLBACK = {"hardswish": "unary"}
 
 _FUSABLE_ACT = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_min", "sigmoid", "sigmoid_"}
 _BN = {"_native_batch_norm_legit_no_training", "batch_norm", "_native_batch_norm_legit",
@@ -29,8 +31,8 @@ _FREE = {"view", "reshape", "flatten", "_unsafe_view", "getitem", "dropout", "dr
          "split", "split_with_sizes", "chunk", "unbind", "stack", "embedding"}
 _MEMORY_OF = {
     "relu": "unary", "relu_": "unary", "hardtanh": "unary", "hardtanh_": "unary", "clamp": "unary",
-    "clamp_min": "unary", "sigmoid": "unary", "sigmoid_": "unary", "tanh": "unary", "hardswish": "unary",
-    "hardswish_": "unary", "hardsigmoid": "unary", "neg": "unary", "exp": "unary", "sqrt": "unary",
+    "clamp_min": "unary", "sigmoid": "unary", "sigmoid_": "unary", "tanh": "unary", "hardswish": "hardswish",
+    "hardswish_": "hardswish", "hardsigmoid": "unary", "neg": "unary", "exp": "unary", "sqrt": "unary",
     "rsqrt": "unary", "pow": "unary", "erf": "unary",
     "silu": "silu", "silu_": "silu", "gelu": "gelu",
     "add": "binary", "add_": "binary", "mul": "binary", "mul_": "binary", "sub": "binary", "div": "binary",

@@ -261,22 +261,39 @@ def linear_points(sig, points: list[tuple[int, int]], batch: int, warmup: int, r
 
 
 def memory_points(kind: str, sizes: list[tuple[int, int, int]], batch: int, warmup: int, reps: int,
-                  threads: int = 0, max_seconds: float = 20.0) -> dict:
-    """(c, h, w) -> kernel ms of one memory-bound op of `kind` on a [batch, c, h, w] tensor."""
-    from onnx import helper
-
+                  threads: int = 0, max_seconds: float = 20.0, dtype: str = "float32") -> dict:
+    """(c, h, w) -> kernel ms of one memory-bound op of `kind` on a [batch, c, h, w] tensor. int8: the op as the
+    int8 artifact runs it between two int8 convs (a QLinear kernel where onnxruntime has one, else
+    DequantizeLinear -> the fp32 op -> QuantizeLinear, all of it timed); see INT8_MEMORY_NOTE."""
+    _check_dtype(dtype)
     if kind == "reorder":
         return {s: _reorder(s, batch, warmup, reps, threads, max_seconds) for s in sizes}
+    m, feeds = memory_model(kind, sizes, batch, dtype)
+    return dict(zip(sizes, profile_nodes(m, feeds, len(sizes), warmup, reps, threads, max_seconds)))
+
+
+def memory_model(kind: str, sizes: list[tuple[int, int, int]], batch: int, dtype: str = "float32"):
+    """(the graph memory_points times, its feeds): one op of `kind` per size, its nodes named P<i>_ (timed)."""
+    from onnx import helper
+
+    int8 = dtype != "float32"
     rng = np.random.default_rng(0)
-    nodes, inits, inputs, feeds = [], [], [], {}
+    nodes, inits, inputs, feeds, outs = [], [], [], {}, []
     for i, (c, h, w) in enumerate(sizes):
-        xin, x, shape = f"x{i}", f"x{i}w", [batch, c, h, w]
+        xin, shape, y = f"x{i}", [batch, c, h, w], f"P{i}_y"
+        x = f"P{i}_w" if int8 else f"x{i}w"
         inputs.append((xin, shape))
         feeds[xin] = rng.standard_normal(shape, dtype=np.float32)
-        nodes.append(_warm(xin, x))
-        y = f"P{i}_y"
-        if kind == "unary":
-            nodes.append(helper.make_node("Relu", [x], [y], name=f"P{i}_op"))
+        if int8:   # an untimed 1x1 conv in front: the op reads uint8 in onnxruntime's int8 (NHWC) layout, as in a network
+            inits.append(_init(f"w{i}_k", rng.standard_normal((c, c, 1, 1), dtype=np.float32) * 0.1))
+            nodes.append(helper.make_node("Conv", [xin, f"w{i}_k"], [x], name=f"w{i}_warm"))
+        else:
+            nodes.append(_warm(xin, x))
+        if kind == "unary":     # int8: an activation with no int8 kernel (DequantizeLinear, op, QuantizeLinear)
+            nodes.append(helper.make_node("HardSigmoid" if int8 else "Relu", [x], [y], name=f"P{i}_op"))
+        elif kind == "hardswish":   # HardSwish as onnxruntime (and, for int8, quant_pre_process) inlines it
+            nodes += [helper.make_node("HardSigmoid", [x], [f"P{i}_h"], name=f"P{i}_hsig", alpha=1 / 6, beta=0.5),
+                      helper.make_node("Mul", [x, f"P{i}_h"], [y], name=f"P{i}_mul")]
         elif kind == "silu":
             nodes += [helper.make_node("Sigmoid", [x], [f"P{i}_s"], name=f"P{i}_sig"),
                       helper.make_node("Mul", [x, f"P{i}_s"], [y], name=f"P{i}_mul")]
@@ -315,8 +332,23 @@ def memory_points(kind: str, sizes: list[tuple[int, int, int]], batch: int, warm
             nodes.append(helper.make_node("Concat", [x, x], [y], name=f"P{i}_op", axis=1))
         else:
             raise ValueError(f"unknown memory kind {kind}")
-    m = _model(nodes, inputs, [f"P{i}_y" for i in range(len(sizes))], inits)
-    return dict(zip(sizes, profile_nodes(m, feeds, len(sizes), warmup, reps, threads, max_seconds)))
+        if int8:    # and one behind: the op's output is requantized where the op has no int8 kernel
+            co = 2 * c if kind == "concat" else c
+            inits.append(_init(f"c{i}_k", rng.standard_normal((co, co, 1, 1), dtype=np.float32) * 0.1))
+            nodes.append(helper.make_node("Conv", [y, f"c{i}_k"], [f"o{i}"], name=f"c{i}_cool"))
+        outs.append(f"o{i}" if int8 else y)
+    m = _model(nodes, inputs, outs, inits)
+    if int8:        # every node named for the point (P<i>_..., its glue included) is timed; the rest is not
+        m = quantized(m, [feeds], preprocess=False)
+    return m, feeds
+
+
+INT8_MEMORY_NOTE = ("int8 memory ops are timed as the int8 artifact runs them between two int8 1x1 convs (not timed; "
+                    "onnxruntime's NHWC int8 layout): QLinearAdd, "
+                    "QLinearMul, QLinearSigmoid, QLinearGlobalAveragePool, QLinearConcat and uint8 MaxPool where "
+                    "onnxruntime has an int8 kernel; DequantizeLinear, the fp32 op and QuantizeLinear where it has "
+                    "none (unary: HardSigmoid; hardswish: HardSigmoid and QLinearMul, as quant_pre_process inlines "
+                    "HardSwish)")
 
 
 def _warm(x: str, y: str):

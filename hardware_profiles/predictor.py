@@ -26,7 +26,7 @@ from pathlib import Path
 from compress import machine
 from compress.errors import CompressError
 from compress.hardware_profiles import schema
-from compress.hardware_profiles.layers import CONV, DWCONV, LINEAR, MATMUL, MEMORY, LayerSig
+from compress.hardware_profiles.layers import CONV, DWCONV, KIND_FALLBACK, LINEAR, MATMUL, MEMORY, LayerSig
 
 HERE = Path(__file__).resolve().parent
 # target (as in `compress prune --target`) -> shipped profile name
@@ -105,7 +105,7 @@ def _line(cs, ms) -> tuple:
 
 def structure(layers) -> str:
     """A fingerprint of a network's layer structure without its channel counts (pruning keeps it)."""
-    key = [(s.op, s.kind, list(s.kernel), list(s.stride), list(s.padding), s.h, s.w, s.tokens) for s in layers]
+    key = [(s.op, KIND_FALLBACK.get(s.kind, s.kind), list(s.kernel), list(s.stride), list(s.padding), s.h, s.w, s.tokens) for s in layers]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -173,17 +173,21 @@ class DeviceProfile:
         t_mem = sig.bytes(self._dtype_bytes()) * b / (self.data["peak"]["gbps"] * 1e9)
         return max(t_compute, t_mem) * 1e3
 
+    def _memory_op(self, kind: str) -> dict | None:
+        mem = self.data["memory_ops"]
+        return mem.get(kind, mem.get(KIND_FALLBACK.get(kind, kind)))
+
     def _memory_ms(self, sig: LayerSig) -> float:
-        m = self.data["memory_ops"].get(sig.kind)
+        m = self._memory_op(sig.kind)
         if m is None:
             self.fallbacks.add(table_key(sig))
             return self.roofline_ms(sig)
         n = sig.elements() * self.batch
         ms = _mem_at(m, n)
         r = self.data["memory_ops"].get("reorder")
-        if sig.kind == "broadcast" and sig.h * sig.w > 1 and r is not None:
-            # onnxruntime's blocked (NCHWc) layout has no broadcast multiply (squeeze-excitation):
-            # the tensor leaves the layout and comes back, one reorder round trip
+        if sig.kind == "broadcast" and sig.h * sig.w > 1 and r is not None and self.dtype != "int8":
+            # onnxruntime's blocked (NCHWc) fp32 layout has no broadcast multiply (squeeze-excitation):
+            # the tensor leaves the layout and comes back, one reorder round trip (int8 runs NHWC QLinearMul)
             ms += _mem_at(r, n)
         return ms
 
@@ -244,7 +248,7 @@ class DeviceProfile:
         out = []
         for sig in layers:
             key = table_key(sig)
-            if (sig.op == MEMORY and sig.kind not in self.data["memory_ops"]) or \
+            if (sig.op == MEMORY and self._memory_op(sig.kind) is None) or \
                     (sig.op != MEMORY and key not in self._tables):
                 out.append(sig)
         return out

@@ -10,10 +10,13 @@ measurement (the `context` line the predictor applies to every layer), peak comp
 one-channel-at-a-time scan around a typical conv that shows the staircase and gives the cost of
 unaligned channel counts, and (torch CPU) dense vs block-sparse Linear/1x1 timings.
 
-`ProfileConfig.dtype` "int8" (onnxruntime only) times the conv and linear tables, the staircase scan and the
-profiled models as the int8 artifact runs them (ort_bench: quantized by export/quantize.py, the QDQ ops fused
-into onnxruntime's int8 kernels) and takes the output-channel block from the scan (`out_block`) instead of
-MLAS's fp32 NCHWc block; memory-bound ops, overheads, the context chains and the peaks stay fp32 measurements.
+`ProfileConfig.dtype` "int8" (onnxruntime only) times the conv and linear tables, the staircase scan, the
+memory-bound ops and the profiled models as the int8 artifact runs them (ort_bench: quantized by export/quantize.py,
+the QDQ ops fused into onnxruntime's int8 kernels; a memory op between two int8 convs, with the dequantize /
+quantize pair it needs where onnxruntime has no int8 kernel for it) and takes the output-channel block from the
+scan (`out_block`) instead of MLAS's fp32 NCHWc block; overheads, the context chains and the peaks stay fp32
+measurements. An int8 profile whose memory ops were timed in fp32 (`stale_memory_ops`) gets them all measured
+again by `--extend`.
 
 Interrupted runs resume: finished measurements live in FILE.partial.json until FILE is written.
 """
@@ -204,9 +207,19 @@ def missing(base: dict, layers, cfg: ProfileConfig, dense_models: dict) -> tuple
     lacks (plan_tables), the memory-op kinds it lacks, and the dense models it has not calibrated."""
     have = {t["key"] for t in base["tables"]}
     tables = {k: v for k, v in plan_tables(layers, cfg).items() if k not in have}
-    kinds = sorted({s.kind for s in layers if s.op == MEMORY} - set(base.get("memory_ops") or {}))
+    kinds = {s.kind for s in layers if s.op == MEMORY}
+    if stale_memory_ops(base):      # measured the old way: every kind again
+        kinds = sorted(kinds | set(base.get("memory_ops") or {}))
+    else:
+        kinds = sorted(kinds - set(base.get("memory_ops") or {}))
     calibrated = {c["model"] for c in base.get("calibration") or []}
     return tables, kinds, {s: v for s, v in (dense_models or {}).items() if s not in calibrated}
+
+
+def stale_memory_ops(prof: dict) -> bool:
+    """An int8 profile whose memory-bound ops were timed in fp32 (before they were timed as the int8 graph runs
+    them: ort_bench.INT8_MEMORY_NOTE); `--extend` measures them all again."""
+    return prof.get("dtype") == "int8" and prof.get("memory_ops_dtype", "float32") != "int8"
 
 
 # what an extension takes from the profile it extends instead of measuring it again (see `run`)
@@ -295,7 +308,7 @@ def run(layers, cfg: ProfileConfig, out: str, name: str, progress=True, stop_aft
                 kind = e.split(":")[1]
                 v = {",".join(map(str, s)): ms for s, ms in
                      be.memory_points(kind, list(MEMORY_SIZES), cfg.batch, cfg.warmup, cfg.reps, cfg.threads,
-                                      cfg.max_seconds).items()}
+                                      cfg.max_seconds, **_dt(cfg)).items()}
             elif e.startswith("model:"):
                 _, model, xb = dense_models[e[len("model:"):]]
                 # the fastest of `rounds` fresh-process timings, as a table point keeps its fastest round
@@ -551,8 +564,12 @@ def merge_into(base: dict, new: dict) -> tuple[dict, dict]:
     keys = {t["key"] for t in out["tables"]}
     tables = [t for t in new["tables"] if t["key"] not in keys]
     out["tables"] = sorted(out["tables"] + tables, key=lambda t: t["key"])
-    kinds = sorted(set(new.get("memory_ops") or {}) - set(out["memory_ops"]))
-    out["memory_ops"] |= {k: new["memory_ops"][k] for k in kinds}
+    if stale_memory_ops(out) and new.get("memory_ops_dtype") == "int8":     # replaced whole, not merged
+        kinds = sorted(new.get("memory_ops") or {})
+        out["memory_ops"], out["memory_ops_dtype"] = dict(new["memory_ops"]), "int8"
+    else:
+        kinds = sorted(set(new.get("memory_ops") or {}) - set(out["memory_ops"]))
+        out["memory_ops"] |= {k: new["memory_ops"][k] for k in kinds}
     have = {c["model"] for c in out.get("calibration") or []}
     rows = [c for c in new.get("calibration") or [] if c["model"] not in have]
     out["calibration"] = (out.get("calibration") or []) + rows
@@ -646,9 +663,9 @@ def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str,
         "source": "measured",
         "source_detail": f"measured by `compress profile` on {dev['name']} ({dev.get('cores')} cores) with "
                          f"{cfg.runtime} {be.version()}; layers of {', '.join(cfg.models) or 'the default grid'}"
-                         + ("; int8: conv/linear tables, staircase and model timings after the int8 artifact's QDQ "
-                            "quantization (onnxruntime's fused int8 kernels); memory-bound ops, overheads, context "
-                            "and peaks in fp32" if cfg.dtype == "int8" else ""),
+                         + ("; int8: conv/linear tables, staircase, memory-bound ops and model timings after the int8 "
+                            "artifact's QDQ quantization (onnxruntime's fused int8 kernels; memory ops: "
+                            "ort_bench.INT8_MEMORY_NOTE); overheads, context and peaks in fp32" if cfg.dtype == "int8" else ""),
         "device": dev,
         "runtime": {"name": cfg.runtime, "version": be.version(),
                     "provider": ("CPUExecutionProvider, ORT_ENABLE_ALL" + (", QDQ int8 (export/quantize.py)"
@@ -676,6 +693,7 @@ def assemble(pd: dict, tables: dict, kinds: list, cfg: ProfileConfig, name: str,
         "steps": steps_from(ex.get("staircase"), cfg.runtime, cfg.dtype),
         "staircase": ex.get("staircase"),
         "memory_ops": mem,
+        "memory_ops_dtype": cfg.dtype,
         "context": context_fit(ex.get("context")),
         "tables": out_tables,
         "sparse": ex.get("sparse"),

@@ -13,6 +13,7 @@ One file describes one device + runtime + dtype + batch size:
      "steps": {op: {"block": int, "unaligned_factor": float, "note": str}},  # the staircase
      "memory_ops": {kind: {"ms": float, "ms_per_melem": float,        # t = ms + ms_per_melem * Melements (all of the batch)
                            "points"?: [[elements, ms]]}},               # measured sizes, interpolated when present
+     "memory_ops_dtype"?: "float32" | "int8",                          # int8: timed as the int8 graph runs them
      "context"?: {"a": float, "b": float, "floor": float, "pairs": [...]},  # in-network cost of a layer (see predictor)
      "tables": [{"key": str, "op": str, "cin": [int], "cout": [int], "ms": [[float]]}],   # ms[i][j]: cin[i], cout[j]
      "sparse": {"runtime": str, "note": str, "entries": [{...}]},       # optional

@@ -103,6 +103,23 @@ def test_broadcast_multiply_pays_a_layout_round_trip():
         plain + 0.003 + 0.3 * 4096 / 1e6)
     # on a 1x1 map (the excitation vector itself) there is nothing to reorder
     assert p.layer_ms(LayerSig("memory", 64, 64, kind="broadcast")) == pytest.approx(0.001 + 0.2 * 64 / 1e6)
+    # int8 runs the multiply as an NHWC QLinearMul: no layout round trip
+    assert DeviceProfile({**d, "dtype": "int8"}).layer_ms(LayerSig("memory", 64, 64, h=8, w=8, kind="broadcast")) == \
+        pytest.approx(plain)
+
+
+def test_hardswish_is_priced_as_unary_by_a_profile_that_never_measured_it():
+    from compress.hardware_profiles.predictor import structure
+
+    d = constructed()
+    d["memory_ops"]["unary"] = {"ms": 0.002, "ms_per_melem": 0.1}
+    hs, relu = (LayerSig("memory", 64, 64, h=8, w=8, kind=k) for k in ("hardswish", "unary"))
+    old = DeviceProfile(d)
+    assert old.layer_ms(hs) == pytest.approx(old.layer_ms(relu)) and not old.fell_back([hs])
+    # the calibration fingerprint of a hardswish network is what it was before the kind existed
+    assert structure([hs]) == structure([relu])
+    d["memory_ops"]["hardswish"] = {"ms": 0.004, "ms_per_melem": 0.5}
+    assert DeviceProfile(d).layer_ms(hs) == pytest.approx(0.004 + 0.5 * 4096 / 1e6)
 
 
 def test_expected_latency_for_the_export_manifest(one_thread):

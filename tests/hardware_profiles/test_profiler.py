@@ -226,3 +226,38 @@ def test_an_extension_measures_only_the_missing_tables_within_its_budget(tmp_pat
         base["overhead"]["per_inference_ms"] and prof["peak"] == base["peak"]
     prof = run(LAYERS, cfg, str(tmp_path / "q.json"), "x", progress=False, base=base)   # no budget: the full grid
     assert {t["key"]: t["cout"] for t in prof["tables"]}[drop] == full[2]
+
+
+@pytest.mark.parametrize("kind,ops", [
+    ("binary", ["QLinearAdd"]),
+    ("silu", ["QLinearSigmoid", "QLinearMul"]),
+    ("hardswish", ["DequantizeLinear", "HardSigmoid", "QuantizeLinear", "QLinearMul"]),
+    ("unary", ["DequantizeLinear", "HardSigmoid", "QuantizeLinear"]),
+    ("gap", ["QLinearGlobalAveragePool"])])
+def test_int8_memory_ops_time_what_the_int8_network_runs(kind, ops):
+    # in an int8 network a memory-bound op sits between int8 convs: it runs its int8 kernel where onnxruntime
+    # has one, else dequantize -> fp32 op -> quantize; what is timed (nodes named P<i>_) is exactly that, and
+    # the convs around it and the graph's own input quantization are not timed
+    from compress.hardware_profiles import ort_bench
+
+    m, _ = ort_bench.memory_model(kind, [(16, 8, 8)], 2, "int8")
+    timed = sorted(t for t, n in _optimized_ops(m) if n.startswith("P0_"))
+    assert timed == sorted(ops), _optimized_ops(m)
+    ms = ort_bench.memory_points(kind, [(16, 8, 8), (32, 8, 8)], 2, 1, 2, threads=1, max_seconds=0.5, dtype="int8")
+    assert all(v > 0 for v in ms.values())
+
+
+def test_an_int8_profile_with_fp32_timed_memory_ops_gets_them_all_measured_again():
+    from compress.hardware_profiles.profiler import merge_into, missing
+
+    base = json.loads((REPO / "hardware_profiles" / "cpu-x86-2core-ort-int8-amd-avx512-b8.json").read_text())
+    base.pop("memory_ops_dtype", None)          # timed before memory ops were timed as the int8 graph runs them
+    cfg = replace(TINY, dtype="int8")
+    _, kinds, _ = missing(base, LAYERS, cfg, {})
+    assert set(kinds) == set(base["memory_ops"]) | {s.kind for s in LAYERS if s.op == "memory"}
+    new = {**base, "memory_ops": {"binary": {"ms": 0.001, "ms_per_melem": 0.1}}, "memory_ops_dtype": "int8",
+           "calibration": [], "tables": []}
+    merged, _ = merge_into(base, new)
+    assert merged["memory_ops"] == new["memory_ops"] and merged["memory_ops_dtype"] == "int8"
+    _, kinds, _ = missing(merged, LAYERS, cfg, {})          # measured the int8 way: only what is lacking
+    assert set(kinds) == {s.kind for s in LAYERS if s.op == "memory"} - {"binary"}
