@@ -8,6 +8,7 @@ efficiency = time reduction / MAC reduction. An investigation tool; writes JSON 
 
     python bench/op_breakdown.py resnet50 --ratio 0.5 --batch 8
     python bench/op_breakdown.py mobilenet_v2 --ratio 0.5 --variant tp
+    python bench/op_breakdown.py mobilenet_v2 --ratio 0.3 --round-to 16 --dtype int8 --layers 15
 """
 
 from __future__ import annotations
@@ -22,12 +23,22 @@ import time
 import _common as c
 
 
-def conv_kind(args: dict, op: str) -> tuple[str, int]:
-    """(kind, MACs) of one profiled node from its input/output shapes."""
+def conv_kind(args: dict, op: str, weight: list | None = None) -> tuple[str, int]:
+    """(kind, MACs) of one profiled node from its input/output shapes (fp32 Conv/FusedConv; int8 QLinearConv in
+    NCHW or onnxruntime's NHWC rewrite, whose prepacked weight the profiler does not show: `weight`, its OIHW
+    shape from the optimised graph)."""
     ins = [list(d.values())[0] for d in args.get("input_type_shape", [])]
     outs = [list(d.values())[0] for d in args.get("output_type_shape", [])]
+    conv = None
     if op in ("Conv", "FusedConv") and len(ins) >= 2 and outs:
-        x, w, y = ins[0], ins[1], outs[0]
+        conv = ins[0], ins[1], outs[0]
+    elif op == "QLinearConv" and weight and outs:
+        x, w, y = ins[0], weight, outs[0]
+        if len(y) == 4 and y[1] != w[0] and y[3] == w[0]:       # NHWC
+            x, y = [x[0], x[3], x[1], x[2]], [y[0], y[3], y[1], y[2]]
+        conv = x, w, y
+    if conv is not None:
+        x, w, y = conv
         cin_g, kh, kw = w[1], w[2], w[3] if len(w) > 3 else 1
         groups = max(1, x[1] // max(cin_g, 1))
         macs = y[0] * y[1] * y[2] * (y[3] if len(y) > 3 else 1) * cin_g * kh * (kw or 1)
@@ -56,6 +67,23 @@ def _prod(xs) -> int:
     return out
 
 
+def weights_of(path, threads: int, out) -> dict:
+    """{node name: weight shape} of the QLinearConv nodes in onnxruntime's optimised graph of `path` (saved to `out`)."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(out)
+    if threads:
+        so.intra_op_num_threads = threads
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    g = onnx.load(str(out)).graph
+    init = {t.name: list(t.dims) for t in g.initializer}
+    return {n.name: init[n.input[3]] for n in g.node if n.op_type == "QLinearConv" and n.input[3] in init}
+
+
 def profile(path, batch: int, threads: int, prefix: str):
     import numpy as np
     import onnxruntime as ort
@@ -72,7 +100,7 @@ def profile(path, batch: int, threads: int, prefix: str):
     return sess, {sess.get_inputs()[0].name: x}
 
 
-def aggregate(files: list[str]) -> tuple[dict, float, dict]:
+def aggregate(files: list[str], weights: dict | None = None) -> tuple[dict, float, dict]:
     """Over profile files (one session each, first run a warm-up that is dropped): kind -> {ms, macs}
     per run (mean), the median run ms, and per-node {name: {kind, ms, macs, shape}} (mean ms)."""
     import bisect
@@ -90,10 +118,10 @@ def aggregate(files: list[str]) -> tuple[dict, float, dict]:
                 continue
             if bisect.bisect_right(starts, e["ts"]) - 1 < 1:   # warm-up run (or before any run)
                 continue
-            kind, macs = conv_kind(e.get("args", {}), e["args"].get("op_name", "?"))
+            name = e["name"][: -len("_kernel_time")]
+            kind, macs = conv_kind(e.get("args", {}), e["args"].get("op_name", "?"), (weights or {}).get(name))
             kinds[kind][0] += e["dur"] / 1e3
             kinds[kind][1] += macs
-            name = e["name"][: -len("_kernel_time")]
             nd = nodes.setdefault(name, {"kind": kind, "ms": 0.0, "macs": macs, "shape": _shape(e["args"])})
             nd["ms"] += e["dur"] / 1e3
     n = max(len(run_ms), 1)
@@ -106,7 +134,9 @@ def aggregate(files: list[str]) -> tuple[dict, float, dict]:
 def _shape(args: dict) -> str:
     ins = [list(d.values())[0] for d in args.get("input_type_shape", [])]
     outs = [list(d.values())[0] for d in args.get("output_type_shape", [])]
-    if len(ins) >= 2 and outs and len(outs[0]) == 4:
+    if len(ins) >= 4 and len(ins[3]) == 4 and outs:           # QLinearConv: weight OIHW, output NCHW or NHWC
+        return f"w{ins[3][0]}x{ins[3][1]}x{ins[3][2]}x{ins[3][3]} out{'x'.join(map(str, outs[0]))}"
+    if len(ins) >= 2 and len(ins[1]) == 4 and outs and len(outs[0]) == 4:
         return f"{ins[0][1]}->{outs[0][1]} k{ins[1][2]} {outs[0][2]}x{outs[0][3]}"
     return ""
 
@@ -121,6 +151,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=3, help="runs per session per round")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dtype", choices=["fp32", "int8"], default="fp32",
+                    help="int8: both files quantized as `compress export --dtype int8 --calib random:64` does")
     ap.add_argument("--layers", type=int, default=0, help="also list the N nodes that lose the most time")
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -139,6 +171,13 @@ def main() -> None:
         files = {"dense": tmp / "dense.onnx", a.variant: tmp / "pruned.onnx"}
         c.export(dense, files["dense"])
         c.export(pm, files[a.variant])
+        if a.dtype == "int8":
+            from int8_pruned import Int8Exporter
+
+            quantize = Int8Exporter(a.model, c.example(1))
+            for k, p in list(files.items()):
+                files[k] = p.with_suffix(".int8.onnx")
+                quantize(p, files[k])
         total_macs = {"dense": c.macs(dense), a.variant: c.macs(pm)}
         # one session at a time (two live sessions means two spinning thread pools on the same cores),
         # alternating dense / pruned each round; each session's first run is a warm-up
@@ -150,7 +189,8 @@ def main() -> None:
                     sess.run(None, feeds)
                 profiles[k].append(sess.end_profiling())
                 del sess
-        agg = {k: aggregate(fs) for k, fs in profiles.items()}
+        agg = {k: aggregate(fs, weights_of(files[k], a.threads, tmp / f"{k}_optimized.onnx"))
+               for k, fs in profiles.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -168,7 +208,7 @@ def main() -> None:
             row["dense_gmacs_per_s"] = round(d["macs"] / d["ms"] / 1e6, 1)
             row["pruned_gmacs_per_s"] = round(p["macs"] / p["ms"] / 1e6, 1)
         rows.append(row)
-    print(f"{a.model} {a.variant} ratio {a.ratio} batch {a.batch}: run {d_ms:.1f} -> {p_ms:.1f} ms "
+    print(f"{a.model} {a.variant} {a.dtype} ratio {a.ratio} batch {a.batch}: run {d_ms:.1f} -> {p_ms:.1f} ms "
           f"(x{d_ms / p_ms:.2f}), MACs x{red:.2f} fewer, efficiency {d_ms / p_ms / red:.2f}")
     print(f"{'kind':28} {'dense ms':>9} {'pruned ms':>9} {'share d/p':>11} {'MACs x':>7} {'time x':>7} "
           f"{'eff':>5} {'GMAC/s d->p':>13}")
@@ -200,7 +240,7 @@ def main() -> None:
         print(f"total excess over all matched nodes: {sum(r['excess_ms'] for r in layers):.2f} ms "
               f"(pruned run {p_ms:.1f} ms)")
     if a.out:
-        c.write_json(c.Path(a.out), {"model": a.model, "variant": a.variant, "ratio": a.ratio, "batch": a.batch,
+        c.write_json(c.Path(a.out), {"model": a.model, "variant": a.variant, "dtype": a.dtype, "ratio": a.ratio, "batch": a.batch,
                                      "threads": a.threads, "run_ms": {"dense": d_ms, "pruned": p_ms},
                                      "macs": total_macs, "kinds": rows, "layers": layers, "date": c.now(),
                                      "machine": c.machine_info(), "versions": c.versions()})
