@@ -4,7 +4,10 @@ A spec is one of
 - `random[:N]`   N inputs (default 32) drawn like the model's example input (seed 1);
 - `FILE.npy`     a numeric array of inputs, one sample per row, shaped like the model's input;
 - `data[:N]`     a stratified subset of N samples (default 128) of --data's training split
-                 (`compress prune --data` only: `parse(spec, data=True)`).
+                 (`compress prune --data` only: `parse(spec, data=True)`);
+- `tweets[:N]`, `FILE.csv[:N]`  N sentences (default 128) of text data (compress.accuracy.text), stratified from its
+                 training split and tokenised with their real padding (`export --dtype int8` of text models only:
+                 `parse(spec, text=True)`).
 
 `parse` reads a spec; `input_batches` builds the batches of a random or .npy spec (a data subset's:
 `compress.accuracy.data.subset_batches`). Batches are tuples of model inputs, 8 samples each.
@@ -24,9 +27,9 @@ BATCH = 8
 
 @dataclass(frozen=True)
 class CalibSpec:
-    kind: str                    # "random" | "npy" | "data"
-    samples: int | None = None   # random, data: how many samples
-    path: str | None = None      # npy: the file
+    kind: str                    # "random" | "npy" | "data" | "text"
+    samples: int | None = None   # random, data, text: how many samples
+    path: str | None = None      # npy: the file; text: the text data (tweets or a CSV file)
 
 
 def _count(spec: str, default: int, form: str) -> int:
@@ -43,15 +46,21 @@ def is_data(spec: str | None) -> bool:
     return (spec or "").startswith("data")
 
 
-def parse(spec: str, data: bool = False) -> CalibSpec:
-    """Read a --calib spec; `data`: data[:N] is allowed (and wins over a .npy ending)."""
+def parse(spec: str, data: bool = False, text: bool = False) -> CalibSpec:
+    """Read a --calib spec; `data`: data[:N] is allowed (and wins over a .npy ending); `text`: tweets[:N] and
+    FILE.csv[:N] are."""
     if data and is_data(spec):
         return CalibSpec("data", _count(spec, DATA_SAMPLES, "data"))
+    head, _, n = spec.rpartition(":")
+    head = head if n.isdigit() else spec
+    if text and (head == "tweets" or head.endswith(".csv")):
+        return CalibSpec("text", int(n) if head != spec else DATA_SAMPLES, path=head)
     if spec.startswith("random"):
         return CalibSpec("random", _count(spec, RANDOM_SAMPLES, "random"))
     if spec.endswith(".npy"):
         return CalibSpec("npy", path=spec)
-    raise CompressError(f"--calib {spec!r}: use random[:N] or a .npy file of inputs")
+    raise CompressError(f"--calib {spec!r}: use random[:N] or a .npy file of inputs"
+                        + (" (text models: tweets[:N] or FILE.csv[:N])" if text else ""))
 
 
 def input_batches(spec: str | None, lm, inputs: tuple, batch: int = BATCH) -> list[tuple]:

@@ -110,18 +110,28 @@ def real_inputs(lm, batch: int | None, n: int = 8) -> tuple[tuple | None, str]:
             return None, f"no tokenizer for {lm.spec}: {type(e).__name__}"
         seq = int(lm.input_shape[-1])
         sents = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
-        enc = tok(sents, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
-        ids = enc["input_ids"].to(torch.int64)
-        if len(lm.inputs) > 1:   # token ids and their attention mask (0 on the padding)
-            feeds = {"input_ids": ids, "attention_mask": enc["attention_mask"].to(torch.int64)}
-            missing = [n for n, _, _ in lm.inputs if n not in feeds]
-            if missing:
-                return None, f"the tokenizer gives no {', '.join(missing)} for {lm.spec}"
-            return (tuple(feeds[n] for n, _, _ in lm.inputs),
-                    f"{n} tokenised English sentences (padded/truncated to {seq} tokens, attention_mask 0 on the padding)")
-        return (ids,), f"{n} tokenised English sentences (padded/truncated to {seq} tokens)"
+        try:
+            x = tokenised(tok, sents, names(lm), seq)
+        except CompressError as e:
+            return None, f"{lm.spec}: {e}"
+        return x, (f"{n} tokenised English sentences (padded/truncated to {seq} tokens"
+                   + (", attention_mask 0 on the padding)" if len(x) > 1 else ")"))
     return None, (f"no real data source for input {lm.input_dtype} {list(sample)} "
                   "(real inputs: Fashion-MNIST for 1x28x28 images, tokenised sentences for Hugging Face text models)")
+
+
+def tokenised(tok, texts, input_names: list[str], seq: int) -> tuple:
+    """One int64 tensor per input of `input_names` for `texts`, tokenised by `tok` and padded/truncated to `seq`
+    tokens: the token ids, the tokenizer's attention mask (0 on the padding), token type ids as zeros (one
+    sentence). CompressError when the inputs are not one of token ids plus masks / token type ids."""
+    kinds = [value_kind(n, torch.zeros(1, dtype=torch.int64)) for n in input_names]
+    if kinds.count("ids") != 1:
+        raise CompressError(f"inputs {', '.join(input_names)} are not token ids with an attention mask / token type "
+                            "ids (one input of ids; the others named *mask* or *token_type*)")
+    enc = tok(list(texts), padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+    ids = enc["input_ids"].to(torch.int64)
+    mask = enc["attention_mask"].to(torch.int64) if "attention_mask" in enc else torch.ones_like(ids)
+    return tuple({"ids": ids, "mask": mask, "zeros": torch.zeros_like(ids)}[k] for k in kinds)
 
 
 def torch_output(model, inputs) -> np.ndarray:

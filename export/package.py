@@ -162,6 +162,7 @@ class _Build:
     dtype_args: str
     man: dict
     log: Callable[[str], None]
+    lm: Any = None                      # the loaded model (compress.models.LoadedModel)
     checks: list[dict] = field(default_factory=list)
     commands: list[dict] = field(default_factory=list)
     bench: list[dict] = field(default_factory=list)
@@ -385,7 +386,7 @@ def _tensorrt_step(b: _Build) -> dict:
 
     b.log("TensorRT")
     fp16_tol = 1e-2  # model_fp16.onnx vs torch (fp32), relative to the largest output
-    built = os.path.join(b.tmp, bt.INT8_ONNX) if b.cfg.dtype == "int8" else b.onnx_path  # int8: maybe fewer inputs
+    built = os.path.join(b.tmp, bt.INT8_ONNX) if b.cfg.dtype == "int8" else b.onnx_path
     inputs = bt.onnx_inputs(built, [tuple(t.shape[1:]) for t in b.example])
     info, trt_cmds = _trt(b.cfg, b.tmp, inputs, b.has_24)
     b.commands += trt_cmds
@@ -462,9 +463,9 @@ def _jetson_step(b: _Build) -> dict:
 
 
 def _check_int8_inputs(lm) -> None:
-    """A model with several inputs is quantized from its first input alone (export/quantize.py calibrates and
-    judges one-input graphs): each other input must be an attention mask (filled with ones) or token type ids
-    (zeros) shaped like the first; anything else is refused in one line."""
+    """A model with several inputs is calibrated from token ids (export/quantize.py): each other input must be an
+    attention mask (from the calibration data: 0 on the padding) or token type ids (zeros) shaped like the first;
+    anything else is refused in one line."""
     from compress import models
     from compress.export import inputs as inp
 
@@ -473,66 +474,28 @@ def _check_int8_inputs(lm) -> None:
     bad = [n for (n, _, _), f, t in zip(lm.inputs[1:], fills, x[1:])
            if f not in ("mask", "zeros") or t.shape != x[0].shape]
     if bad:
-        raise CompressError(f"--dtype int8 quantizes a model from its first input alone; {lm.spec} also takes "
-                            f"{', '.join(bad)}, which is not an attention mask or token type ids shaped like "
-                            f"{lm.inputs[0][0]}: export it in fp32 (--dtype fp32)")
-
-
-def _first_input_only(model, name: str, fills: list[str]):
-    """`model` fed its first input alone, the others filled (attention masks with ones: every token attended;
-    token type ids with zeros): what --dtype int8 quantizes for a model with several inputs."""
-    import torch
-    from torch import nn
-
-    class FirstInputOnly(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.compress_inputs = ((name, (), ""),)   # the ONNX input keeps the first input's name
-
-        def forward(self, x):
-            return self.model(x, *[torch.ones_like(x) if f == "mask" else torch.zeros_like(x) for f in fills])
-
-    return FirstInputOnly().eval()
+        raise CompressError(f"--dtype int8 calibrates a model with several inputs from its token ids (attention "
+                            f"masks and token type ids follow from them); {lm.spec} also takes {', '.join(bad)}, which "
+                            f"is not an attention mask or token type ids shaped like {lm.inputs[0][0]}: export it in "
+                            "fp32 (--dtype fp32)")
 
 
 def _int8_step(b: _Build) -> dict:
     """--dtype int8: model.int8.onnx (ONNX QDQ: post-training static quantization of model.onnx on --calib,
     compress.export.quantize), judged against model.onnx by task metric (top-1 agreement, or cosine); on --target
-    cpu onnxruntime runs and `bench` times it, on gpu/jetson it is TensorRT's input (explicit quantization)."""
-    from compress import models
+    cpu onnxruntime runs and `bench` times it, on gpu/jetson it is TensorRT's input (explicit quantization). A model
+    with several inputs keeps them all: calibrated with the masks its calibration data gives, judged on padded ones."""
     from compress.export import quantize as q
 
-    src = b.man["source"]
-    model, example, cases, fp32_path, specs = b.model, b.example, b.cases, b.onnx_path, src["inputs"]
-    work = None
-    if len(b.example) > 1:   # quantize.py feeds one input: the model on its first, the others filled
-        import tempfile
-
-        first = specs[0]["name"]
-        fills = [s["values"] for s in specs[1:]]
-        model, example, specs = _first_input_only(b.model, first, fills), b.example[:1], specs[:1]
-        cases = [(what, x[:1], ref) for what, x, ref in b.cases if PADDED not in what]
-        work = tempfile.TemporaryDirectory()
-        fp32_path = os.path.join(work.name, "model.first_input.onnx")
-        export_model_onnx(model, example, fp32_path, b.cfg)
-        b.not_verified.append(f"{q.INT8_FILE}: takes {first} alone ({', '.join(s['name'] for s in src['inputs'][1:])} "
-                              "filled in the graph: every token attended, no padding); export/quantize.py calibrates "
-                              "one-input graphs. Feed it unpadded sequences, or deploy model.onnx (fp32) for padded batches")
-    lm = models.LoadedModel(model, src["model"], "hf" if src["model"].startswith("hf:") else "other",
-                            tuple(src["input_shape"]), src["input_dtype"], src["vocab_size"])
+    lm, specs = b.lm, b.man["source"]["inputs"]
     text = lm.input_dtype == "int64"
-    dataset = None if text else q.dataset_of(model, lm.spec)
-    cal = q.calibration(b.cfg.calib, lm, example, dataset, b.cfg.batch)
+    dataset = None if text else q.dataset_of(b.model, lm.spec)
+    cal = q.calibration(b.cfg.calib, lm, b.example, dataset, b.cfg.batch)
     path = os.path.join(b.tmp, q.INT8_FILE)
-    try:
-        info = q.build_int8(fp32_path, path, cal, q.parse_method(b.cfg.calib_method), dataset, b.sample_shape,
-                            b.cfg.batch, b.cfg.target, text, b.log)
-        b.log("int8 vs fp32 (task metric)")
-        info["parity"] = p = q.check(path, fp32_path, cases, dataset, b.sample_shape, b.cfg.batch, lm)
-    finally:
-        if work is not None:
-            work.cleanup()
+    info = q.build_int8(b.onnx_path, path, cal, q.parse_method(b.cfg.calib_method), dataset, b.sample_shape,
+                        b.cfg.batch, b.cfg.target, text, b.log)
+    b.log("int8 vs fp32 (task metric)")
+    info["parity"] = p = q.check(path, b.onnx_path, b.cases, dataset, b.sample_shape, b.cfg.batch, lm)
     info["inputs"] = [s["name"] for s in specs]
     int8_args = " ".join(runner_args(specs))
     b.checks.append({"runtime": f"onnxruntime int8 ({q.INT8_FILE}) vs fp32 (model.onnx)", "inputs": p["inputs"],
@@ -617,7 +580,7 @@ def export(model_or_dir: str, cfg: ExportConfig, out: str, *, weights: str | Non
     elif cfg.target == "jetson":
         man["runs_dense"] = sparse_cpu.check_jetson(formats, cfg.dense_fallback)
     with atomic_dir(out) as tmp:
-        b = _Build(cfg, model, tmp, example, cases, formats, sample_shape, _dtype_args(man), man, log)
+        b = _Build(cfg, model, tmp, example, cases, formats, sample_shape, _dtype_args(man), man, log, lm=lm)
         _runtime_steps(b)
         _write_manifest(b, command)
     return man

@@ -6,13 +6,17 @@
 
 onnxruntime's own tooling (`onnxruntime.quantization`) does the work; this module feeds it the calibration
 data (`--calib`: `random:N`, a `.npy` of inputs, or `data:N`, a stratified subset of the training split of
-the dataset the model was trained on, e.g. Fashion-MNIST for `compress:` models), chooses the calibration
-method and judges the result against the fp32 model by task metric, not elementwise:
+the dataset the model was trained on, e.g. Fashion-MNIST for `compress:` models; text models also `tweets:N` or
+`FILE.csv:N`, sentences tokenised with their real padding), chooses the calibration method and judges the result
+against the fp32 model by task metric, not elementwise. A model with several inputs (token ids with an
+attention mask / token type ids) is calibrated and judged with every input fed: masks as the calibration data
+gives them (a .npy of token ids: 0 on the pad token id; text: the tokenizer's), token type ids zeros; judged on
+inputs with padding.
 
 - classifiers ((N, K) logits): top-1 agreement with fp32 >= AGREEMENT_MIN (0.95), plus the int8 and fp32
   top-1 accuracy where a labelled dataset is known;
 - everything else (encoders, embeddings, dense maps): mean cosine similarity per sample >= COSINE_MIN
-  (0.98; for (N, T, H) hidden states, of the token-mean embedding).
+  (0.98; for (N, T, H) hidden states, of the token-mean embedding, over the real tokens where a mask is fed).
 
 Why these bars: int8 PTQ of a CNN typically changes well under 1% of top-1 decisions on real inputs (the
 bench's bar is 0.5 point of accuracy); 0.95 agreement flags a broken quantization (a bad calibration set,
@@ -55,7 +59,8 @@ RANDOM_CHECK = 64          # random inputs the int8 model is judged on otherwise
 PERCENTILE = 99.999
 TEXT_OPS = ("MatMul", "Gemm")  # transformers: quantize the matrix products only (LayerNorm/Softmax stay fp32)
 GELU_OPS = ("Erf", "Gelu", "FastGelu", "BiasGelu")  # a GELU, fused or as its erf subgraph
-GELU_HOPS = 4              # how far above a MatMul's activation input a GELU is looked for
+GELU_HOPS = 8              # how far above a MatMul's activation input a GELU is looked for (not past another
+                           # MatMul/Gemm: a fixed batch puts reshapes between the GELU and the FFN down-projection)
 BIAS_CORRECTION_NOTE = {"what": "b -= dW E[x] per output channel of every Conv/Gemm (dW: the int8 rounding error of "
                         "its weights, E[x]: its input's mean on the calibration data), Nagel et al. 2019",
                         "why": "weight rounding, not activation ranges, is what cost "
@@ -90,46 +95,65 @@ def dataset_of(model, spec: str) -> str | None:
 @dataclass
 class Calibration:
     spec: str
-    kind: str                  # random | npy | data
-    arrays: list               # numpy batches of the model's first input
+    kind: str                  # random | npy | data | text
+    arrays: list               # feeds: numpy batches of the model's input, or dicts input name -> batch (several)
     description: str
     warning: str | None = None
+    masks: str | None = None   # a model with an attention mask: which masks the calibration fed
+
+
+def rows(feed) -> int:
+    """The batch size of a feed (an array, or a dict of arrays sharing a batch)."""
+    return len(next(iter(feed.values())) if isinstance(feed, dict) else feed)
 
 
 def calibration(spec: str, lm, example: tuple, dataset: str | None, batch: int | None, seed: int = 0) -> Calibration:
     """The calibration batches of --calib `spec` (compress.calib's specs; data[:N] from `dataset`'s training
-    split). A static `batch` re-chunks them to that batch (an incomplete last chunk is dropped)."""
-    from compress import calib
+    split; tweets[:N] / FILE.csv[:N] tokenised for a text model), one array per batch, or one dict of every
+    input for a model with several. A static `batch` re-chunks them to that batch (an incomplete last chunk is
+    dropped)."""
+    import torch
 
-    c = calib.parse(spec, data=True)
+    from compress import calib
+    from compress.export import inputs as inp
+
+    c = calib.parse(spec, data=True, text=lm.input_dtype == "int64")
     if c.kind == "data":
         if dataset is None:
-            raise CompressError(f"--calib {spec}: no training data is known for {lm.spec}; "
-                                "use a .npy file of real inputs (or random:N)")
+            raise CompressError(f"--calib {spec}: no training data is known for {lm.spec}; use a .npy file of real "
+                                "inputs" + (", tweets[:N] or FILE.csv[:N]" if lm.input_dtype == "int64" else "")
+                                + " (or random:N)")
         from compress.accuracy import data
 
         ds = data.load(dataset, "train", tuple(example[0].shape[1:]))
         data.check_shape(ds, tuple(example[0].shape[1:]))
-        full = data.calibration_subset(ds, c.samples, seed).images
-        desc = f"{len(full)} samples of {dataset} (training split, stratified, seed {seed}; --calib {spec})"
+        cols = (data.calibration_subset(ds, c.samples, seed).images,)
+        desc = f"{len(cols[0])} samples of {dataset} (training split, stratified, seed {seed}; --calib {spec})"
+    elif c.kind == "text":
+        from compress.accuracy import text
+
+        texts = text.stratified(text.load(c.path, "train"), c.samples, seed).texts
+        seq = int(example[0].shape[1])
+        cols = inp.tokenised(text.tokenizer(lm.spec), texts, inp.names(lm), seq)
+        desc = (f"{len(texts)} sentences of {c.path} (training split, stratified, seed {seed}; tokenised, "
+                f"padded/truncated to {seq} tokens; --calib {spec})")
     else:
         batches = calib.input_batches(spec, lm, example)
         if not batches:
             raise CompressError(f"--calib {spec}: no samples")
-        import torch
-
-        full = torch.cat([b[0] for b in batches])
-        desc = (f"{len(full)} random inputs (seed 1; --calib {spec})" if c.kind == "random"
-                else f"{len(full)} inputs of {spec}")
-    arr = full.numpy()
-    if len(arr) == 0:
+        cols = tuple(torch.cat(col) for col in zip(*batches))
+        desc = (f"{len(cols[0])} random inputs (seed 1; --calib {spec})" if c.kind == "random"
+                else f"{len(cols[0])} inputs of {spec}")
+    n, names = len(cols[0]), inp.names(lm)
+    if n == 0:
         raise CompressError(f"--calib {spec}: no samples")
+    arrs = [t.numpy() for t in cols]
     step = batch or calib.BATCH
-    arrays = [arr[i:i + step] for i in range(0, len(arr), step)]
-    if batch:
-        arrays = [a for a in arrays if len(a) == batch]
-        if not arrays:
-            raise CompressError(f"--calib {spec}: {len(arr)} samples, fewer than the static batch {batch}")
+    arrays = [arrs[0][i:i + step] if len(arrs) == 1 else {k: a[i:i + step] for k, a in zip(names, arrs)}
+              for i in range(0, n, step) if not batch or i + batch <= n]
+    if not arrays:
+        raise CompressError(f"--calib {spec}: {n} samples, fewer than the static batch {batch}")
+    masks, padded = _masks(c.kind, lm, names, cols)
     warning = None
     if c.kind == "random" and dataset is not None:
         warning = (f"calibrated on random inputs although {lm.spec}'s training data ({dataset}) is known: activation "
@@ -137,7 +161,31 @@ def calibration(spec: str, lm, example: tuple, dataset: str | None, batch: int |
     elif c.kind == "random":
         warning = ("calibrated on random inputs: activation ranges come from noise, not real inputs; the int8 "
                    "model's accuracy is not representative (pass --calib FILE.npy of real inputs)")
-    return Calibration(spec, c.kind, arrays, desc, warning)
+    if masks and not padded:
+        warning = "; ".join(filter(None, [warning, (
+            "calibrated on sequences without padding (attention masks of ones): the activation ranges of padded "
+            "inputs are not calibrated (int8.parity judges padded inputs); pass --calib FILE.npy of token ids "
+            "with padding, or --calib tweets[:N] / FILE.csv[:N]")]))
+    return Calibration(spec, c.kind, arrays, desc, warning, masks)
+
+
+def _masks(kind: str, lm, names: list[str], cols: tuple) -> tuple[str | None, int]:
+    """(what the calibration's attention masks and token type ids are, how many sequences are padded); (None, 0)
+    for a model without an attention mask."""
+    from compress.export import inputs as inp
+
+    kinds = [inp.value_kind(n, t) for n, t in zip(names, cols)]
+    if len(cols) < 2 or "mask" not in kinds:
+        return None, 0
+    pad = (lm.hf_config or {}).get("pad_token_id")
+    source = {"text": "the tokenizer's (0 on the padding)", "random": "ones (random inputs: no padding)",
+              "npy": (f"0 where the token id is the config's pad token id {pad}, 1 elsewhere" if pad is not None
+                      else "ones (the model's config names no pad token id)")}[kind]
+    mask = cols[kinds.index("mask")]
+    padded = int((mask == 0).any(1).sum())
+    zeros = [n for n, k in zip(names, kinds) if k == "zeros"]
+    return (f"{', '.join(n for n, k in zip(names, kinds) if k == 'mask')}: {source}; {padded} of {len(mask)} "
+            "sequences padded" + (f"; {', '.join(zeros)}: zeros" if zeros else "")), padded
 
 
 def calibration_reader(input_name: str, arrays: list):
@@ -260,7 +308,7 @@ def bias_correct(src: str, dst: str, arrays: list) -> dict:
         sums, count = {t: 0.0 for t in ins}, 0
         for a in arrays:
             outs = dict(zip(names, s.run(None, a if isinstance(a, dict) else {s.get_inputs()[0].name: a})))
-            n_rows = len(next(iter(a.values())) if isinstance(a, dict) else a)
+            n_rows = rows(a)
             for t in ins:
                 v = outs[t].astype(np.float64)
                 sums[t] = sums[t] + v.reshape(v.shape[0], v.shape[1], -1).mean(2).sum(0)
@@ -304,7 +352,7 @@ def gelu_fed_matmuls(path: str) -> list[str]:
 
     def gelu_above(t: str, hops: int) -> bool:
         n = producer.get(t)
-        if n is None or hops == 0:
+        if n is None or hops == 0 or n.op_type in TEXT_OPS:
             return False
         return n.op_type in GELU_OPS or any(gelu_above(i, hops - 1) for i in n.input if i not in inits)
 
@@ -343,17 +391,18 @@ def session(path: str):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def run_batched(sess, x: np.ndarray, batch: int | None = None, step: int = 64) -> np.ndarray:
-    """The first output of `sess` on every row of `x`; a static `batch` pads the last chunk."""
-    name = sess.get_inputs()[0].name
+def run_batched(sess, x, batch: int | None = None, step: int = 64) -> np.ndarray:
+    """The first output of `sess` on every row of `x` (an array for the first input, or a dict input name -> array
+    feeding several); a static `batch` pads the last chunk."""
+    feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x}
     step = batch or step
     outs = []
-    for i in range(0, len(x), step):
-        chunk = x[i:i + step]
-        n = len(chunk)
+    for i in range(0, rows(feeds), step):
+        chunk = {k: v[i:i + step] for k, v in feeds.items()}
+        n = rows(chunk)
         if batch and n < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        outs.append(np.asarray(sess.run(None, {name: chunk})[0])[:n])
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - n, axis=0)]) for k, v in chunk.items()}
+        outs.append(np.asarray(sess.run(None, chunk)[0])[:n])
     return np.concatenate(outs)
 
 
@@ -369,21 +418,25 @@ def is_classifier(out: np.ndarray) -> bool:
     return out.ndim == 2 and out.shape[1] > 1
 
 
-def embedding(out: np.ndarray) -> np.ndarray:
-    """Per-sample vectors: (N, T, H) hidden states -> token mean; anything else flattened."""
+def embedding(out: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-sample vectors: (N, T, H) hidden states -> token mean (over the tokens where an (N, T) attention `mask`
+    is 1, the pooling of sentence encoders); anything else flattened."""
     out = out.astype(np.float64)
     if out.ndim == 3:
-        return out.mean(1)
+        if mask is None or mask.shape != out.shape[:2]:
+            return out.mean(1)
+        m = mask.astype(np.float64)[..., None]
+        return (out * m).sum(1) / np.maximum(m.sum(1), 1e-9)
     return out.reshape(len(out), -1)
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = embedding(a), embedding(b)
+def cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    a, b = embedding(a, mask), embedding(b, mask)
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-def judge(int8: np.ndarray, fp32: np.ndarray, labels: np.ndarray | None = None) -> dict:
-    """The task-metric comparison of int8 with fp32 outputs on the same inputs."""
+def judge(int8: np.ndarray, fp32: np.ndarray, labels: np.ndarray | None = None, mask: np.ndarray | None = None) -> dict:
+    """The task-metric comparison of int8 with fp32 outputs on the same inputs (`mask`: their attention mask)."""
     out = {"samples": int(len(fp32))}
     if is_classifier(fp32):
         agree = float((int8.argmax(1) == fp32.argmax(1)).mean())
@@ -397,7 +450,7 @@ def judge(int8: np.ndarray, fp32: np.ndarray, labels: np.ndarray | None = None) 
             out |= {"accuracy_int8": float((int8.argmax(1) == labels).mean()),
                     "accuracy_fp32": float((fp32.argmax(1) == labels).mean())}
     else:
-        c = cosine(int8, fp32)
+        c = cosine(int8, fp32, mask)
         out |= {"metric": "cosine", "value": float(c.mean()), "min": float(c.min()), "threshold": COSINE_MIN,
                 "ok": float(c.mean()) >= COSINE_MIN}
     return out
@@ -479,31 +532,34 @@ def build_int8(fp32_path: str, dst: str, cal: Calibration, method: str | None, d
         shutil.copy(chosen, dst)
     return {"file": os.path.basename(dst), "from": os.path.basename(fp32_path), "tool":
             "onnxruntime.quantization.quantize_static", "preprocess": pre_info, "quantization": info,
-            "calibration": {"spec": cal.spec, "data": cal.description, "samples": int(sum(len(a) for a in cal.arrays)),
-                            "batches": len(cal.arrays)} | ({"warning": cal.warning} if cal.warning else {}),
+            "calibration": {"spec": cal.spec, "data": cal.description, "samples": int(sum(rows(a) for a in cal.arrays)),
+                            "batches": len(cal.arrays)} | ({"masks": cal.masks} if cal.masks else {})
+                           | ({"warning": cal.warning} if cal.warning else {}),
             "method": selection}
 
 
 def check(int8_path: str, fp32_path: str, cases: list, dataset: str | None, shape: tuple, batch: int | None,
           lm) -> dict:
     """int8 vs fp32 by task metric: on the dataset's test split (a labelled dataset known), else on the export's
-    real inputs plus RANDOM_CHECK random ones."""
+    real inputs plus RANDOM_CHECK random ones, every input fed (attention masks padded: the tokenizer's on the
+    real sentences, each random row keeping 1..T-1 tokens)."""
     s8, s32 = session(int8_path), session(fp32_path)
     if dataset is not None:
         x, y, desc = _labelled(dataset, "test", shape, CHECK_SAMPLES, 0)
         return {"inputs": desc} | judge(run_batched(s8, x, batch), run_batched(s32, x, batch), y)
     from compress.export import inputs as inp
 
-    xs, descs = [], []
-    for what, x, _ in cases:
-        if what.startswith("real"):
-            xs.append(x[0].numpy())
-            descs.append(what)
-    rnd = inp.random_inputs(lm, RANDOM_CHECK, seed=2)[0].numpy()
-    xs.append(rnd)
-    descs.append(f"{RANDOM_CHECK} random inputs (seed 2)")
-    x = np.concatenate(xs)
-    return {"inputs": " + ".join(descs)} | judge(run_batched(s8, x, batch), run_batched(s32, x, batch))
+    parts = [(what, x) for what, x, _ in cases if what.startswith("real")]
+    rnd = inp.random_inputs(lm, RANDOM_CHECK, seed=2, pad=True)
+    has_mask, names = inp.has_mask(lm, rnd), inp.names(lm)
+    parts.append((f"{RANDOM_CHECK} random inputs (seed 2{', attention masks padded' if has_mask else ''})", rnd))
+    cols = [np.concatenate([x[k].numpy() for _, x in parts]) for k in range(len(rnd))]
+    x = cols[0] if len(cols) == 1 else dict(zip(names, cols))
+    mask = cols[[inp.value_kind(n, t) for n, t in zip(names, rnd)].index("mask")] if has_mask else None
+    out = {"inputs": " + ".join(w for w, _ in parts)}
+    if mask is not None:
+        out["padded_sequences"] = int((mask == 0).any(1).sum())
+    return out | judge(run_batched(s8, x, batch), run_batched(s32, x, batch), mask=mask)
 
 
 # ----------------------------------------------------------------------------------- compress eval on ONNX
@@ -521,18 +577,51 @@ def onnx_artifact(path: str) -> str | None:
     return None
 
 
-def onnx_input(path: str) -> tuple[tuple, str, int | None]:
-    """(per-sample input shape, numpy dtype, static batch or None) of an ONNX file's first input."""
+def onnx_inputs(path: str) -> list[tuple[str, tuple, str]]:
+    """(name, shape (None: a symbolic dimension), numpy dtype) of every graph input of an ONNX file."""
     import onnx
 
-    i = onnx.load(path, load_external_data=False).graph.input[0]
-    t = i.type.tensor_type
-    dims = [d.dim_value if d.dim_value > 0 else None for d in t.shape.dim]
+    g = onnx.load(path, load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+    return [(i.name, tuple(d.dim_value if d.dim_value > 0 else None for d in i.type.tensor_type.shape.dim),
+             onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name)
+            for i in g.input if i.name not in inits]
+
+
+def onnx_input(path: str) -> tuple[tuple, str, int | None]:
+    """(per-sample input shape, numpy dtype, static batch or None) of an ONNX file's first input."""
+    name, dims, dtype = onnx_inputs(path)[0]
     if any(d is None for d in dims[1:]):
-        raise CompressError(f"{os.path.basename(path)}: input {i.name} has symbolic dimensions {dims[1:]}; "
+        raise CompressError(f"{os.path.basename(path)}: input {name} has symbolic dimensions {list(dims[1:])}; "
                             "compress eval needs a fixed per-sample shape")
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-    return tuple(dims[1:]), dtype, dims[0]
+    return dims[1:], dtype, dims[0]
+
+
+def run_tokens(path: str, tok, texts, batch_size: int, seq: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(first output, attention mask or None) of the ONNX text model on `texts` tokenised by `tok` with every input
+    the file declares fed (compress.export.inputs.tokenised: token ids, the tokenizer's attention mask with its
+    real padding, token type ids zeros), padded/truncated to the file's sequence length (`seq` where it is
+    symbolic); CompressError in one line when its inputs are not these or it does not run on them."""
+    from compress.export import inputs as inp
+
+    base, ins = os.path.basename(path), onnx_inputs(path)
+    names = [n for n, _, _ in ins]
+    if any(dt != "int64" or len(d) != 2 for _, d, dt in ins) or len({d[1] for _, d, _ in ins}) > 1:
+        raise CompressError(f"{base} takes {', '.join(f'{n} {dt} {list(d)}' for n, d, dt in ins)}: a text model's "
+                            "inputs are int64 (batch, tokens) of one length; export it with compress export")
+    try:
+        cols = inp.tokenised(tok, texts, names, ins[0][1][1] or seq)
+    except CompressError as e:
+        raise CompressError(f"{base}: {e}; compress eval feeds token ids and their attention mask / token type ids, "
+                            "or one float image tensor") from None
+    feeds = {n: t.numpy() for n, t in zip(names, cols)}
+    try:
+        out = run_batched(session(path), feeds, ins[0][1][0], step=batch_size)
+    except Exception as e:
+        raise CompressError(f"{base} does not run on the tokenizer's ids ({first_line(e, 200)}); is it the model "
+                            "its export directory's manifest.json names?") from None
+    mask = next((feeds[n] for n, t in zip(names, cols) if inp.value_kind(n, t) == "mask"), None)
+    return out, mask
 
 
 def predict_onnx(path: str, ds, batch_size: int, desc: str = "eval"):

@@ -42,7 +42,8 @@ class ExportConfig:
     runtimes: tuple[str, ...] | None = None   # cpu: which of RUNTIMES to build, each then required (--runtimes);
                                               # None: onnxruntime, plus TVM when it builds (else recorded why not)
     dense_fallback: bool = False   # ship layers whose sparse format has no kernel on the target as masked dense
-    calib: str | None = None       # int8: calibration data (--calib: random[:N] | FILE.npy | data[:N], compress.calib)
+    calib: str | None = None       # int8: calibration data (--calib: random[:N] | FILE.npy | data[:N] | tweets[:N] |
+                                   # FILE.csv[:N], compress.calib)
     calib_method: str | None = None  # int8: minmax | percentile | entropy (--calib-method); None: chosen (export.quantize)
 
     def __post_init__(self) -> None:
@@ -90,8 +91,9 @@ class ExportConfig:
             raise CompressError("--dtype int8 needs calibration data: --calib data:N (a stratified subset of the training "
                                 "split of compress: models), --calib FILE.npy (real inputs), or --calib random:N "
                                 "(noise: a warning in the manifest)")
-        if not (self.calib.startswith(("random", "data")) or self.calib.endswith(".npy")):
-            raise CompressError(f"--calib {self.calib!r}: use data[:N], random[:N] or a .npy file of inputs")
+        from compress import calib
+
+        calib.parse(self.calib, data=True, text=True)
 
     def wants(self, runtime: str) -> bool:
         """Whether `runtime` is built: chosen by --runtimes, or (without it) a default one."""

@@ -56,6 +56,18 @@ def test_calib_parse_errors(spec, data, msg):
     assert str(e.value) == msg
 
 
+def test_calib_parse_text_specs():
+    """`export --dtype int8` of a text model also takes text data: tweets[:N] or FILE.csv[:N] (default 128)."""
+    assert calib.parse("tweets", text=True) == calib.CalibSpec("text", 128, path="tweets")
+    assert calib.parse("tweets:32", text=True) == calib.CalibSpec("text", 32, path="tweets")
+    assert calib.parse("d/x.csv:5", text=True) == calib.CalibSpec("text", 5, path="d/x.csv")
+    assert calib.parse("random:4", text=True) == calib.CalibSpec("random", 4)
+    with pytest.raises(CompressError, match="a .npy file of inputs \\(text models: tweets\\[:N\\] or FILE.csv"):
+        calib.parse("tweets.txt", text=True)
+    with pytest.raises(CompressError, match="use random\\[:N\\] or a .npy file of inputs$"):
+        calib.parse("tweets")                                # not a text model
+
+
 def test_inspect_and_eval_match_the_cli(tmp_path, capsys):
     idx = make_learnable_idx(tmp_path / "idx", n_train=40, n_test=20)
     _, out = _cli(capsys, "inspect", M, "--json")

@@ -264,6 +264,42 @@ def test_cli_errors(idx_dir, tmp_path, capsys, argv, message):
     assert not (tmp_path / "o").exists()
 
 
+def _onnx_with_inputs(path, inputs):
+    """An ONNX file taking `inputs` ((name, elem type), each (N, 4)) and summing them as floats."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", [n], [f"{n}_f"], to=TensorProto.FLOAT) for n, _ in inputs]
+    nodes.append(helper.make_node("Sum", [f"{n}_f" for n, _ in inputs], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, ["n", 4]) for n, t in inputs],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_eval_onnx_whose_inputs_it_cannot_feed_exit_2_one_line(tmp_path, capsys):
+    """compress eval of an ONNX file feeds one float image tensor, or token ids with attention_mask / token_type_ids
+    from the tokenizer of the hf: model its manifest.json names; anything else is one line naming what is wrong."""
+    from onnx import TensorProto
+
+    csv = tmp_path / "d.csv"
+    csv.write_text("text,label\n" + "\n".join(f"sentence {i},{'ab'[i % 2]}" for i in range(20)) + "\n")
+    two_float = _onnx_with_inputs(tmp_path / "f.onnx", [("left", TensorProto.FLOAT), ("right", TensorProto.FLOAT)])
+    (tmp_path / "t").mkdir()
+    two_ids = _onnx_with_inputs(tmp_path / "t" / "m.onnx", [("ids_a", TensorProto.INT64), ("ids_b", TensorProto.INT64)])
+    token = _onnx_with_inputs(tmp_path / "k.onnx", [("input_ids", TensorProto.INT64),
+                                                     ("attention_mask", TensorProto.INT64)])
+    for f, data_, msg in [
+            (two_float, "fashion-mnist", "f.onnx takes left float32 [None, 4], right float32 [None, 4]: compress eval "
+                                         "runs ONNX image classifiers (one float32 image tensor) and text models"),
+            (token, str(csv), "k.onnx takes token ids, and no manifest.json (compress export) or plan.json"),
+            (two_ids, str(csv), "m.onnx: inputs ids_a, ids_b are not token ids with an attention mask"),
+            (two_ids, "fashion-mnist", "text data fashion-mnist does not exist; use --data tweets or a CSV file")]:
+        (tmp_path / "t" / "manifest.json").write_text(json.dumps({"source": {"model": "hf:minilm"}}))
+        code, _, err = _main(capsys, "eval", str(f), "--data", data_)
+        assert code == 2 and msg in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
 def test_prune_and_plan_take_the_input_shape_from_the_data(idx_dir, tmp_path, capsys):
     # issue #20: a user's callable without compress_input_shape that runs only on 8x8 grayscale images,
     # pruned with --data and no --input-shape: the data's (1, 8, 8) wins over the (3, 224, 224) guess

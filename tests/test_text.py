@@ -253,3 +253,50 @@ def test_calib_npy_of_token_ids_gives_the_attention_mask(tmp_path, tiny_hf_dir):
     np.save(tmp_path / "x.npy", np.zeros((4, 8), np.float32))
     with pytest.raises(CompressError, match="a .npy file holds one input, .* takes 2 \\(left, right\\)"):
         calib.input_batches(str(tmp_path / "x.npy"), two, models.example_inputs(two))
+
+
+def test_int8_export_calibrated_on_real_padding_and_eval_of_the_export(tmp_path, tiny_hf_dir, capsys, one_thread):
+    """--dtype int8 of an hf: encoder (input_ids + attention_mask) keeps both inputs and calibrates with the masks
+    the data gives (--calib FILE.npy of token ids: 0 on the pad id; --calib FILE.csv: the tokenizer's), judged on
+    padded inputs, with no not-verified line about the masks. `compress eval` of the export directory runs
+    model.int8.onnx and model.onnx with both inputs fed by the tokenizer (real padding): probe accuracy and the int8
+    vs fp32 cosine; of model.onnx alone, its probe accuracy."""
+    import numpy as np
+
+    from compress.cli import main
+
+    rows = [f'"{w} ride {i}",{lab}' for i in range(20) for w, lab in (("great happy car", "positive"),
+                                                                         ("awful sad slow bus", "negative"))]
+    csv_path = _csv(tmp_path, rows)
+    tok = text.tokenizer("hf:minilm")
+    ids = tok([r.split(",")[0].strip('"') for r in rows[:16]], padding="max_length", max_length=16,
+              return_tensors="np")["input_ids"]
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "q"
+    assert main(["export", str(tiny_hf_dir), "--target", "cpu", "--runtimes", "ort", "--dtype", "int8",
+                 "--calib", str(tmp_path / "ids.npy"), "--out", str(out), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    q = man["int8"]
+    assert man["ok"] and q["inputs"] == ["input_ids", "attention_mask"]
+    assert q["calibration"]["masks"] == ("attention_mask: 0 where the token id is the config's pad token id 0, "
+                                         "1 elsewhere; 16 of 16 sequences padded")
+    assert q["parity"]["metric"] == "cosine" and q["parity"]["ok"] and q["parity"]["padded_sequences"] > 64
+    assert not [n for n in man["not_verified_here"] if "model.int8.onnx" in n]
+
+    assert main(["eval", str(out), "--data", str(csv_path), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["onnx"].endswith("model.int8.onnx") and r["inputs"] == ["input_ids", "attention_mask"]
+    assert r["task"] == "text" and r["eval_sentences"] + r["probe_train_sentences"] == 40
+    assert r["padded_sentences"] == r["eval_sentences"] and 0 <= r["probe_accuracy_fp32"] <= 1
+    j = r["int8_vs_fp32"]
+    assert j["metric"] == "cosine" and j["ok"] and 0.98 <= j["value"] <= 1 + 1e-9
+    assert main(["eval", str(out / "model.onnx"), "--data", str(csv_path), "--json"]) == 0
+    r32 = json.loads(capsys.readouterr().out)
+    assert "int8_vs_fp32" not in r32 and r32["probe_accuracy"] == r["probe_accuracy_fp32"]
+
+    csv_out = tmp_path / "qcsv"
+    assert main(["export", str(tiny_hf_dir), "--target", "cpu", "--runtimes", "ort", "--dtype", "int8",
+                 "--calib", f"{csv_path}:24", "--out", str(csv_out), "--json"]) == 0
+    q = json.loads(capsys.readouterr().out)["int8"]
+    assert q["calibration"]["samples"] == 24 and "24 sentences of" in q["calibration"]["data"]
+    assert q["calibration"]["masks"] == "attention_mask: the tokenizer's (0 on the padding); 24 of 24 sequences padded"

@@ -11,7 +11,8 @@ def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL_OR_DIR",
                    help="a model spec, a pruned directory, or an export directory / .onnx file (run in onnxruntime: "
                         "an export directory's model.int8.onnx when present, compared with its model.onnx)")
-    p.add_argument("--data", required=True, help="fashion-mnist or a directory (IDX files or class subfolders)")
+    p.add_argument("--data", required=True, help="fashion-mnist or a directory (IDX files or class subfolders); "
+                   "text models (hf:..., or their ONNX exports): tweets or FILE.csv")
     p.add_argument("--source-weights", help="weights of a pruned directory's dense source model")
     p.add_argument("--batch-size", type=int, default=256)
     add_model_args(p)

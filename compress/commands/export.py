@@ -17,7 +17,9 @@ def add_arguments(p) -> None:
                                    "(post-training static quantization: model.int8.onnx, ONNX QDQ; needs --calib)")
     p.add_argument("--calib", metavar="SPEC",
                    help="--dtype int8 calibration data: data[:N] (stratified training subset of compress: models' "
-                        "dataset, default N 128), FILE.npy (inputs, one sample per row) or random[:N] (noise)")
+                        "dataset, default N 128), FILE.npy (inputs, one sample per row; token ids: attention masks "
+                        "0 on the pad id), tweets[:N] or FILE.csv[:N] (text models: sentences tokenised with their "
+                        "padding) or random[:N] (noise)")
     p.add_argument("--calib-method", metavar="METHOD",
                    help="--dtype int8: minmax, percentile or entropy (default: the most accurate on held-out training "
                         "data where the model's dataset is known, else minmax)")
@@ -87,6 +89,7 @@ def _summary(man: dict, out: str) -> str:
         p = q["parity"]
         lines.append(f"int8: {q['file']} ({q['quantization']['format']}, {q['quantization']['weights']} weights), "
                      f"calibration {q['method']['method']} ({q['method']['chosen_by']}) on {q['calibration']['data']}"
+                     + (f" ({q['calibration']['masks']})" if q["calibration"].get("masks") else "")
                      + (f"; accuracy int8 {p['accuracy_int8']:.4f} vs fp32 {p['accuracy_fp32']:.4f}"
                         if "accuracy_int8" in p else ""))
     e = man["expected_latency"]

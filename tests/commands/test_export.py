@@ -124,18 +124,21 @@ def test_export_cpu_model_with_two_inputs(tmp_path, capsys):
 
 
 def test_export_two_inputs_int8_and_bad_input(tmp_path, capsys):
-    """--dtype int8 of a model with several inputs quantizes it from its first input when the others are an
-    attention mask (filled with ones, recorded); otherwise, like a shape its inputs cannot take, it is refused
-    in one line, exit 2, nothing written."""
+    """--dtype int8 of a model with several inputs keeps them all when the others are an attention mask (or
+    token type ids): random calibration feeds masks of ones, which the manifest records and flags (padded inputs'
+    ranges not calibrated), and the int8 model is judged on padded masks; otherwise, like a shape its inputs
+    cannot take, it is refused in one line, exit 2, nothing written."""
     pytest.importorskip("transformers")
     out = tmp_path / "q"
     assert main(["export", "tests.models:bert_two_inputs", "--target", "cpu", "--dtype", "int8", "--calib",
                  "random:16", "--runtimes", "ort", "--out", str(out), "--json"]) == 0
     man = json.loads(capsys.readouterr().out)
-    assert man["int8"]["inputs"] == ["input_ids"] and man["onnx"] and man["ok"]
-    assert any("model.int8.onnx: takes input_ids alone (attention_mask filled" in n for n in man["not_verified_here"])
+    assert man["int8"]["inputs"] == ["input_ids", "attention_mask"] and man["onnx"] and man["ok"]
+    assert man["int8"]["calibration"]["masks"].startswith("attention_mask: ones (random inputs: no padding); 0 of 16")
+    assert man["int8"]["parity"]["padded_sequences"] == man["int8"]["parity"]["samples"] == 64
+    assert any("model.int8.onnx: " in n and "without padding" in n for n in man["not_verified_here"])
     int8 = next(b for b in man["bench"] if "int8" in b["runtime"])
-    assert int8["argv"][2:] == ["--shape", "1,12", "--dtype", "int64", "--high", "64"]
+    assert int8["argv"][2:] == ["--input", "input_ids:1,12:int64:high=64", "--input", "attention_mask:1,12:int64:mask"]
     for argv, msg in [([M + "two_float_inputs", "--dtype", "int8", "--calib", "random"], "also takes right, which is"),
                       ([M + "two_float_inputs", "--input-shape", "1,5"], "does not run on its example input")]:
         bad = tmp_path / "bad"

@@ -268,3 +268,45 @@ def test_bias_correction_removes_the_mean_shift_of_int8_weight_rounding(tmp_path
     assert shift(fixed[1], fp[1], (0, 2, 3)) < 0.05 * shift(raw[1], fp[1], (0, 2, 3))
     assert shift(fixed[0], fp[0], 0) < 0.3 * shift(raw[0], fp[0], 0)
     assert onnx.load(dst).graph.node[4].input[2] == "w3_bias_correction"   # the bias-less conv got a bias
+
+
+def test_encoder_judged_on_the_real_tokens_of_padded_inputs():
+    """judge/cosine pool (N, T, H) hidden states over the tokens the attention mask keeps: outputs that differ only
+    on padding agree (cosine 1), as a mean-pooling sentence encoder sees them; without the mask they would not."""
+    from compress.export import quantize as q
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.standard_normal((4, 6, 8)).astype(np.float32)
+    mask = np.ones((4, 6), np.int64)
+    mask[1:, 3:] = 0
+    int8 = fp32.copy()
+    int8[1:, 3:] += 5.0                                       # garbage on the padded positions only
+    assert np.allclose(q.embedding(fp32, mask)[1], fp32[1, :3].mean(0))
+    j = q.judge(int8, fp32, mask=mask)
+    assert j["metric"] == "cosine" and j["ok"] and j["min"] == pytest.approx(1.0)
+    assert q.judge(int8, fp32)["min"] < 0.9
+
+
+def test_the_ffn_down_projection_is_found_through_reshapes_and_no_further(tmp_path):
+    # a fixed batch puts reshapes between a GELU and the MatMul it feeds; the next layer's MatMul, fed through the
+    # down-projection, is not GELU-fed
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.export.quantize import gelu_fed_matmuls
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, 4], np.int64), "s")
+    nodes = [helper.make_node("Erf", ["x"], ["e"], name="erf"), helper.make_node("Mul", ["x", "e"], ["g"], name="mul")]
+    prev = "g"
+    for i in range(5):
+        nodes.append(helper.make_node("Reshape", [prev, "s"], [f"r{i}"], name=f"reshape{i}"))
+        prev = f"r{i}"
+    nodes += [helper.make_node("MatMul", [prev, "w"], ["d"], name="down"),
+              helper.make_node("Add", ["d", "x"], ["a"], name="residual"),
+              helper.make_node("MatMul", ["a", "w"], ["y"], name="next")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w, shape])
+    onnx.save(helper.make_model(g), tmp_path / "m.onnx")
+    assert gelu_fed_matmuls(str(tmp_path / "m.onnx")) == ["down"]
