@@ -6,11 +6,12 @@ onnxruntime latency, which deployment is most accurate after the same fine-tune?
 - fp32 plan: `compress plan` (the shipped fp32 profile), shipped as the fp32 ONNX;
 - Torch-Pruning: its uniform L1 pruner with round_to=16 (the classifier kept) followed by the same int8 export.
 
-Every arm is brought to the same measured latency: the plans are re-planned at a budget scaled by (target / measured)
-until their artifact times within --tolerance of the target, and Torch-Pruning's ratio is the grid point whose int8
-artifact times closest to it. Every timing is one lockstep run (compress.measure: one onnxruntime worker per file,
-alternating blocks) that includes the dense fp32 file, so each arm's latency is a fraction of dense measured in the
-same minutes. Each arm is then fine-tuned once per seed with the same recipe (compress.accuracy.train.finetune:
+Every arm is brought to the same measured latency the same way: each is built over a grid (the plans at
+--fp32-budgets / --int8-budgets, fractions of their own profile's dense prediction; Torch-Pruning at --tp-ratios),
+every grid point is timed in one lockstep run (compress.measure: one onnxruntime worker per file, alternating
+blocks) with the dense fp32 file, each point's latency is the median over rounds of its block / the dense block of
+the same round, and each arm takes its point closest to the target. The three are then timed together once more
+(the latencies reported). Each arm is then fine-tuned once per seed with the same recipe (compress.accuracy.train.finetune:
 same epochs, samples, LR, distillation from the dense model), exported as it ships and evaluated on the
 Fashion-MNIST test split (10,000 images) in onnxruntime; the accuracy is the mean over seeds.
 
@@ -38,14 +39,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--ft-samples", type=int, default=6000, help="fine-tune on a stratified subset (0: all 60,000)")
     ap.add_argument("--calib", default="data:128", help="the int8 export's --calib")
-    ap.add_argument("--tp-ratios", nargs="+", type=float, default=[round(0.3 + 0.025 * i, 3) for i in range(21)])
-    ap.add_argument("--tolerance", type=float, default=0.04, help="a plan's measured latency within this of the target")
-    ap.add_argument("--match-iters", type=int, default=4)
+    ap.add_argument("--tp-ratios", nargs="+", type=float, default=[round(0.5 + 0.025 * i, 3) for i in range(15)])
+    ap.add_argument("--fp32-budgets", nargs="+", type=float, default=[round(0.2 + 0.01 * i, 3) for i in range(15)])
+    ap.add_argument("--int8-budgets", nargs="+", type=float, default=[round(0.1 + 0.02 * i, 3) for i in range(15)])
+    ap.add_argument("--tolerance", type=float, default=0.05, help="'same latency': within this of the target")
     c.lockstep_args(ap)
     ap.add_argument("--out", default=str(c.RESULTS / "int8_joint.json"))
     a = ap.parse_args()
 
-    import torch
 
     from compress import models
     from compress.accuracy import data
@@ -67,7 +68,8 @@ def main() -> None:
                           "+ the same int8 export, all at the same measured onnxruntime latency?", t_start)
     out |= {"protocol": proto | {"passes": a.passes}, "model": f"compress:{a.model}", "budget": a.budget,
             "batch": a.batch, "epochs": a.epochs, "ft_samples": a.ft_samples or 60000, "distill": True,
-            "seeds": a.seeds, "calib": a.calib, "tolerance": a.tolerance,
+            "seeds": a.seeds, "calib": a.calib, "tolerance": a.tolerance, "grids": {
+                "fp32_plan": a.fp32_budgets, "int8_plan": a.int8_budgets, "tp16_int8": a.tp_ratios},
             "bar": "int8_plan's mean accuracy over >= 3 seeds above fp32_plan's and tp16_int8's, at the same "
                    "measured latency"}
     work = c.TMP / "int8_joint"
@@ -121,46 +123,30 @@ def main() -> None:
                     "int8": lat0[("dense_int8",)], "macs": count_macs(dense, x1)}
     c.log(f"dense int8 runs at {int8_dense_fraction:.3f} of dense fp32")
 
-    def plan_at(dtype: str, budget: float, it: int):
+    def plan_at(dtype: str, budget: float, tag: str):
         plan, res, _ = plan_model(copy.deepcopy(dense), xb, prof[dtype],
                                   PlanConfig(latency_budget=budget), {"model": a.model})
         pm = apply_plan(copy.deepcopy(dense), x1, plan).model.eval()
-        path, _ = to_onnx(pm, f"{dtype}_plan_{it}", dtype == "int8")
+        path, _ = to_onnx(pm, f"{dtype}_plan_{tag}", dtype == "int8")
         return {"model": pm, "plan": plan, "path": path, "budget": budget,
                 "predicted_fraction": round(res.predicted_ms / res.dense_ms, 4)}
 
-    arms = {"fp32_plan": plan_at("fp32", a.budget, 0),
-            "int8_plan": plan_at("int8", min(a.budget / int8_dense_fraction, 0.98), 0)}
-    tp = {}
+    grid = {}
+    for b in a.fp32_budgets:
+        grid[("fp32_plan", b)] = plan_at("fp32", b, f"{b}")
+    for b in a.int8_budgets:
+        grid[("int8_plan", b)] = plan_at("int8", b, f"{b}")
     for r in a.tp_ratios:
         pm = tp_prune(copy.deepcopy(dense), x1, r).eval()
-        tp[r] = {"model": pm, "path": to_onnx(pm, f"tp{r}", True)[0]}
-    c.log(f"timing the plans and {len(tp)} Torch-Pruning ratios (int8)")
-    lat = time_with_dense([((k,), v["path"]) for k, v in arms.items()] + [(("tp", r), v["path"]) for r, v in tp.items()])
-    out["tp_grid_fraction"] = {str(r): lat[("tp", r)]["fraction"] for r in tp}
-    r_best = min(tp, key=lambda r: abs(lat[("tp", r)]["fraction"] - a.budget))
-    arms["tp16_int8"] = tp[r_best] | {"ratio": r_best}
-    for k in arms:
-        arms[k]["latency"] = lat[(k,) if k != "tp16_int8" else ("tp", r_best)]
-        arms[k]["history"] = [{"budget": arms[k].get("budget"), "fraction": arms[k]["latency"]["fraction"]}]
-
-    # bring each plan to the target: re-plan at budget x target / measured, re-time with dense, until within tolerance
-    # (the step is damped to x0.6-1.6: a timing disturbed by a load burst must not throw the plan far off); the
-    # candidate measured closest to the target is kept
-    for k, dtype in (("fp32_plan", "fp32"), ("int8_plan", "int8")):
-        cur, history = arms[k], arms[k]["history"]
-        for it in range(1, a.match_iters + 1):
-            f = cur["latency"]["fraction"]
-            if abs(f / a.budget - 1) <= a.tolerance:
-                break
-            step = min(max(a.budget / f, 0.6), 1.6)
-            cur = plan_at(dtype, round(min(cur["budget"] * step, 0.98), 4), it)
-            cur["latency"] = time_with_dense([((k,), cur["path"])])[(k,)]
-            history.append({"budget": cur["budget"], "fraction": cur["latency"]["fraction"]})
-            c.log(f"{k}: budget {cur['budget']} -> {cur['latency']['fraction']:.3f} of dense (target {a.budget})")
-            if abs(cur["latency"]["fraction"] / a.budget - 1) < abs(arms[k]["latency"]["fraction"] / a.budget - 1):
-                arms[k] = cur
-        arms[k]["history"] = history
+        grid[("tp16_int8", r)] = {"model": pm, "path": to_onnx(pm, f"tp{r}", True)[0], "ratio": r}
+    c.log(f"timing {len(grid)} grid points")
+    lat = time_with_dense([(k, v["path"]) for k, v in grid.items()])
+    out["grid_fraction"] = {arm: {str(x): lat[(k, x)]["fraction"] for (k, x) in grid if k == arm} for arm in ARMS}
+    arms = {}
+    for arm in ARMS:
+        best = min((key for key in grid if key[0] == arm), key=lambda key: abs(lat[key]["fraction"] - a.budget))
+        arms[arm] = grid[best] | {"grid_fraction": lat[best]["fraction"]}
+        c.log(f"{arm}: {best[1]} measured at {lat[best]['fraction']:.3f} of dense fp32 (target {a.budget})")
 
     # the three finals side by side, once more in one lockstep run
     c.log("timing the three arms together")
@@ -168,8 +154,8 @@ def main() -> None:
     out["arms"] = {}
     for k, v in arms.items():
         e = {"latency": fin[(k,)], "fraction_of_dense_fp32": fin[(k,)]["fraction"],
-             "within_tolerance_of_target": abs(fin[(k,)]["fraction"] / a.budget - 1) <= 0.05,
-             "macs": count_macs(v["model"], x1), "match_history": v["history"]}
+             "within_tolerance_of_target": abs(fin[(k,)]["fraction"] / a.budget - 1) <= a.tolerance,
+             "grid_fraction": v["grid_fraction"], "macs": count_macs(v["model"], x1)}
         if "plan" in v:
             e |= {"planned_budget": v["budget"], "predicted_fraction": v["predicted_fraction"],
                   "channels": [[g.channels_before, g.channels_after] for g in v["plan"].groups]}
