@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--calib", default="data:128", help="the int8 export's --calib")
     ap.add_argument("--tp-ratios", nargs="+", type=float, default=[round(0.5 + 0.025 * i, 3) for i in range(15)])
     ap.add_argument("--fp32-budgets", nargs="+", type=float, default=[round(0.2 + 0.01 * i, 3) for i in range(15)])
-    ap.add_argument("--int8-budgets", nargs="+", type=float, default=[round(0.1 + 0.02 * i, 3) for i in range(15)])
+    ap.add_argument("--int8-budgets", nargs="+", type=float, default=[round(0.16 + 0.02 * i, 3) for i in range(14)])
     ap.add_argument("--tolerance", type=float, default=0.05, help="'same latency': within this of the target")
     c.lockstep_args(ap)
     ap.add_argument("--out", default=str(c.RESULTS / "int8_joint.json"))
@@ -56,7 +56,7 @@ def main() -> None:
     from compress.export.onnx import export_onnx
     from compress.hardware_profiles import load_profile
     from compress.metrics import count_macs
-    from compress.planner.solve import PlanConfig, plan_model
+    from compress.planner.solve import BudgetUnreachable, PlanConfig, plan_model
     from compress.prune.apply import apply_plan
 
     from planner_accuracy import tp_prune
@@ -132,10 +132,12 @@ def main() -> None:
                 "predicted_fraction": round(res.predicted_ms / res.dense_ms, 4)}
 
     grid = {}
-    for b in a.fp32_budgets:
-        grid[("fp32_plan", b)] = plan_at("fp32", b, f"{b}")
-    for b in a.int8_budgets:
-        grid[("int8_plan", b)] = plan_at("int8", b, f"{b}")
+    for dtype, budgets in (("fp32", a.fp32_budgets), ("int8", a.int8_budgets)):
+        for b in budgets:
+            try:
+                grid[(f"{dtype}_plan", b)] = plan_at(dtype, b, f"{b}")
+            except BudgetUnreachable as e:          # below the smallest network the profile allows
+                c.log(f"{dtype} plan at {b}: {e}")
     for r in a.tp_ratios:
         pm = tp_prune(copy.deepcopy(dense), x1, r).eval()
         grid[("tp16_int8", r)] = {"model": pm, "path": to_onnx(pm, f"tp{r}", True)[0], "ratio": r}
