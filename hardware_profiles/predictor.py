@@ -238,7 +238,7 @@ class DeviceProfile:
         if fit is not None and fit.b_ms is not None:
             floor = ctx["floor"] if ctx else 0.0
             return max(fit.kernel_factor * t + fit.b_ms, floor * fit.kernel_factor * t)
-        scale = fit.scale if fit is not None else 1.0
+        scale = 1.0 if fit is None else fit.class_scale[fit_class(sig)] if fit.class_scale else fit.scale
         if ctx:
             return scale * max(ctx["a"] * t + self._context_b(sig), ctx["floor"] * t)
         return scale * t        # per_op_ms is in overhead_ms
@@ -261,7 +261,9 @@ class DeviceProfile:
         (pruning keeps it) that carries an in-network fit (`kernel_factor`: its kernels' time inside the
         network over their tables' time; `b_ms`: its per-layer dispatch cost) is predicted with those,
         so that a pruned variant keeps the network's per-layer fixed cost while its kernels shrink;
-        one with only a `factor` scales the whole prediction; other models take the median factor."""
+        one with only a `factor` scales the whole prediction. Other models: each class of layer (FIT_CLASSES) scaled
+        by its factor fitted over the profiled models (`class_scales`: what a network is made of, not which network
+        it is), or, where fewer models carry their per-class predictions, the median factor."""
         cal = self.data.get("calibration") or []
         if not cal:
             return NetworkFit(source="none")
@@ -273,8 +275,23 @@ class DeviceProfile:
                                       source=f"model {c['model']}: in-network kernels x{c['kernel_factor']:.3f}, "
                                              f"{c['b_ms'] * 1e3:+.2f} us per layer")
                 return NetworkFit(scale=c["factor"], source=f"model {c['model']}")
-        return NetworkFit(scale=statistics.median(c["factor"] for c in cal),
-                          source=f"median of {len(cal)} profiled models")
+        med = statistics.median(c["factor"] for c in cal)
+        rows = [c for c in cal if c.get("predicted_by_class_ms")]
+        if len(rows) < len(FIT_CLASSES):
+            return NetworkFit(scale=med, source=f"median of {len(cal)} profiled models")
+        k = class_scales(rows, med)
+        parts = self.by_class_ms(layers)
+        eff = sum(k[c] * v for c, v in parts.items()) / max(sum(parts.values()), 1e-12)
+        return NetworkFit(scale=round(eff, 4), class_scale=k, source=f"per-class fit over {len(rows)} profiled models ("
+                          + ", ".join(f"{c} x{k[c]:.2f}" for c in FIT_CLASSES) + ")")
+
+    def by_class_ms(self, layers) -> dict[str, float]:
+        """The uncalibrated prediction of `layers` split by FIT_CLASSES (the per-inference overhead in "other")."""
+        out = dict.fromkeys(FIT_CLASSES, 0.0)
+        out["other"] += self.overhead_ms(None, len(layers))
+        for sig in layers:
+            out[fit_class(sig)] += self.layer_ms(sig, None)
+        return out
 
     def calibration(self, layers) -> tuple[float, str]:
         """(factor, source) of `fit` for tools that report one number: the whole-network scale, or 1
@@ -286,7 +303,9 @@ class DeviceProfile:
         """Fixed cost of one inference over `layers` costed layers: the per-inference overhead, plus
         per_op_ms a layer for a profile without a context line (scaled by the fit's whole-network scale)."""
         o = self.data["overhead"]["per_inference_ms"] + self.per_op_ms() * layers
-        return o if fit is None or fit.b_ms is not None else o * fit.scale
+        if fit is None or fit.b_ms is not None:
+            return o
+        return o * (fit.class_scale["other"] if fit.class_scale else fit.scale)
 
     def sparse_factor(self, sig: LayerSig, block: int, density: float) -> tuple[float, str] | None:
         """(block-sparse time / dense time, source) of a Linear / 1x1 conv at `block` and `density` (fraction
@@ -354,11 +373,37 @@ class DeviceProfile:
 @dataclass(frozen=True)
 class NetworkFit:
     """How one network's layers add up on a profile: a whole-network `scale` (the calibration factor of
-    the profiled dense model, or the median), or its own in-network line (`kernel_factor`, `b_ms`)."""
+    the profiled dense model, or the median), its own in-network line (`kernel_factor`, `b_ms`), or, for a
+    network the profile never timed, a factor per class of layer (`class_scale`; `scale` is then what they
+    come to on this network, for reports)."""
     scale: float = 1.0
     kernel_factor: float = 1.0
     b_ms: float | None = None
     source: str = ""
+    class_scale: dict | None = None
+
+
+# classes of layer whose in-network cost a profile's calibration fits apart (predictor.class_scales)
+FIT_CLASSES = ("conv", "dwconv", "memory", "other")
+CLASS_FIT_RIDGE = 0.05      # pull of each class factor towards the median factor (relative-error units)
+
+
+def fit_class(sig: LayerSig) -> str:
+    return {CONV: "conv", DWCONV: "dwconv", MEMORY: "memory"}.get(sig.op, "other")
+
+
+def class_scales(rows: list[dict], median: float) -> dict[str, float]:
+    """Per-class factors k minimising sum over the profiled models of (sum_c k_c predicted_c / measured - 1)^2
+    + CLASS_FIT_RIDGE x sum_c (k_c - median)^2: a host whose convs run slower than the profile's tables
+    but whose depthwise convs do not is told apart from one uniformly slower; a class few models exercise
+    keeps about the median factor. Each within [median / 4, median x 4]."""
+    import numpy as np
+
+    a = np.array([[r["predicted_by_class_ms"].get(c, 0.0) / r["measured_ms"] for c in FIT_CLASSES] for r in rows])
+    lhs = a.T @ a + CLASS_FIT_RIDGE * np.eye(len(FIT_CLASSES))
+    rhs = a.T @ np.ones(len(rows)) + CLASS_FIT_RIDGE * median
+    k = np.clip(np.linalg.solve(lhs, rhs), median / 4, median * 4)
+    return {c: round(float(v), 4) for c, v in zip(FIT_CLASSES, k)}
 
 
 def fit_network(prof: dict, layers, wall_ms: float, node_ms: float) -> tuple[float, float]:

@@ -537,7 +537,8 @@ def calibration(prof: dict, measured: dict, shapes: dict | None = None) -> list[
         ms = round(ms, 5)          # as stored: `refit` recomputes from the stored values, to the same result
         pred = p.total_ms(layers)
         row = {"model": spec, "structure": structure(layers), "measured_ms": ms,
-               "predicted_ms": round(pred, 5), "factor": round(ms / pred, 4)}
+               "predicted_ms": round(pred, 5), "factor": round(ms / pred, 4),
+               "predicted_by_class_ms": {c: round(v, 5) for c, v in p.by_class_ms(layers).items()}}
         if prof.get("context") and isinstance(v, dict) and v.get("node_ms") and ms <= NETWORK_MAX_MS:
             # a small network: per-layer fixed costs are a large part of it and do not shrink when it is
             # pruned, so its own line (kernels x kernel_factor + b_ms per layer) replaces the scale

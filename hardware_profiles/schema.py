@@ -20,6 +20,7 @@ One file describes one device + runtime + dtype + batch size:
      "calibration"?: [{"model": str, "structure": str, "measured_ms": float, "predicted_ms": float,
                        "factor": float,                                  # measured / predicted, dense
                        "kernel_factor"?: float, "b_ms"?: float,          # a small network's in-network line
+                       "predicted_by_class_ms"?: {class: float},        # predicted_ms split (predictor.FIT_CLASSES)
                        "input_shape"?: [int]}]}
 """
 

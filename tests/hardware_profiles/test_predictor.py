@@ -401,3 +401,34 @@ def test_int8_profiles_are_named_apart_from_fp32():
     assert names[0] == f"cpu-x86-2core-ort-int8-{host_tags()[0]}-b8.json"
     assert all("-int8" in n for n in names)
     assert not any("-int8" in p.name for p in _candidates("cpu-x86-2core-ort", 8))
+
+
+def test_an_unprofiled_network_is_scaled_per_class_of_layer(one_thread):
+    # profiled models whose convs ran 2x their tables and whose depthwise convs ran 1x: a network the profile never
+    # timed gets that per class of layer, not the median of whole-network factors
+    from compress.hardware_profiles.predictor import FIT_CLASSES
+
+    def row(name, conv, dw, memory=0.1, other=0.05):
+        by = {"conv": conv, "dwconv": dw, "memory": memory, "other": other}
+        pred = sum(by.values())
+        meas = 2 * conv + dw + memory + other
+        return {"model": name, "structure": name[0] * 16, "measured_ms": meas, "predicted_ms": pred,
+                "factor": round(meas / pred, 4), "predicted_by_class_ms": by}
+
+    d = constructed()
+    d["calibration"] = [row("a", 10, 1), row("b", 8, 2), row("c", 2, 6), row("d", 1, 9), row("e", 5, 5)]
+    p = DeviceProfile(d)
+    dense = [LayerSig("conv", 16, 32, (3, 3), (1, 1), (1, 1), 1, 8, 8)]
+    dw = [LayerSig("dwconv", 32, 32, (3, 3), (1, 1), (1, 1), 32, 8, 8)]
+    fit = p.fit(dense)
+    assert set(fit.class_scale) == set(FIT_CLASSES) and "per-class fit over 5" in fit.source
+    assert fit.class_scale["conv"] == pytest.approx(2.0, rel=0.05) and fit.class_scale["dwconv"] == pytest.approx(1.0, rel=0.1)
+    conv_only = p.total_ms(dense, fit) - p.overhead_ms(fit, 1)
+    assert conv_only == pytest.approx(2.0 * p.layer_ms(dense[0]), rel=0.05)
+    assert p.total_ms(dw) - p.overhead_ms(p.fit(dw), 1) == pytest.approx(p.layer_ms(dw[0]), rel=0.1)
+    assert fit.scale == pytest.approx(p.total_ms(dense, fit) / sum(p.by_class_ms(dense).values()), rel=1e-3)
+    # rows without the per-class split (profiles calibrated before it): the median factor, as before
+    for r in d["calibration"]:
+        del r["predicted_by_class_ms"]
+    old = DeviceProfile(d).fit(dense)
+    assert old.class_scale is None and old.scale == pytest.approx(sorted(r["factor"] for r in d["calibration"])[2])
