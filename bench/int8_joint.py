@@ -9,9 +9,11 @@ onnxruntime latency, which deployment is most accurate after the same fine-tune?
 Every arm is brought to the same measured latency the same way: each is built over a grid (the plans at
 --fp32-budgets / --int8-budgets, fractions of their own profile's dense prediction; Torch-Pruning at --tp-ratios),
 every grid point is timed in one lockstep run (compress.measure: one onnxruntime worker per file, alternating
-blocks) with the dense fp32 file, each point's latency is the median over rounds of its block / the dense block of
-the same round, and each arm takes its point closest to the target. The three are then timed together once more
-(the latencies reported). Each arm is then fine-tuned once per seed with the same recipe (compress.accuracy.train.finetune:
+blocks) with the dense fp32 file, each point's latency being the median over rounds of its block / the dense block
+of the same round. The --near points of each arm closest to the target are timed again together, with twice the
+rounds and one more pass; from that run the int8 plan takes its point closest to the target and the other two arms
+theirs closest to the int8 plan's latency (the latencies reported; "same latency": within --tolerance of the int8
+plan's). Each arm is then fine-tuned once per seed with the same recipe (compress.accuracy.train.finetune:
 same epochs, samples, LR, distillation from the dense model), exported as it ships and evaluated on the
 Fashion-MNIST test split (10,000 images) in onnxruntime; the accuracy is the mean over seeds.
 
@@ -42,7 +44,8 @@ def main() -> None:
     ap.add_argument("--tp-ratios", nargs="+", type=float, default=[round(0.5 + 0.025 * i, 3) for i in range(15)])
     ap.add_argument("--fp32-budgets", nargs="+", type=float, default=[round(0.2 + 0.01 * i, 3) for i in range(15)])
     ap.add_argument("--int8-budgets", nargs="+", type=float, default=[round(0.16 + 0.02 * i, 3) for i in range(14)])
-    ap.add_argument("--tolerance", type=float, default=0.05, help="'same latency': within this of the target")
+    ap.add_argument("--tolerance", type=float, default=0.05, help="'same latency': within this of the int8 plan's")
+    ap.add_argument("--near", type=int, default=3, help="points per arm timed again, nearest the target")
     c.lockstep_args(ap)
     ap.add_argument("--out", default=str(c.RESULTS / "int8_joint.json"))
     a = ap.parse_args()
@@ -144,19 +147,32 @@ def main() -> None:
     c.log(f"timing {len(grid)} grid points")
     lat = time_with_dense([(k, v["path"]) for k, v in grid.items()])
     out["grid_fraction"] = {arm: {str(x): lat[(k, x)]["fraction"] for (k, x) in grid if k == arm} for arm in ARMS}
-    arms = {}
-    for arm in ARMS:
-        best = min((key for key in grid if key[0] == arm), key=lambda key: abs(lat[key]["fraction"] - a.budget))
-        arms[arm] = grid[best] | {"grid_fraction": lat[best]["fraction"]}
-        c.log(f"{arm}: {best[1]} measured at {lat[best]['fraction']:.3f} of dense fp32 (target {a.budget})")
-
-    # the three finals side by side, once more in one lockstep run
-    c.log("timing the three arms together")
-    fin = time_with_dense([((k,), v["path"]) for k, v in arms.items()])
+    # the --near points of each arm closest to the target, timed again together (more blocks: one lockstep run of the
+    # same files a few minutes apart moved by up to 10% on this VM); the int8 plan takes its point closest to the target,
+    # the other two arms theirs closest to the int8 plan's latency: the comparison is at equal latency first
+    near = [key for arm in ARMS for key in sorted((k for k in grid if k[0] == arm),
+                                                  key=lambda k: abs(lat[k]["fraction"] - a.budget))[:a.near]]
+    c.log(f"timing the {len(near)} points nearest the target again")
+    proto_fin = proto | {"rounds": 2 * a.rounds}
+    s_fin = c.alternate_workers([(("dense_fp32",), work / "dense.onnx", a.batch)] +
+                                [(k, grid[k]["path"], a.batch) for k in near], proto_fin, a.passes + 1)
+    d_fin = s_fin[("dense_fp32",)]
+    fin = {k: c.summarize(s_fin[k]) | {"fraction": round(statistics.median(
+        m["median_ms"] / x["median_ms"] for m, x in zip(s_fin[k], d_fin)), 4)} for k in near}
+    out["near_fraction"] = {f"{k[0]} {k[1]}": fin[k]["fraction"] for k in near}
+    mine = min((k for k in near if k[0] == "int8_plan"), key=lambda k: abs(fin[k]["fraction"] - a.budget))
+    chosen = {"int8_plan": mine}
+    for arm in ("fp32_plan", "tp16_int8"):
+        chosen[arm] = min((k for k in near if k[0] == arm), key=lambda k: abs(fin[k]["fraction"] - fin[mine]["fraction"]))
+    arms = {arm: grid[k] | {"grid_fraction": lat[k]["fraction"], "point": k[1]} for arm, k in chosen.items()}
+    for arm, k in chosen.items():
+        c.log(f"{arm}: {k[1]} measured at {fin[k]['fraction']:.3f} of dense fp32 (target {a.budget})")
     out["arms"] = {}
     for k, v in arms.items():
-        e = {"latency": fin[(k,)], "fraction_of_dense_fp32": fin[(k,)]["fraction"],
-             "within_tolerance_of_target": abs(fin[(k,)]["fraction"] / a.budget - 1) <= a.tolerance,
+        f = fin[chosen[k]]
+        e = {"latency": f, "fraction_of_dense_fp32": f["fraction"],
+             "within_tolerance_of_target": abs(f["fraction"] / a.budget - 1) <= a.tolerance,
+             "within_tolerance_of_int8_plan": abs(f["fraction"] / fin[mine]["fraction"] - 1) <= a.tolerance,
              "grid_fraction": v["grid_fraction"], "macs": count_macs(v["model"], x1)}
         if "plan" in v:
             e |= {"planned_budget": v["budget"], "predicted_fraction": v["predicted_fraction"],
@@ -194,8 +210,8 @@ def main() -> None:
     out["summary"] |= {
         "int8_plan_minus_fp32_plan_points": round(100 * (mine - arm["fp32_plan"]["accuracy"]), 2),
         "int8_plan_minus_tp16_int8_points": round(100 * (mine - arm["tp16_int8"]["accuracy"]), 2),
-        "same_latency": all(arm[k]["within_tolerance_of_target"] for k in ARMS),
-        "met": len(a.seeds) >= 3 and all(arm[k]["within_tolerance_of_target"] for k in ARMS)
+        "same_latency": all(arm[k]["within_tolerance_of_int8_plan"] for k in ARMS),
+        "met": len(a.seeds) >= 3 and all(arm[k]["within_tolerance_of_int8_plan"] for k in ARMS)
         and mine > arm["fp32_plan"]["accuracy"] and mine > arm["tp16_int8"]["accuracy"]}
     out["wall_seconds"] = round(time.time() - t_start, 1)
     c.write_json(c.Path(a.out), out)
