@@ -537,7 +537,9 @@ def predict_unprofiled_section(d: dict) -> list[str]:
            "is in the table) and timed in lockstep. *fraction*: pruned over dense latency, the figure a "
            "`--latency-budget` plan relies on; *error*: predicted / measured - 1. *fit*: which network calibration "
            "the predictor applied: that of a calibrated model with the same layer structure (kernels, strides, "
-           "resolutions; channel counts and groups aside), else the median of the calibrated models' factors."
+           "resolutions; channel counts and groups aside), else a factor per class of layer (conv, depthwise, memory, "
+           "other) fitted over the calibrated models (`per-class`; profiles without the per-class split: the median "
+           "of their factors)."
            + (f" *recal.*: absolute errors against the profile recalibrated on this host (`{prof['recalibrated']['path']}`)."
               if recal else ""), "",
            "| model | MAC red. | pred. dense ms | meas. dense ms | pred. fraction | meas. fraction | fraction error "
@@ -553,7 +555,7 @@ def predict_unprofiled_section(d: dict) -> list[str]:
                    f"{_pct(e['fraction_error'])} | {_pct(e['absolute_error']['dense'])} | "
                    f"{_pct(e['absolute_error']['pruned'])} |"
                    + (f" {_pct(ra.get('dense'))} | {_pct(ra.get('pruned'))} |" if recal else "")
-                   + f" {e.get('fit_model') or 'median'} |")
+                   + f" {e.get('fit_model') or ('per-class' if 'per-class' in str(e.get('fit')) else 'median')} |")
     out.append("")
     for which in ("shipped", "recalibrated"):
         x = s.get(which)
