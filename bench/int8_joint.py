@@ -105,11 +105,11 @@ def main() -> None:
                             shape, None, "cpu", False)
         return path, info
 
-    def time_with_dense(jobs: list[tuple]) -> dict:
+    def time_with_dense(jobs: list[tuple], protocol: dict = proto, passes: int = a.passes) -> dict:
         """{key: latency summary} of jobs [(key, path)], the dense fp32 file timed in the same lockstep run, and
         each key's `fraction` of it, from the blocks of the same round (a load burst hits neighbouring blocks)."""
         s = c.alternate_workers([(("dense_fp32",), work / "dense.onnx", a.batch)] +
-                                [(k, p, a.batch) for k, p in jobs], proto, a.passes)
+                                [(k, p, a.batch) for k, p in jobs], protocol, passes)
         lat = {k: c.summarize(v) for k, v in s.items()}
         d = s[("dense_fp32",)]
         for k, v in lat.items():   # the median over rounds of (this block / the dense block of the same round)
@@ -117,8 +117,7 @@ def main() -> None:
         return lat
 
     # dense, and the starting points: the fp32 plan at the budget, the int8 plan at budget x (fp32 / int8 dense)
-    to_onnx(dense, "dense", False)
-    to_onnx(dense, "dense", True)
+    to_onnx(dense, "dense", True)       # dense.onnx and dense.int8.onnx
     c.log("timing dense fp32 and int8")
     lat0 = time_with_dense([(("dense_int8",), work / "dense.int8.onnx")])
     int8_dense_fraction = lat0[("dense_int8",)]["fraction"]
@@ -153,12 +152,7 @@ def main() -> None:
     near = [key for arm in ARMS for key in sorted((k for k in grid if k[0] == arm),
                                                   key=lambda k: abs(lat[k]["fraction"] - a.budget))[:a.near]]
     c.log(f"timing the {len(near)} points nearest the target again")
-    proto_fin = proto | {"rounds": 2 * a.rounds}
-    s_fin = c.alternate_workers([(("dense_fp32",), work / "dense.onnx", a.batch)] +
-                                [(k, grid[k]["path"], a.batch) for k in near], proto_fin, a.passes + 1)
-    d_fin = s_fin[("dense_fp32",)]
-    fin = {k: c.summarize(s_fin[k]) | {"fraction": round(statistics.median(
-        m["median_ms"] / x["median_ms"] for m, x in zip(s_fin[k], d_fin)), 4)} for k in near}
+    fin = time_with_dense([(k, grid[k]["path"]) for k in near], proto | {"rounds": 2 * a.rounds}, a.passes + 1)
     out["near_fraction"] = {f"{k[0]} {k[1]}": fin[k]["fraction"] for k in near}
     mine = min((k for k in near if k[0] == "int8_plan"), key=lambda k: abs(fin[k]["fraction"] - a.budget))
     chosen = {"int8_plan": mine}

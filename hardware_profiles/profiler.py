@@ -535,10 +535,11 @@ def calibration(prof: dict, measured: dict, shapes: dict | None = None) -> list[
         if not ms:
             continue
         ms = round(ms, 5)          # as stored: `refit` recomputes from the stored values, to the same result
-        pred = p.total_ms(layers)
+        parts = p.by_class_ms(layers)         # the uncalibrated prediction (p has no calibration), split by class
+        pred = sum(parts.values())
         row = {"model": spec, "structure": structure(layers), "measured_ms": ms,
                "predicted_ms": round(pred, 5), "factor": round(ms / pred, 4),
-               "predicted_by_class_ms": {c: round(v, 5) for c, v in p.by_class_ms(layers).items()}}
+               "predicted_by_class_ms": {c: round(v, 5) for c, v in parts.items()}}
         if prof.get("context") and isinstance(v, dict) and v.get("node_ms") and ms <= NETWORK_MAX_MS:
             # a small network: per-layer fixed costs are a large part of it and do not shrink when it is
             # pruned, so its own line (kernels x kernel_factor + b_ms per layer) replaces the scale
