@@ -588,7 +588,8 @@ def int8_pruned_section(d: dict) -> list[str]:
     """Issue #22: pruning on int8 (efficiency) and the int8 profile's predictions (bench/int8_pruned.py)."""
     p, s = d["protocol"], d["summary"]
     title = ("### Pruning on int8 (`int8_pruned.py`)" if s.get("efficiency") or not s.get("prediction")
-             else "### int8 latency predicted for pruned variants (`int8_pruned.py --part prediction`)")
+             else "### int8 latency predicted for pruned variants (`int8_pruned.py --part prediction`"
+             + (f", batch {p['batch']})" if p["batch"] != 8 else ")"))
     out = [title, "",
            f"Dense and pruned models quantized as `compress export --target cpu --dtype int8` does it (random:64 "
            f"calibration, seeded random weights, 3×224×224), timed in lockstep at batch {p['batch']}; pruned with "
@@ -672,7 +673,8 @@ def section(results: Path = RESULTS) -> str:
                       ("bsr_cpu_candidates.json", bsr_cpu_section), ("minilm_block.json", minilm_block_section),
                       ("resnet50_block.json", resnet50_block_section),
                       ("predict_unprofiled.json", predict_unprofiled_section), ("int8_pruned.json", int8_pruned_section),
-                      ("int8_pruned_prediction.json", int8_pruned_section), ("int8_joint.json", int8_joint_section)):
+                      ("int8_pruned_prediction.json", int8_pruned_section),
+                      ("int8_pruned_prediction_b1.json", int8_pruned_section), ("int8_joint.json", int8_joint_section)):
         f = results / fname
         if f.is_file():
             extra = results / "planner_budget_measured.json"

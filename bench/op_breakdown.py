@@ -239,6 +239,12 @@ def main() -> None:
                   f"{r['excess_ms']:7.2f} {r['dense_gmacs_per_s']:6.1f}->{r['pruned_gmacs_per_s']:5.1f}")
         print(f"total excess over all matched nodes: {sum(r['excess_ms'] for r in layers):.2f} ms "
               f"(pruned run {p_ms:.1f} ms)")
+        others = sorted(((n, dn, p_nodes[n]) for n, dn in d_nodes.items() if not dn["macs"] and n in p_nodes),
+                        key=lambda t: -t[2]["ms"])
+        print(f"\nnodes without MACs (element-wise, layout, pooling), slowest pruned first:")
+        print(f"{'node':48} {'kind':>18} {'ms dense':>9} {'ms pruned':>9} {'pruned/dense':>12}")
+        for n, dn, pn in others[:a.layers]:
+            print(f"{n[-48:]:48} {dn['kind'][:18]:>18} {dn['ms']:9.3f} {pn['ms']:9.3f} {pn['ms'] / max(dn['ms'], 1e-9):12.2f}")
     if a.out:
         c.write_json(c.Path(a.out), {"model": a.model, "variant": a.variant, "dtype": a.dtype, "ratio": a.ratio, "batch": a.batch,
                                      "threads": a.threads, "run_ms": {"dense": d_ms, "pruned": p_ms},
