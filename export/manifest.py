@@ -48,18 +48,20 @@ def runtime_versions() -> dict:
     return out
 
 
-def expected_latency(model, inputs, target: str, batch: int, sparse: bool = False) -> dict:
+def expected_latency(model, inputs, target: str, batch: int, sparse: bool = False, dtype: str | None = None) -> dict:
     """The hardware profile's expected latency, or null with the reason it is unavailable. `sparse`: of the
-    artifact whose block-sparse layers run the sparse kernel (model.bsr.onnx)."""
+    artifact whose block-sparse layers run the sparse kernel (model.bsr.onnx); `dtype` int8: of model.int8.onnx,
+    from the target's int8 profile."""
     from compress.hardware_profiles import expected_latency_ms
 
     try:
-        ms = expected_latency_ms(model, inputs, target, batch, sparse)
+        ms = expected_latency_ms(model, inputs, target, batch, sparse, dtype=dtype)
     except Exception as e:  # a profile missing for this target or op is not an export failure
         return {"ms": None, "reason": f"{type(e).__name__}: {first_line(e, 200, strip=False, empty='')}"}
     if ms is None:
-        return {"ms": None, "reason": f"no latency profile for target {target}"}
-    return {"ms": float(ms), "source": "compress.hardware_profiles.expected_latency_ms", "batch": batch}
+        return {"ms": None, "reason": f"no {dtype + ' ' if dtype else ''}latency profile for target {target} at batch {batch}"}
+    return ({"ms": float(ms), "source": "compress.hardware_profiles.expected_latency_ms", "batch": batch}
+            | ({"dtype": dtype} if dtype else {}))
 
 
 def pruning_accuracy(model_dir: str | None) -> dict:

@@ -503,8 +503,11 @@ def _int8_step(b: _Build) -> dict:
     for why in (cal.warning, p.get("note")):
         if why:
             b.not_verified.append(f"{q.INT8_FILE}: {why}")
-    if b.cfg.target == "cpu":
-        b.bench.append({"runtime": "onnxruntime int8 (QDQ)", "argv": ["run_ort.py", q.INT8_FILE] + shlex.split(int8_args)})
+    if b.cfg.target == "cpu":   # timed against the int8 profile's prediction, not the fp32 one of expected_latency
+        info["expected_latency"] = expected = mf.expected_latency(b.model, b.example, b.cfg.target, b.cfg.batch or 1,
+                                                                  dtype="int8")
+        b.bench.append({"runtime": "onnxruntime int8 (QDQ)", "argv": ["run_ort.py", q.INT8_FILE] + shlex.split(int8_args),
+                        "expected_ms": expected.get("ms")})
         b.commands.append({"what": "run and time the int8 model with onnxruntime",
                            "command": f"python3 run_ort.py {q.INT8_FILE} {int8_args}", "needs": "onnxruntime, numpy"})
     return info

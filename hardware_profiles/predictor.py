@@ -19,6 +19,7 @@ import bisect
 import hashlib
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,8 +443,15 @@ def profile_dtype(dtype: str) -> str:
 
 def dtype_name(name: str, dtype: str | None) -> str:
     """The shipped name of `name`'s profile for `dtype`: int8 profiles are NAME-int8[-TAG]-bN.json
-    (e.g. cpu-x86-2core-ort-int8-amd-avx512-b8.json), the others NAME[-TAG]-bN.json."""
-    return f"{name}-int8" if dtype == "int8" and not name.endswith("-int8") else name
+    (e.g. cpu-x86-2core-ort-int8-amd-avx512-b8.json), the others NAME[-TAG]-bN.json. A name that already says
+    int8 is kept; a tagged or batched one (what plan and predict print, e.g. cpu-x86-2core-ort-amd-avx512-b1) gets
+    -int8 before its tag."""
+    if dtype != "int8" or re.search(r"-int8(-|$)", name):
+        return name
+    m = re.fullmatch(r"(.*?)(-b\d+)?", name)
+    base, batch = m.group(1), m.group(2) or ""
+    stem = _untagged(base)
+    return f"{stem}-int8{base[len(stem):]}{batch}"
 
 
 def howto_int8(batch) -> str:
@@ -555,11 +563,13 @@ def predict_ms(model, example_inputs, profile: DeviceProfile, sparse: bool = Fal
     return profile.total_ms(layers, sparse=block_sparse_layers(model) if sparse else None)
 
 
-def expected_latency_ms(model, example_inputs, target: str, batch: int, sparse: bool = False) -> float | None:
-    """Predicted latency on `target` (cpu, jetson or a profile name) at `batch`; None without a profile."""
+def expected_latency_ms(model, example_inputs, target: str, batch: int, sparse: bool = False,
+                        dtype: str | None = None) -> float | None:
+    """Predicted latency on `target` (cpu, jetson or a profile name) at `batch`; None without a profile.
+    `dtype` int8: of the int8 artifact, from the target's int8 profile (NAME-int8[-TAG]-bN.json)."""
     name = TARGETS.get(target, target)
     try:
-        prof = load_profile(name, batch=batch)
+        prof = load_profile(name, batch=batch, dtype=dtype)
     except CompressError:
         return None
     return predict_ms(model, example_inputs, prof, sparse)

@@ -94,6 +94,10 @@ def _summary(man: dict, out: str) -> str:
                         if "accuracy_int8" in p else ""))
     e = man["expected_latency"]
     lines.append(f"expected latency: {e['ms']:.3f} ms" if e.get("ms") is not None else f"expected latency: unknown ({e['reason']})")
+    e8 = (q or {}).get("expected_latency")
+    if e8:
+        lines.append(f"expected latency, int8: {e8['ms']:.3f} ms" if e8.get("ms") is not None
+                     else f"expected latency, int8: unknown ({e8['reason']})")
     acc = man["accuracy_at_pruning"]
     lines.append(f"accuracy at pruning time: {acc['accuracy']:.4f}" if "accuracy" in acc else f"accuracy at pruning time: {acc['reason']}")
     for nv in man["not_verified_here"]:

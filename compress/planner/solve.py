@@ -96,6 +96,8 @@ class CostedLayer:
 def _channel_dim(ndim: int, op: str) -> int:
     if op in ("conv", "dwconv"):
         return 1
+    if op == "linear":      # features are the last dim at any rank: (N, C), (N, T, C), channels-last (N, H, W, C)
+        return ndim - 1
     return 1 if ndim in (2, 4) else ndim - 1
 
 

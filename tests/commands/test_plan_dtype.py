@@ -59,16 +59,16 @@ def test_wrong_kind_of_profile_is_bad_input(capsys, tmp_path, profiles, args, ms
 def test_int8_without_a_profile_for_the_host_says_how_to_make_one(capsys, tmp_path):
     from compress.hardware_profiles.predictor import _candidates, dtype_name
 
-    # batch 1: the shipped int8 profiles are batch 8 only; where one ships for this host at another batch, the
+    # batch 3: the shipped int8 profiles are batch 1 and 8; where one ships for this host at another batch, the
     # refusal names that file and its batch, else it says none ships; either way it says how to measure one
-    names = [c for c in _candidates(dtype_name("cpu-x86-2core-ort", "int8"), 1) if c.is_file()]
-    if any(c.name.endswith("-b1.json") for c in names):
-        pytest.skip("an int8 batch-1 profile ships for this host")
-    code, err, out = _plan(capsys, tmp_path, "--dtype", "int8", "--batch", "1")
+    names = [c for c in _candidates(dtype_name("cpu-x86-2core-ort", "int8"), 3) if c.is_file()]
+    if any(c.name.endswith("-b3.json") for c in names):
+        pytest.skip("an int8 batch-3 profile ships for this host")
+    code, err, out = _plan(capsys, tmp_path, "--dtype", "int8", "--batch", "3")
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert ("measured at batch 8, not 1" in err) if names else \
+    assert (f"measured at batch {names[0].stem.rsplit('-b', 1)[1]}, not 3" in err) if names else \
         ("no int8 profile 'cpu-x86-2core-ort-int8' ships for this host" in err)
-    assert "`compress profile --target cpu --dtype int8 --batch 1 --model MODEL --out FILE`" in err
+    assert "`compress profile --target cpu --dtype int8 --batch 3 --model MODEL --out FILE`" in err
     assert not out.exists()
 
 

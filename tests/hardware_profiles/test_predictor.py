@@ -132,6 +132,19 @@ def test_expected_latency_for_the_export_manifest(one_thread):
     cpu = expected_latency_ms(model, x, "cpu", 1)
     jet = expected_latency_ms(model, x, "jetson", 2)
     assert cpu > 0 and jet > 0
+    # int8: from the target's int8 profile where one fits this host and batch, never the fp32 one
+    from compress.errors import CompressError
+    from compress.hardware_profiles.predictor import load_profile, predict_ms
+
+    assert expected_latency_ms(model, x, "cpu", 3, dtype="int8") is None
+    assert expected_latency_ms(model, x, "jetson", 2, dtype="int8") is None     # no int8 Jetson profile ships
+    try:
+        prof8 = load_profile("cpu-x86-2core-ort", dtype="int8", batch=1)
+    except CompressError:                                                       # none for this host
+        assert expected_latency_ms(model, x, "cpu", 1, dtype="int8") is None
+    else:
+        i8 = expected_latency_ms(model, x, "cpu", 1, dtype="int8")
+        assert i8 == pytest.approx(predict_ms(model, x, prof8)) and i8 != pytest.approx(cpu)
 
 
 def test_layer_ms_is_cached_and_pure(prof):
@@ -401,6 +414,17 @@ def test_int8_profiles_are_named_apart_from_fp32():
     assert names[0] == f"cpu-x86-2core-ort-int8-{host_tags()[0]}-b8.json"
     assert all("-int8" in n for n in names)
     assert not any("-int8" in p.name for p in _candidates("cpu-x86-2core-ort", 8))
+
+
+def test_int8_lookup_of_a_tagged_or_batched_name():
+    # the names plan and predict print (tagged, or the file's stem) find the int8 file, not NAME-TAG-int8
+    from compress.hardware_profiles.predictor import dtype_name
+
+    assert dtype_name("cpu-x86-2core-ort-amd-avx512", "int8") == "cpu-x86-2core-ort-int8-amd-avx512"
+    assert dtype_name("cpu-x86-2core-ort-int8-amd-avx512", "int8") == "cpu-x86-2core-ort-int8-amd-avx512"
+    assert dtype_name("cpu-x86-2core-ort-avx512-b1", "int8") == "cpu-x86-2core-ort-int8-avx512-b1"
+    assert dtype_name("cpu-x86-2core-ort-int8-amd-avx512-b8", "int8") == "cpu-x86-2core-ort-int8-amd-avx512-b8"
+    assert dtype_name("cpu-x86-2core-ort-amd-avx512-b1", "float32") == "cpu-x86-2core-ort-amd-avx512-b1"
 
 
 def test_an_unprofiled_network_is_scaled_per_class_of_layer(one_thread):
