@@ -615,6 +615,9 @@ def int8_pruned_section(d: dict) -> list[str]:
         out += ["", f"Bar (int8 efficiency >= {s['bars']['efficiency_min']} on "
                 f"{', '.join(s['bars']['efficiency_models'])}): "
                 + ("not evaluated (not all of them measured)" if eff["met"] is None else _met(eff["met"])) + "."]
+        ob = RESULTS / "op_breakdown" / "mobilenet_v2_int8_r0.3_b8.json"
+        if ob.is_file():
+            out += [""] + int8_ceiling_lines(json.loads(ob.read_text()))
     pr = s.get("prediction")
     if pr:
         out += ["", "Predicted vs measured int8 latency of pruned variants (none used to fit the profile):", "",
@@ -638,6 +641,28 @@ def int8_pruned_section(d: dict) -> list[str]:
     out += ["", f"Produced by `{d['command']}` ({p['rounds']} rounds x {p['passes']} passes; "
             f"{d['wall_seconds'] / 60:.0f} min) on {_machine(d)}."]
     return out
+
+
+def int8_ceiling_lines(d: dict) -> list[str]:
+    """What uniform pruning's efficiency can reach on int8 given the op mix: from a node-profiled dense / pruned pair
+    (bench/op_breakdown.py --dtype int8 --out)."""
+    red = d["macs"]["dense"] / d["macs"][d["variant"]]
+    dm, pm = d["run_ms"]["dense"], d["run_ms"]["pruned"]
+    excess = sum(r["excess_ms"] for r in d["layers"])
+    mac = [r for r in d["kinds"] if r.get("dense_macs")]
+    other = [r for r in d["kinds"] if not r.get("dense_macs")]
+    k = 1 - d["ratio"]
+    ideal = sum(r["dense_ms"] * r["pruned_macs"] / r["dense_macs"] for r in mac) + k * sum(r["dense_ms"] for r in other)
+    total = sum(r["dense_ms"] for r in d["kinds"])
+    kinds = ", ".join(f"{r['kind']} {r['efficiency']:.2f}" for r in mac if "efficiency" in r)
+    return [f"What the op mix allows ({d['model']} int8, ratio {d['ratio']}, batch {d['batch']}, node profiler, "
+            f"`bench/op_breakdown.py {d['model']} --ratio {d['ratio']} --round-to 16 --dtype int8`, {d['date'][:10]}): "
+            f"measured efficiency {dm / pm / red:.2f} (per kind of conv: {kinds}); {dm / (pm - excess) / red:.2f} if "
+            f"every conv ran at its dense node's throughput and the ops without MACs (quantize, transposes, QLinearAdd, "
+            f"pooling: {sum(r['dense_ms'] for r in other) / total:.0%} of dense kernel time) took what they took; "
+            f"{total / ideal / red:.2f} if those also shrank with the channels (x{k:g}). The bar sits at the ceiling of "
+            f"uniform pruning on this runtime: depthwise convs (linear in channels) are a third of int8 time, and the "
+            f"3-channel stem conv runs 16 output channels hardly faster than 32."]
 
 
 def int8_joint_section(d: dict) -> list[str]:

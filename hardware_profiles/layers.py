@@ -314,13 +314,23 @@ def _concat_layers(node, name: str) -> list[LayerSig]:
     return [LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind="concat", module=_module(node), fusion=name)]
 
 
+def _broadcasts(a, b) -> bool:
+    """Whether an element-wise op of operands shaped `a` and `b` broadcasts one over the other within a sample:
+    right-aligned, they differ in a dim other than the batch (dim 0 of the longer). A batch-1 operand added to a
+    batch-B one (a position embedding, a learned token) is a plain binary op at every batch, so a network traced at
+    batch 2 (the planner) fingerprints as it does at batch 1 (the profile's calibration)."""
+    n = max(len(a), len(b))
+    a, b = [1] * (n - len(a)) + list(a), [1] * (n - len(b)) + list(b)
+    return any(x != y for x, y in zip(a[1:] if n >= 2 else a, b[1:] if n >= 2 else b))
+
+
 def _memory_layers(node, name: str, graph: _Graph) -> list[LayerSig]:
     kind = _MEMORY_OF[name]
     shapes = [s for s in (_shape(a) for a in node.args if hasattr(a, "op")) if s is not None]
     if not shapes:
         return []  # scalar arithmetic
     big = max(shapes, key=lambda s: _numel(s))
-    if kind == "binary" and len(shapes) == 2 and _numel(shapes[0]) != _numel(shapes[1]):
+    if kind == "binary" and len(shapes) == 2 and _broadcasts(*shapes):
         kind = "broadcast"
     if kind == "binary" and len(shapes) == 1:
         kind = "unary"   # x * constant

@@ -73,3 +73,28 @@ def test_pruned_channels_change_the_signature(one_thread):
     b = extract_layers(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval(), (torch.randn(1, 3, 16, 16),))
     assert [s.cout for s in a][0] == 32 and [s.cout for s in b][0] == 16
     assert a[1].h == 14 and a[1].cin == 32 and b[1].cin == 16
+
+
+class Embed(nn.Module):
+    """A token embedding plus a learned (1, T, H) position table, then a squeeze-style (N, T, 1) gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Linear(8, 16)
+        self.pos = nn.Parameter(torch.randn(1, 6, 16))
+        self.gate = nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.tok(x) + self.pos
+        return h * torch.sigmoid(self.gate(h))
+
+
+def test_memory_kinds_do_not_depend_on_the_batch(one_thread):
+    """The planner traces at batch 2, a profile's calibration at batch 1: an operand with batch 1 (a position table)
+    is a plain binary op at either batch, so the network's fingerprint (and its own calibration row) matches."""
+    from compress.hardware_profiles.predictor import structure
+
+    m = Embed().eval()
+    kinds = {b: [s.kind for s in extract_layers(m, (torch.randn(b, 6, 8),)) if s.op == "memory"] for b in (1, 2)}
+    assert kinds[1] == kinds[2] and "binary" in kinds[1] and "broadcast" in kinds[1]
+    assert structure(extract_layers(m, (torch.randn(1, 6, 8),))) == structure(extract_layers(m, (torch.randn(2, 6, 8),)))

@@ -89,3 +89,25 @@ def test_shipped_profiles_load_and_say_where_they_come_from():
     assert cpu1.batch == 1 and cpu1.runtime == "ort"
     # analytic profiles scale to any batch
     assert load_profile("jetson-orin-nano", batch=4).batch == 4
+
+
+def test_shipped_calibrations_match_the_models_layer_structure_today():
+    """A calibration row applies to a network only while its layer-structure fingerprint matches; a change to layer
+    extraction that alters a profiled model's fingerprint silently drops that model's own calibration (hf:minilm's
+    row in the amd-avx512 b1 file went stale that way and predicted its plans 10-17% off): re-time the row with
+    `compress profile --extend FILE --recalibrate --model M` (or `--refit` when only the fit changed)."""
+    from compress.api.profile import layers_of
+    from compress.hardware_profiles.predictor import HERE, NOT_PROFILES, structure
+
+    seen: dict = {}
+    stale = []
+    for f in sorted(HERE.glob("*.json")):
+        if f.name in NOT_PROFILES:
+            continue
+        for row in json.loads(f.read_text()).get("calibration") or []:
+            key = (row["model"], tuple(row.get("input_shape") or ()))
+            if key not in seen:
+                seen[key] = structure(layers_of(row["model"], row.get("input_shape")))
+            if seen[key] != row["structure"]:
+                stale.append(f"{f.name}: {row['model']}")
+    assert seen and not stale, stale

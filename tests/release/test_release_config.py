@@ -329,16 +329,13 @@ def test_int8_problems_are_reported_with_their_key_paths(tmp_path):
 
 
 def test_int8_latency_budget_without_a_shipped_int8_profile_says_how_to_make_one(tmp_path):
-    from compress.hardware_profiles.predictor import _candidates, dtype_name
-
-    if any(c.is_file() for c in _candidates(dtype_name("cpu-x86-2core-ort", "int8"), 8)):
-        pytest.skip("an int8 profile ships for this host")
-    got = _problems(_write(tmp_path, INT8_HEAD + """\
+    # measured at batch 3: no int8 profile ships at that batch (b1 and b8 do for this host)
+    got = _problems(_write(tmp_path, INT8_HEAD.replace("batch = 8", "batch = 3") + """\
     [targets.cpu]
     latency_budget = 0.6
     profile = "cpu-x86-2core-ort"
     dtype = "int8"
     calib = "data:128"
     """))
-    assert len(got) == 1 and got[0].startswith("targets.cpu.profile: no int8 profile 'cpu-x86-2core-ort-int8'")
-    assert "compress profile --target cpu --dtype int8 --batch 8" in got[0]
+    assert len(got) == 1 and got[0].startswith("targets.cpu.profile: ") and "not 3" in got[0], got
+    assert "compress profile --target cpu --dtype int8 --batch 3" in got[0]
