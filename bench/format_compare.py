@@ -215,7 +215,9 @@ def repredict(r: dict) -> None:
         "--latency-budget", r["budget"], *shape_args(m), *only, "--out", again)
     rep = json.loads((again / "report.json").read_text())["formats_report"]
     r["repredicted"] = {"plan_dir": c.rel(again), "predicted_dense_ms": rep["dense_ms"], "when": c.now()}
-    r["candidates"]["dense"]["predicted_ms_at_build"] = r["candidates"]["dense"]["predicted_ms"]
+    # the prediction the artifacts were built with: kept from the first repredict on (a second one must not take the
+    # first one's prediction for it)
+    r["candidates"]["dense"].setdefault("predicted_ms_at_build", r["candidates"]["dense"]["predicted_ms"])
     r["candidates"]["dense"]["predicted_ms"] = rep["dense_ms"]
     r["predicted_dense_ms"] = rep["dense_ms"]
     for k, v in r["candidates"].items():
@@ -225,11 +227,25 @@ def repredict(r: dict) -> None:
         new = json.loads((again / "candidates" / f"{k}.json").read_text())
         same = old["keep"] == new["keep"] and old["formats"] == new["formats"]
         v["predicted_ms_at_build"] = v.get("predicted_ms_at_build", v["predicted_ms"])
+        built = as_built(v, r["profile"], m)
+        v["predicted_ms_as_built"] = built
         if same:
             v["predicted_ms"], v["predicted_dense_ms"] = rep[k]["predicted_ms"], rep["dense_ms"]
+        elif built is not None:   # the plan changed: the built candidate priced on the profile as it is now
+            v["predicted_ms"], v["predicted_dense_ms"] = built, rep["dense_ms"]
         else:                 # the plan the artifact was built from: its prediction and dense from the same profile
             v["predicted_dense_ms"] = r["candidates"]["dense"]["predicted_ms_at_build"]
         v["repredicted_plan_unchanged"] = same
+
+
+def as_built(v: dict, profile: str, m: dict) -> float | None:
+    """`compress predict` of the directory the candidate's artifact was exported from (ARTIFACT without its -art
+    suffix), on `profile`: the block-sparse artifact's figure for model.bsr.onnx, else the dense one."""
+    src = c.ROOT / str(v["artifact"]).removesuffix("-art")
+    if not src.is_dir():
+        return None
+    got = json.loads(cli("predict", src, "--profile", profile, *shape_args(m), "--json"))
+    return round(got["predicted_sparse_kernel_ms"] if v.get("file") == "model.bsr.onnx" else got["predicted_ms"], 4)
 
 
 def time_model(r: dict, args) -> None:

@@ -481,7 +481,10 @@ def format_compare_section(runs: list[dict]) -> list[str]:
              "way (MiniLM: distilled; ResNet-50: random weights, latency only), exported with `compress export --target "
              f"cpu` and timed at batch 1 in lockstep with the dense artifact, {d0['threads']} threads. *fraction error*: "
              "predicted / measured fraction of dense - 1 (what the planner optimises); *abs. error*: predicted / "
-             f"measured ms - 1. {_machine(d0)}.", "",
+             "measured ms - 1. *predicted ms*: the planner's for the candidate's plan; after a recalibration "
+             "(`format_compare.py --time-only --repredict`), re-planned on the profile as it is now where the plan comes "
+             "out the same, else the built candidate priced by `compress predict DIR --profile FILE` (what its artifact "
+             f"runs). {_machine(d0)}.", "",
              "| model | budget | sparse layers | candidate | artifact | sparse density | channels kept | quality | latency ms | "
              "vs dense | predicted ms | abs. error | fraction error |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = ("dense", "structured", "unstructured", "mixed")

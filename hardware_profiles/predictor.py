@@ -105,8 +105,11 @@ def _line(cs, ms) -> tuple:
 
 
 def structure(layers) -> str:
-    """A fingerprint of a network's layer structure without its channel counts (pruning keeps it)."""
-    key = [(s.op, KIND_FALLBACK.get(s.kind, s.kind), list(s.kernel), list(s.stride), list(s.padding), s.h, s.w, s.tokens) for s in layers]
+    """A fingerprint of a network's layer structure without its channel counts (pruning keeps it). Attention heads
+    count as channels: an attention softmax's rows (`tokens` = queries x heads) are left out, as its matmuls' heads
+    (`groups`) are, so a head-pruned transformer keeps its dense model's fit."""
+    key = [(s.op, KIND_FALLBACK.get(s.kind, s.kind), list(s.kernel), list(s.stride), list(s.padding), s.h, s.w,
+            None if s.fusion == "attention.softmax" else s.tokens) for s in layers]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 

@@ -98,3 +98,25 @@ def test_memory_kinds_do_not_depend_on_the_batch(one_thread):
     kinds = {b: [s.kind for s in extract_layers(m, (torch.randn(b, 6, 8),)) if s.op == "memory"] for b in (1, 2)}
     assert kinds[1] == kinds[2] and "binary" in kinds[1] and "broadcast" in kinds[1]
     assert structure(extract_layers(m, (torch.randn(1, 6, 8),))) == structure(extract_layers(m, (torch.randn(2, 6, 8),)))
+
+
+class Attention(nn.Module):
+    def __init__(self, heads: int, dim: int = 8):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(16, 3 * heads * dim), nn.Linear(heads * dim, 16)
+
+    def forward(self, x):
+        n, t, _ = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, -1))
+
+
+def test_head_pruning_keeps_the_fingerprint(one_thread):
+    """Heads are channels: a transformer with heads pruned keeps its dense model's fingerprint (and calibration)."""
+    from compress.hardware_profiles.predictor import structure
+
+    x = (torch.randn(1, 6, 16),)
+    four, two = extract_layers(Attention(4).eval(), x), extract_layers(Attention(2).eval(), x)
+    assert any(s.fusion == "attention.softmax" for s in four)
+    assert structure(four) == structure(two)
+    assert structure(four) != structure(extract_layers(Attention(4).eval(), (torch.randn(1, 5, 16),)))  # tokens count
