@@ -213,7 +213,10 @@ class DeviceProfile:
         else:
             key = table_key(sig)
             t = self._tables.get(key)
-            if t is None:
+            near = self._linear_at_other_tokens(sig) if t is None and sig.op == LINEAR else None
+            if near is not None:
+                ms = near
+            elif t is None:
                 self.fallbacks.add(key)
                 ms = self.roofline_ms(sig)
             else:
@@ -228,6 +231,22 @@ class DeviceProfile:
                     ms *= s.get("unaligned_factor", 1.0)
         self._cache[sig] = ms
         return ms
+
+    def _linear_at_other_tokens(self, sig: LayerSig) -> float | None:
+        """A Linear layer at a token count the profile has no table for (a ViT's 197 tokens, a text model run at
+        another sequence length): the table of the nearest token count (in ratio) at the layer's features, scaled by
+        tokens / its tokens. Within a factor of a few of the measured rows, a GEMM's throughput barely moves; the
+        roofline at the median efficiency of every measured point (small heads included) priced ViT-B's layers ~9x
+        too high. Classifier heads (1 token) serve only 1-token layers: their GEMV is another kernel. None when no
+        Linear table fits."""
+        tokens = {int(k.split("t", 1)[1]): tb for k, tb in self._tables.items() if k.startswith("linear t")}
+        tokens = {n: tb for n, tb in tokens.items() if (n == 1) == (sig.tokens == 1)}
+        if not tokens:
+            return None
+        n = min(tokens, key=lambda x: (abs(math.log(x / max(sig.tokens, 1))), -x))
+        tb = tokens[n]
+        return tb.at(self._step(sig.op, sig.cin, sig.fixed_in, tb.cin), self._step(sig.op, sig.cout, sig.fixed_out, tb.cout)) \
+            * sig.tokens / n
 
     def _context_b(self, sig: LayerSig) -> float:
         ctx = self.data["context"]
@@ -253,7 +272,8 @@ class DeviceProfile:
         for sig in layers:
             key = table_key(sig)
             if (sig.op == MEMORY and self._memory_op(sig.kind) is None) or \
-                    (sig.op != MEMORY and key not in self._tables):
+                    (sig.op != MEMORY and key not in self._tables
+                     and not (sig.op == LINEAR and self._linear_at_other_tokens(sig) is not None)):
                 out.append(sig)
         return out
 

@@ -456,3 +456,22 @@ def test_an_unprofiled_network_is_scaled_per_class_of_layer(one_thread):
         del r["predicted_by_class_ms"]
     old = DeviceProfile(d).fit(dense)
     assert old.class_scale is None and old.scale == pytest.approx(sorted(r["factor"] for r in d["calibration"])[2])
+
+
+def test_linear_at_a_token_count_without_a_table_scales_the_nearest_table():
+    """A Linear at tokens the profile never timed (ViT's 197) is priced from the nearest token count's table, scaled
+    by tokens, not by the roofline at the median efficiency of every point (which put ViT-B ~9x too high); 1-token
+    layers (classifier heads, a GEMV) and the others do not stand in for each other."""
+    d = constructed()
+    d["tables"].append({"key": "linear t128", "op": "linear", "cin": [64, 128], "cout": [64, 128],
+                        "ms": [[0.1, 0.2], [0.2, 0.4]]})
+    d["tables"].append({"key": "linear t16", "op": "linear", "cin": [64, 128], "cout": [64, 128],
+                        "ms": [[0.05, 0.1], [0.1, 0.2]]})
+    p = DeviceProfile(d)
+    lin = LayerSig("linear", 128, 128, tokens=128)
+    assert p.table_ms(lin) == pytest.approx(0.4)
+    assert p.table_ms(dataclasses.replace(lin, tokens=197)) == pytest.approx(0.4 * 197 / 128)   # nearest: 128
+    assert p.table_ms(dataclasses.replace(lin, tokens=24)) == pytest.approx(0.2 * 24 / 16)     # nearest: 16
+    assert not p.fell_back([dataclasses.replace(lin, tokens=197)])
+    head = dataclasses.replace(lin, tokens=1)      # no 1-token table: the roofline, reported as a fallback
+    assert p.table_ms(head) == pytest.approx(p.roofline_ms(head)) and p.fell_back([head])
