@@ -59,3 +59,26 @@ class CachedTeacher(nn.Module):
         if any(i is None for i in idx):
             return self.teacher(x)
         return self.logits[torch.as_tensor(idx)]
+
+
+def fmnist_setup(model: str, batch: int, ft_samples: int, calib: str):
+    """What the int8 benchmarks on a compress: Fashion-MNIST model share: the dense model, its example inputs (batch
+    1 and `batch`), the test split, a stratified `ft_samples` fine-tuning subset of the training split (0: all of it)
+    and the int8 export's calibration (`calib`, as `compress export --calib`)."""
+    from types import SimpleNamespace
+
+    from compress import models
+    from compress.accuracy import data
+    from compress.export import quantize as q
+
+    lm = models.load(f"compress:{model}")
+    dense = lm.model.eval()
+    x1 = models.example_inputs(lm)
+    shape = tuple(x1[0].shape[1:])
+    dataset = q.dataset_of(dense, f"compress:{model}")
+    train = data.load("fashion-mnist", "train", shape)
+    if ft_samples:
+        train = data.calibration_subset(train, ft_samples, seed=0)
+    return SimpleNamespace(lm=lm, dense=dense, x1=x1, shape=shape, xb=models.example_inputs(lm, (batch,) + shape),
+                           dataset=dataset, test=data.load("fashion-mnist", "test", shape), train=train,
+                           cal=q.calibration(calib, lm, x1, dataset, None))

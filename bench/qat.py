@@ -41,8 +41,6 @@ def main() -> None:
 
     import torch
 
-    from compress import models
-    from compress.accuracy import data
     from compress.accuracy.evaluate import accuracy, predict
     from compress.accuracy.train import finetune
     from compress.export import quantize as q
@@ -51,6 +49,8 @@ def main() -> None:
     from compress.metrics import count_macs
     from compress.planner.solve import PlanConfig, plan_model
     from compress.prune.apply import apply_plan
+
+    from _training import fmnist_setup
 
     torch.set_num_threads(2)
     t_start = time.time()
@@ -67,17 +67,8 @@ def main() -> None:
     work = c.TMP / "qat"
     work.mkdir(parents=True, exist_ok=True)
 
-    lm = models.load(f"compress:{a.model}")
-    dense = lm.model.eval()
-    x1 = models.example_inputs(lm)
-    shape = tuple(x1[0].shape[1:])
-    xb = models.example_inputs(lm, (a.batch,) + shape)
-    dataset = q.dataset_of(dense, f"compress:{a.model}")
-    test = data.load("fashion-mnist", "test", shape)
-    train = data.load("fashion-mnist", "train", shape)
-    if a.ft_samples:
-        train = data.calibration_subset(train, a.ft_samples, seed=0)
-    cal = q.calibration(a.calib, lm, x1, dataset, None)
+    fm = fmnist_setup(a.model, a.batch, a.ft_samples, a.calib)
+    dense, x1, shape, xb, dataset, test, train, cal = fm.dense, fm.x1, fm.shape, fm.xb, fm.dataset, fm.test, fm.train, fm.cal
     prof = load_profile("cpu-x86-2core-ort", dtype="int8", batch=a.batch)
     out["profile"] = c.rel(prof.path)
     out["dense_accuracy_torch"] = accuracy(predict(dense, test), test.labels)
