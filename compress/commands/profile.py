@@ -10,13 +10,14 @@ def add_arguments(p) -> None:
     p.add_argument("--target", choices=["cpu"],
                    help="the device kind being profiled (required unless --refit or --extend)")
     p.add_argument("--runtime", default="ort", choices=["ort", "torch"])
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "int8"],
+    p.add_argument("--dtype", choices=["fp32", "int8"],
                    help="int8: time the conv/linear layers as `compress export --dtype int8` ships them (onnxruntime, "
-                        "QDQ quantized, fused int8 kernels) and find their channel step by the staircase scan")
+                        "QDQ quantized, fused int8 kernels) and find their channel step by the staircase scan "
+                        "(default: fp32; with --extend, FILE's)")
     p.add_argument("--model", nargs="+", default=[], metavar="MODEL",
                    help="profile the layers (and prunable channel range) of these models (default: a generic grid)")
     p.add_argument("--input-shape", help="example input shape for --model (batch dimension ignored)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, help="batch size the tables are timed at (default: 1; with --extend, FILE's)")
     p.add_argument("--name", help="profile name (default: the output file's stem)")
     p.add_argument("--rounds", type=int, default=3, help="passes over the grid; a point keeps its fastest round")
     p.add_argument("--reps", type=int, default=7, help="timed runs per point and round (median)")
@@ -49,16 +50,34 @@ def add_arguments(p) -> None:
                         "(after a change to how the predictor uses them), in place")
 
 
+def _of_file(args) -> tuple[int, str]:
+    """--batch and --dtype: as given, else (with --extend) what FILE says, else 1 and fp32. A FILE that cannot be
+    read is left to the library's own one-line error."""
+    batch, dtype = args.batch, args.dtype
+    if args.extend and (batch is None or dtype is None):
+        import json
+
+        try:
+            base = json.loads(open(args.extend).read())
+        except (OSError, ValueError):
+            base = {}
+        if isinstance(base, dict):
+            batch = base.get("batch") if batch is None and isinstance(base.get("batch"), int) else batch
+            dtype = {"float32": "fp32", "int8": "int8"}.get(base.get("dtype")) if dtype is None else dtype
+    return (1 if batch is None else batch), (dtype or "fp32")
+
+
 def run(args) -> dict:
     from compress.api.profile import ProfileRun, profile
     from compress.hardware_profiles.profiler import ProfileConfig
 
+    batch, dtype = _of_file(args)
     return profile(ProfileRun(
-        measure=ProfileConfig(target=args.target, runtime=args.runtime, batch=args.batch, grid_step=args.grid_step,
+        measure=ProfileConfig(target=args.target, runtime=args.runtime, batch=batch, grid_step=args.grid_step,
                               max_points=args.grid_points, rounds=args.rounds, warmup=args.warmup, reps=args.reps,
                               threads=args.threads, max_seconds=args.max_seconds, staircase=not args.no_staircase,
                               sparse=not args.no_sparse, models=tuple(args.model),
-                              dtype={"fp32": "float32"}.get(args.dtype, args.dtype)),
+                              dtype={"fp32": "float32"}.get(dtype, dtype)),
         out=args.out, extend=args.extend, refit=args.refit, sparse=args.sparse, input_shape=args.input_shape,
         name=args.name, quick=args.quick, recalibrate=args.recalibrate))
 

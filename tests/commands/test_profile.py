@@ -316,3 +316,18 @@ def test_int8_profile_end_to_end(tmp_path, capsys):
     assert code == 0, err
     rep = json.loads(o)
     assert rep["dtype"] == "int8" and rep["predicted_ms"] <= rep["target_ms"] + 1e-9
+
+
+def test_extend_takes_the_files_batch_and_precision_unless_given(tmp_path):
+    """`--extend FILE` needs neither --batch nor --dtype: FILE says them (given ones are checked against it)."""
+    import argparse
+
+    from compress.commands.profile import _of_file
+
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"batch": 8, "dtype": "int8"}))
+    ns = lambda **kw: argparse.Namespace(**({"extend": None, "batch": None, "dtype": None} | kw))
+    assert _of_file(ns(extend=str(f))) == (8, "int8")
+    assert _of_file(ns(extend=str(f), batch=1, dtype="fp32")) == (1, "fp32")   # refused later, in one line
+    assert _of_file(ns()) == (1, "fp32")
+    assert _of_file(ns(extend=str(tmp_path / "missing.json"))) == (1, "fp32")  # "no such profile file", later
