@@ -227,8 +227,9 @@ def repredict(r: dict) -> None:
         new = json.loads((again / "candidates" / f"{k}.json").read_text())
         same = old["keep"] == new["keep"] and old["formats"] == new["formats"]
         v["predicted_ms_at_build"] = v.get("predicted_ms_at_build", v["predicted_ms"])
-        built = as_built(v, r["profile"], m)
-        v["predicted_ms_as_built"] = built
+        built = None if same else as_built(v, r["profile"], m)   # a re-plan that differs: price what was built
+        if built is not None:
+            v["predicted_ms_as_built"] = built
         if same:
             v["predicted_ms"], v["predicted_dense_ms"] = rep[k]["predicted_ms"], rep["dense_ms"]
         elif built is not None:   # the plan changed: the built candidate priced on the profile as it is now

@@ -658,14 +658,16 @@ def int8_ceiling_lines(d: dict) -> list[str]:
     ideal = sum(r["dense_ms"] * r["pruned_macs"] / r["dense_macs"] for r in mac) + k * sum(r["dense_ms"] for r in other)
     total = sum(r["dense_ms"] for r in d["kinds"])
     kinds = ", ".join(f"{r['kind']} {r['efficiency']:.2f}" for r in mac if "efficiency" in r)
+    dw = sum(r["dense_ms"] for r in mac if r["kind"] == "conv depthwise") / total
+    stem = next((r for r in mac if r["kind"] == "conv stem" and "efficiency" in r), None)
     return [f"What the op mix allows ({d['model']} int8, ratio {d['ratio']}, batch {d['batch']}, node profiler, "
             f"`bench/op_breakdown.py {d['model']} --ratio {d['ratio']} --round-to 16 --dtype int8`, {d['date'][:10]}): "
             f"measured efficiency {dm / pm / red:.2f} (per kind of conv: {kinds}); {dm / (pm - excess) / red:.2f} if "
             f"every conv ran at its dense node's throughput and the ops without MACs (quantize, transposes, QLinearAdd, "
             f"pooling: {sum(r['dense_ms'] for r in other) / total:.0%} of dense kernel time) took what they took; "
-            f"{total / ideal / red:.2f} if those also shrank with the channels (x{k:g}). The bar sits at the ceiling of "
-            f"uniform pruning on this runtime: depthwise convs (linear in channels) are a third of int8 time, and the "
-            f"3-channel stem conv runs 16 output channels hardly faster than 32."]
+            f"{total / ideal / red:.2f} if those also shrank with the channels (x{k:g}). Depthwise convs, whose MACs "
+            f"fall only linearly with the channels, are {dw:.0%} of dense int8 kernel time"
+            + (f"; the 3-channel stem conv keeps {stem['efficiency']:.2f} of its MAC reduction" if stem else "") + "."]
 
 
 def int8_joint_section(d: dict) -> list[str]:

@@ -142,6 +142,8 @@ class DeviceProfile:
                 ms = (_line(t["cout"], ms[0]),)
             self._tables[t["key"]] = _Table(tuple(t["cin"]), tuple(t["cout"]), ms)
         self._eff = dict(self.data.get("roofline_efficiency") or {})
+        # Linear tables by token count, for layers at a token count without a table (_linear_at_other_tokens)
+        self._linear_by_tokens = {int(k.split("t", 1)[1]): tb for k, tb in self._tables.items() if k.startswith("linear t")}
 
     # ------------------------------------------------------------------ identity
     @property
@@ -239,12 +241,11 @@ class DeviceProfile:
         roofline at the median efficiency of every measured point (small heads included) priced ViT-B's layers ~9x
         too high. Classifier heads (1 token) serve only 1-token layers: their GEMV is another kernel. None when no
         Linear table fits."""
-        tokens = {int(k.split("t", 1)[1]): tb for k, tb in self._tables.items() if k.startswith("linear t")}
-        tokens = {n: tb for n, tb in tokens.items() if (n == 1) == (sig.tokens == 1)}
-        if not tokens:
+        near = [n for n in self._linear_by_tokens if (n == 1) == (sig.tokens == 1)]
+        if not near:
             return None
-        n = min(tokens, key=lambda x: (abs(math.log(x / max(sig.tokens, 1))), -x))
-        tb = tokens[n]
+        n = min(near, key=lambda x: (abs(math.log(x / max(sig.tokens, 1))), -x))
+        tb = self._linear_by_tokens[n]
         return tb.at(self._step(sig.op, sig.cin, sig.fixed_in, tb.cin), self._step(sig.op, sig.cout, sig.fixed_out, tb.cout)) \
             * sig.tokens / n
 
