@@ -190,19 +190,53 @@ def _spatial(shape) -> tuple[int, int, int, int]:
     return s[-1], 1, 1, n * s[0]
 
 
+# ops that read only a tensor's shape, dtype or device: a new tensor of a given size (swin's attention mask:
+# x.new_zeros((H, W))) does not carry the batch
+_SHAPE_ONLY = {"new_zeros", "new_ones", "new_empty", "new_full", "sym_size", "size"}
+
+
+def _folded(graph, node, shape) -> tuple[int, int, int, int]:
+    """`_spatial`, with the tokens holding whatever the batch dim folds in beyond the batch (a window attention's
+    windows: (B * windows, heads, L, L)), so a sample's elements are the tensor's over the batch."""
+    c, h, w, t = _spatial(shape)
+    per = graph.per_sample(node, shape, 0)
+    if per is not None and per != c * h * w * t and per % (c * h * w) == 0:
+        t = per // (c * h * w)
+    return c, h, w, t
+
+
 class _Graph:
     """The model's inputs and outputs in a torch.export graph, and the two questions the pruner asks of a
     layer: is its input the model's input, does its output reach the model's output (free ops pass both
-    through)."""
+    through). Also the batch it was traced at and which nodes carry the batch (computed from a model input),
+    for `per_sample`."""
 
     def __init__(self, ep) -> None:
         import torch
 
         g = ep.graph
         placeholders = {n.name: n for n in g.nodes if n.op == "placeholder"}
-        self.inputs = {placeholders[n] for n in set(ep.graph_signature.user_inputs) if n in placeholders}
+        users = [n for n in ep.graph_signature.user_inputs if n in placeholders]
+        self.inputs = {placeholders[n] for n in set(users)}
         out_node = next(n for n in g.nodes if n.op == "output")
         self.outputs = set(a for a in torch.utils._pytree.tree_leaves(out_node.args) if hasattr(a, "op"))
+        first = _shape(placeholders[users[0]]) if users else None
+        self.batch = first[0] if first else 1
+        self.batched = set(self.inputs)
+        for n in g.nodes:
+            if n.op == "call_function" and _name(n) not in _SHAPE_ONLY and any(a in self.batched for a in n.all_input_nodes):
+                self.batched.add(n)
+
+    def per_sample(self, node, shape, inner: int) -> int | None:
+        """How many rows of `inner` trailing dims one sample owns in `shape`, the shape of `node` (an activation
+        computed from a model input): its leading dims' product over the traced batch. The batch is not always
+        dim 0 alone: a window attention folds windows into it ((B * windows, heads, L, d)), torch's
+        multi-head attention runs (L, B, E) and (B * heads, L, d). None: not computed from an input, or the
+        product does not split into the batch (the caller keeps dim 0 as the batch)."""
+        if node not in self.batched or len(shape) <= inner:
+            return None
+        rows = _numel(shape[:len(shape) - inner])
+        return rows // self.batch if rows % self.batch == 0 and rows >= self.batch else None
 
     def src_is_input(self, n, depth: int = 0) -> bool:
         if n in self.inputs:
@@ -277,7 +311,7 @@ def _linear_layers(node, name: str, graph: _Graph, absorbed: set) -> list[LayerS
     if xs is None or ws is None:
         return []
     fin, fout = (ws[1], ws[0]) if name == "linear" else (ws[0], ws[1])
-    tokens = _numel(xs[1:-1])
+    tokens = graph.per_sample(x, xs, 1) or _numel(xs[1:-1])
     fusion, end = ["linear"], node
     nxt = _follow_single(end, {"relu", "relu_", "gelu"})
     if nxt is not None and _name(nxt) in ("relu", "relu_"):
@@ -288,12 +322,15 @@ def _linear_layers(node, name: str, graph: _Graph, absorbed: set) -> list[LayerS
                      fixed_in=graph.src_is_input(x), fixed_out=graph.reaches_output(end))]
 
 
-def _matmul_layers(node, name: str) -> list[LayerSig]:
+def _matmul_layers(node, name: str, graph: _Graph) -> list[LayerSig]:
     a, b = node.args[0], node.args[1]
     as_, bs = _shape(a), _shape(b)
     if as_ is None or bs is None:
         return []
-    heads = _numel(as_[1:-2])
+    rows = graph.per_sample(a, as_, 1) if len(as_) >= 2 else None
+    heads = max(rows // as_[-2], 1) if rows and rows % as_[-2] == 0 else _numel(as_[1:-2])
+    if len(as_) == 2 and rows:            # (B * L, K) @ (K, N): one matrix of L rows per sample
+        return [LayerSig(MATMUL, as_[-1], bs[-1], tokens=rows, module=_module(node), fusion="matmul")]
     mod = _module(node)
     if name == "scaled_dot_product_attention":
         # q @ k^T then attn @ v: two matmuls and a softmax over (heads, L, S)
@@ -305,12 +342,12 @@ def _matmul_layers(node, name: str) -> list[LayerSig]:
                      module=mod, fusion="matmul")]
 
 
-def _concat_layers(node, name: str) -> list[LayerSig]:
+def _concat_layers(node, name: str, graph: _Graph) -> list[LayerSig]:
     parts = [_shape(a) for a in node.args[0] if hasattr(a, "op")] if node.args else []
     parts = [s for s in parts if s is not None]
     if not parts:
         return []
-    c, h, w, t = _spatial(_shape(node) or parts[0])
+    c, h, w, t = _folded(graph, node, _shape(node) or parts[0])
     return [LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind="concat", module=_module(node), fusion=name)]
 
 
@@ -334,7 +371,7 @@ def _memory_layers(node, name: str, graph: _Graph) -> list[LayerSig]:
         kind = "broadcast"
     if kind == "binary" and len(shapes) == 1:
         kind = "unary"   # x * constant
-    c, h, w, t = _spatial(big)
+    c, h, w, t = _folded(graph, node, big)
     if kind == "gap" and len(big) < 3:
         kind = "unary"
     return [LayerSig(MEMORY, c, c, h=h, w=w, tokens=t, kind=kind, module=_module(node), fusion=name,
@@ -349,9 +386,9 @@ def _layers_of(node, graph: _Graph, absorbed: set) -> list[LayerSig]:
     if name in _LINEAR_OPS:
         return _linear_layers(node, name, graph, absorbed)
     if name in _MATMUL_OPS:
-        return _matmul_layers(node, name)
+        return _matmul_layers(node, name, graph)
     if name in _CONCAT_OPS:
-        return _concat_layers(node, name)
+        return _concat_layers(node, name, graph)
     if name in _MEMORY_OF:
         return _memory_layers(node, name, graph)
     return []

@@ -120,3 +120,43 @@ def test_head_pruning_keeps_the_fingerprint(one_thread):
     assert any(s.fusion == "attention.softmax" for s in four)
     assert structure(four) == structure(two)
     assert structure(four) != structure(extract_layers(Attention(4).eval(), (torch.randn(1, 5, 16),)))  # tokens count
+
+
+def _macs(op, layers):
+    return sum(s.macs() for s in layers if s.op == op)
+
+
+def test_batch_folded_into_other_dims_is_counted_per_sample(one_thread):
+    """torch's multi-head attention runs its projections on (L, B, E) and its products on (B * heads, L, d); a window
+    attention folds its windows into the batch ((B * windows, heads, L, d)). Per sample, every token and every window
+    counts, at batch 1 and 2 alike (the planner traces at 2)."""
+    from torchvision.models.swin_transformer import SwinTransformerBlock
+
+    from compress.hardware_profiles.predictor import structure
+
+    class MHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    t, e, heads = 10, 32, 4
+    for b in (1, 2):
+        layers = extract_layers(MHA().eval(), (torch.randn(b, t, e),))
+        assert [s.tokens for s in layers if s.op == "linear"] == [t, t]          # in-projection, out-projection
+        assert _macs("linear", layers) == t * e * 3 * e + t * e * e
+        assert _macs("matmul", layers) == 2 * heads * t * (e // heads) * t      # q @ k^T, attn @ v
+
+    dim, heads, win, side = 16, 2, 4, 8          # 4 windows of 16 tokens, shifted
+    blk = SwinTransformerBlock(dim, heads, [win, win], [win // 2, win // 2]).eval()
+    fold = {b: extract_layers(blk, (torch.randn(b, side, side, dim),)) for b in (1, 2)}
+    tokens, windows = side * side, (side // win) ** 2
+    for layers in fold.values():
+        assert {s.tokens for s in layers if s.op == "linear"} == {tokens}
+        assert _macs("linear", layers) == tokens * dim * (3 * dim + dim + 4 * dim + 4 * dim)   # qkv, proj, MLP
+        assert _macs("matmul", layers) == 2 * windows * heads * (win * win) * (dim // heads) * (win * win)
+        soft = [s for s in layers if s.kind == "softmax"]
+        assert soft and soft[0].elements() == windows * heads * (win * win) ** 2
+    assert structure(fold[1]) == structure(fold[2])
