@@ -526,14 +526,15 @@ def _met(ok) -> str:
     return "-" if ok is None else ("met" if ok else "**not met**")
 
 
-def predict_unprofiled_section(d: dict) -> list[str]:
+def predict_unprofiled_section(d: dict, title: str = "") -> list[str]:
     """Issue #20: the shipped CPU profile on architectures it was not calibrated on (bench/predict_unprofiled.py)."""
     p, s, prof = d["protocol"], d["summary"], d["profiles"]
     recal = "recalibrated" in prof
+    ref = any(e.get("reference") for e in d["entries"])
+    head = f"### Latency prediction on {title or 'architectures'} the profile was not calibrated on (`predict_unprofiled.py`)"
     if not any("fraction_error" in e for e in d["entries"]):
-        return ["### Latency prediction on architectures the profile was not calibrated on (`predict_unprofiled.py`)",
-                "", f"Not timed yet (`{d['command']}`)."]
-    out = ["### Latency prediction on architectures the profile was not calibrated on (`predict_unprofiled.py`)", "",
+        return [head, "", f"Not timed yet (`{d['command']}`)."]
+    out = [head, "",
            f"Each architecture dense and pruned as `compress prune --ratio {p['ratio']}` does it (seeded random "
            f"weights, 3×224×224, batch {p['batch']}), predicted with the shipped profile `{prof['shipped']['path']}` "
            f"(calibrated on {', '.join(m.split(':')[-1] for m in prof['shipped']['calibrated_on'])}; none of those "
@@ -544,10 +545,15 @@ def predict_unprofiled_section(d: dict) -> list[str]:
            "other) fitted over the calibrated models (`per-class`; profiles without the per-class split: the median "
            "of their factors)."
            + (f" *recal.*: absolute errors against the profile recalibrated on this host (`{prof['recalibrated']['path']}`)."
-              if recal else ""), "",
+              if recal else "")
+           + (f" *host*: measured / predicted ms of {s['reference']['model']} (a calibrated model) timed in the same "
+              "lockstep: the host's speed against the profile's machine at that moment; *host-corr.*: the absolute "
+              "errors with the prediction scaled by it." if ref else ""), "",
            "| model | MAC red. | pred. dense ms | meas. dense ms | pred. fraction | meas. fraction | fraction error "
-           "| abs. error dense | abs. error pruned |" + (" recal. dense | recal. pruned |" if recal else "") + " fit |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if recal else "") + "---|"]
+           "| abs. error dense | abs. error pruned |" + (" recal. dense | recal. pruned |" if recal else "")
+           + (" host | host-corr. dense | host-corr. pruned |" if ref else "") + " fit |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if recal else "")
+           + ("---:|---:|---:|" if ref else "") + "---|"]
     for e in d["entries"]:
         if "fraction_error" not in e:
             continue
@@ -558,6 +564,8 @@ def predict_unprofiled_section(d: dict) -> list[str]:
                    f"{_pct(e['fraction_error'])} | {_pct(e['absolute_error']['dense'])} | "
                    f"{_pct(e['absolute_error']['pruned'])} |"
                    + (f" {_pct(ra.get('dense'))} | {_pct(ra.get('pruned'))} |" if recal else "")
+                   + (f" x{e['reference']['host_speed']:.2f} | {_pct(e['reference']['absolute_error_host_corrected']['dense'])} | "
+                      f"{_pct(e['reference']['absolute_error_host_corrected']['pruned'])} |" if ref else "")
                    + f" {e.get('fit_model') or ('per-class' if 'per-class' in str(e.get('fit')) else 'median')} |")
     out.append("")
     for which in ("shipped", "recalibrated"):
@@ -572,8 +580,16 @@ def predict_unprofiled_section(d: dict) -> list[str]:
                    f"{x['absolute']['median_abs_error']:.1%} over dense and pruned (bar {b['absolute_median_abs_error']:.0%}: "
                    f"{_met(m['absolute_median'])}).")
         out.append("")
+    r = s.get("reference")
+    if r and r.get("host_speed"):
+        out.append(f"Host speed ({r['model']}, calibrated, timed beside each architecture): measured / predicted "
+                   f"x{r['host_speed']['median']:.2f} (median; x{r['host_speed']['min']:.2f}–x{r['host_speed']['max']:.2f}); "
+                   f"absolute errors corrected by it: median {r['absolute_host_corrected']['median_abs_error']:.1%}, "
+                   f"worst {r['absolute_host_corrected']['max_abs_error']:.1%}, mean signed "
+                   f"{r['absolute_host_corrected']['mean_signed_error']:+.1%}.")
+        out.append("")
     hs = s.get("host_speed_dense_measured_over_predicted")
-    if hs:
+    if hs and not r:
         out.append(f"Host speed check: measured / predicted dense latency {hs['median']:.2f} (median; "
                    f"{hs['min']:.2f}–{hs['max']:.2f}): above 1, this host runs slower than the machine the profile "
                    "was measured on.")
@@ -702,7 +718,10 @@ def section(results: Path = RESULTS) -> str:
                       ("depthwise_linear.json", depthwise_linear_section), ("export_zoo.json", export_zoo_section),
                       ("bsr_cpu_candidates.json", bsr_cpu_section), ("minilm_block.json", minilm_block_section),
                       ("resnet50_block.json", resnet50_block_section),
-                      ("predict_unprofiled.json", predict_unprofiled_section), ("int8_pruned.json", int8_pruned_section),
+                      ("predict_unprofiled.json", predict_unprofiled_section),
+                      ("predict_unprofiled_transformers_b1.json",
+                       lambda d: predict_unprofiled_section(d, "vision transformers and hybrids (batch 1)")),
+                      ("int8_pruned.json", int8_pruned_section),
                       ("int8_pruned_prediction.json", int8_pruned_section),
                       ("int8_pruned_prediction_b1.json", int8_pruned_section), ("int8_joint.json", int8_joint_section)):
         f = results / fname

@@ -87,6 +87,13 @@ def summary(rows: list[dict], bars: dict = BARS) -> dict:
     if speed:
         out["host_speed_dense_measured_over_predicted"] = {"median": round(statistics.median(speed), 3),
                                                            "min": round(min(speed), 3), "max": round(max(speed), 3)}
+    rs = [r["reference"] for r in timed if r.get("reference")]
+    if rs:
+        sp = [r["host_speed"] for r in rs]
+        out["reference"] = {"model": rs[0]["model"],
+                            "host_speed": {"median": round(statistics.median(sp), 3), "min": min(sp), "max": max(sp)},
+                            "absolute_host_corrected": c.error_stats([r["absolute_error_host_corrected"][k]
+                                                                      for r in rs for k in ("dense", "pruned")])}
     shared = {r["model"]: r["fit_model"] for r in timed if r.get("fit_model")}
     if shared:      # the fingerprint ignores channel counts and groups: e.g. resnext50_32x4d takes resnet50's fit
         out["fit_from_a_calibrated_model"] = shared
@@ -100,6 +107,24 @@ def errors(pred: dict, meas: dict, fraction: float) -> dict:
             "fraction_error": round(pf / fraction - 1, 4),
             "absolute_error": {k: round(pred[k] / meas[k] - 1, 4) for k in ("dense", "pruned")},
             "host_speed": round(meas["dense"] / pred["dense"], 3)}
+
+
+def reference_errors(model: str, ref_pred: float, ref_meas: float, pred: dict, meas: dict) -> dict:
+    """The reference model timed beside an architecture: host_speed = its measured / predicted ms, and the
+    architecture's absolute errors {dense, pruned} with its predictions scaled by that speed."""
+    speed = ref_meas / ref_pred
+    return {"model": model, "measured_ms": ref_meas, "predicted_ms": ref_pred, "host_speed": round(speed, 3),
+            "absolute_error_host_corrected": {k: round(pred[k] * speed / meas[k] - 1, 4) for k in ("dense", "pruned")}}
+
+
+def reference_file(name: str, prof, tmp) -> dict:
+    """The dense ONNX file of a model the profile is calibrated on, and its predicted ms (as `compress predict`)."""
+    from compress.hardware_profiles import extract_layers
+
+    m = c.build(name)
+    f = tmp / f"reference_{name}.onnx"
+    c.export(m, f)
+    return {"file": f, "predicted_ms": round(prof.total_ms(extract_layers(m, c.example(1))), 4)}
 
 
 def build_one(name: str, ratio: float, step: int, profiles: dict, tmp) -> tuple[dict, dict]:
@@ -148,6 +173,10 @@ def main() -> None:
     ap.add_argument("--recalibrated-profile", metavar="FILE",
                     help="the profile recalibrated on this host: absolute errors against it as a second column")
     c.lockstep_args(ap)
+    ap.add_argument("--reference", metavar="NAME",
+                    help="a model the profile IS calibrated on (e.g. resnet50), its dense file timed in the same "
+                         "lockstep as each architecture's: its measured / predicted ms is the host's speed at that "
+                         "moment, and each row also gets its absolute errors corrected by it")
     ap.add_argument("--no-time", action="store_true", help="build, prune, predict and export only (smoke test)")
     ap.add_argument("--out", default=str(c.RESULTS / "predict_unprofiled.json"))
     a = ap.parse_args()
@@ -169,7 +198,14 @@ def main() -> None:
     tmp = c.TMP / f"predict_unprofiled_{int(t_start)}"
     tmp.mkdir(parents=True, exist_ok=True)
     rows, skipped, failures = [], [], []
+    ref = None
+    if a.reference and a.reference not in calibrated:
+        raise SystemExit(f"--reference {a.reference}: not in the profile's calibration list "
+                         f"({', '.join(sorted(calibrated))}); pick one of those")
     try:
+        if a.reference and not a.no_time:
+            ref = reference_file(a.reference, profiles["shipped"], tmp)
+            c.log(f"reference {a.reference}: predicted {ref['predicted_ms']:.2f} ms (calibrated)")
         for name in a.models:
             if name in calibrated:
                 why = f"{name}: refused, named in the profile's calibration list (not an unprofiled architecture)"
@@ -194,7 +230,8 @@ def main() -> None:
                 continue
             try:
                 c.log(f"{name}: timing 2 files x {a.rounds} rounds x {a.passes} passes at batch {a.batch}")
-                s = c.alternate_workers([(k, f, a.batch) for k, f in files.items()], proto, passes=a.passes)
+                jobs = [(k, f, a.batch) for k, f in files.items()] + ([("reference", ref["file"], a.batch)] if ref else [])
+                s = c.alternate_workers(jobs, proto, passes=a.passes)
             except Exception as e:
                 failures.append({"model": name, "stage": "timing",
                                  "error": f"{type(e).__name__}: {first_line(e, 300, empty='')}"})
@@ -214,6 +251,9 @@ def main() -> None:
             row |= errors(p, meas, frac)
             if "recalibrated" in profiles:
                 row["recalibrated"] = errors(row["predictions"]["recalibrated"], meas, frac)
+            if ref:
+                row["reference"] = reference_errors(a.reference, ref["predicted_ms"],
+                                                    c.summarize(s["reference"])["median_ms"], p, meas)
             c.log(f"{name}: measured dense {meas['dense']:.2f} ms, pruned {meas['pruned']:.2f} ms (fraction "
                   f"{frac:.3f}); fraction error {row['fraction_error']:+.1%}, absolute dense "
                   f"{row['absolute_error']['dense']:+.1%} pruned {row['absolute_error']['pruned']:+.1%}")
@@ -236,6 +276,10 @@ def main() -> None:
                           "times on the profile, fitted by the profile's network calibration (an architecture it "
                           "was not calibrated on takes the median factor of its calibrated models)",
             "refused": "architectures named in any used profile's calibration list",
+            "reference": (f"{a.reference}'s dense file (a calibrated model) timed in the same lockstep as each "
+                          "architecture's two files: host_speed = its measured / predicted ms at that moment; "
+                          "absolute_error_host_corrected = predicted ms x host_speed / measured ms - 1")
+                         if ref else None,
             "onnx": "compress.export.onnx.export_onnx (dynamic batch), fp32, input 3x224x224",
             "runtime": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, default threads",
             "measurement": "per architecture, dense and pruned each in a compress.measure worker (own process, "

@@ -44,6 +44,22 @@ def test_unprofiled_errors_and_bars():
     assert not pu.summary(rows[:7])["shipped"]["met"]["architectures"]
 
 
+def test_reference_model_separates_host_speed_from_prediction_error():
+    """A calibrated model timed beside each architecture: a host 2x slower than the profile's machine makes every
+    prediction -50% off in ms; scaled by the reference's measured / predicted, the error left is the model's own."""
+    rows = []
+    for i, own in enumerate((0.0, 0.1, -0.2)):
+        meas = {"dense": 20.0 * (1 + own), "pruned": 10.0 * (1 + own)}
+        r = _row(f"m{i}", {"dense": 10.0, "pruned": 5.0}, meas, 0.5)
+        r["reference"] = pu.reference_errors("resnet50", 21.0, 42.0, {"dense": 10.0, "pruned": 5.0}, meas)
+        rows.append(r)
+    assert rows[0]["absolute_error"]["dense"] == -0.5 and rows[0]["reference"]["host_speed"] == 2.0
+    assert rows[0]["reference"]["absolute_error_host_corrected"] == {"dense": 0.0, "pruned": 0.0}
+    s = pu.summary(rows)["reference"]
+    assert s["host_speed"]["median"] == 2.0
+    assert s["absolute_host_corrected"]["max_abs_error"] == round(1 / 0.8 - 1, 4)
+
+
 def _i8(model, variant, pred, meas, eff=None, frac_err=None):
     r = {"model": model, "variant": variant, "macs": 100, "predicted_int8_ms": pred, "measured_int8_ms": meas,
          "prediction_error": round(pred / meas - 1, 4)}
@@ -86,6 +102,10 @@ def test_readme_sections_render_and_skip_untimed():
     text = "\n".join(make_tables.predict_unprofiled_section(d))
     assert "| m | 2.00 |" in text and "resnet18: refused" in text
     assert "Not timed" in "\n".join(make_tables.predict_unprofiled_section(d | {"entries": [{"model": "m"}]}))
+    rows[0]["reference"] = pu.reference_errors("resnet50", 21.0, 42.0, {"dense": 10.0, "pruned": 5.0},
+                                               {"dense": 10.5, "pruned": 5.2})
+    text = "\n".join(make_tables.predict_unprofiled_section(d | {"summary": pu.summary(rows), "entries": rows}, "ViTs"))
+    assert "on ViTs the profile" in text and "| x2.00 | +90.5% | +92.3% |" in text and "Host speed (resnet50" in text
     rows = [_i8("resnet50", "u0.3", 10, 10, eff=0.95), _i8("resnet50", "dense", 20, 20)]
     d = head | {"protocol": {"batch": 8, "rounds": 1, "passes": 1, "prediction_models": [], "prediction_variants": {}},
                 "profile": {"path": "p.json", "steps": {"conv": {"block": 16}}}, "failures": [], "entries": rows,
