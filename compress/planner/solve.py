@@ -87,6 +87,7 @@ class CostedLayer:
     cout: DimMap | None = None
     heads: DimMap | None = None    # batched matmuls: groups = heads
     per_group: int = 0             # grouped convs that lose whole groups: channels per group
+    last_dim: bool = False         # memory ops on a channels-last map (N, H, W, C): cin sizes the sig's w (C)
 
     @property
     def groups(self) -> set[int]:
@@ -166,6 +167,13 @@ def costed_layers(layers: list, ep, ctx, graph, order: dict[int, np.ndarray], ac
             lo = _labels_of(ctx, node, _channel_dim(ndim, sig.op)) if ndim >= 2 else None
             if lo is not None and len(lo) == sig.cin:
                 cl.cin = _dimmap(lo, ctx, where, rank, sizes)
+            if ndim == 4 and (cl.cin is None or not cl.cin.parts):
+                # channels-last (N, H, W, C), as ConvNeXt and Swin run their norms and MLPs: the channels are the
+                # last dim, which LayerSig holds as w (c, h, w = the dims after the batch)
+                lw = _labels_of(ctx, node, 3)
+                m = _dimmap(lw, ctx, where, rank, sizes) if lw is not None and len(lw) == sig.w else None
+                if m is not None and m.parts:
+                    cl.cin, cl.last_dim = m, True
         out.append(cl)
     return out
 
@@ -188,6 +196,9 @@ class CostModel:
     def sig_at(self, i: int, k: dict[int, int]):
         cl = self.costed[i]
         s = cl.sig
+        if s.op == "memory" and cl.last_dim:
+            w = cl.cin.count(k)
+            return replace(s, w=w) if w != s.w else s
         cin = cl.cin.count(k) if cl.cin is not None else s.cin
         if s.op == "memory":
             return replace(s, cin=cin, cout=cin) if cin != s.cin else s

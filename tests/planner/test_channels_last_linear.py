@@ -49,3 +49,33 @@ def test_linear_on_channels_last_maps_is_sized_by_its_groups(one_thread):
     assert res.predicted_ms <= res.target_ms + 1e-9
     out = apply_plan(copy.deepcopy(m), _inputs(), plan)
     assert _profile().total_ms(extract_layers(out.model, _inputs())) == pytest.approx(res.predicted_ms, rel=1e-9)
+
+
+class ChannelsLastGelu(ChannelsLastMLP):
+    """The same block with a GELU between the Linears (a memory op of its own, on (N, H, W, 4C)) and a LayerNorm
+    over the channels, as ConvNeXt runs them."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(32)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.down(torch.nn.functional.gelu(self.up(y))).permute(0, 3, 1, 2)
+        return self.head((x + y).mean((2, 3)))
+
+
+def test_memory_ops_on_channels_last_maps_shrink_with_their_channels(one_thread):
+    """A GELU on (N, H, W, C) is read on its last dim: pruning the hidden channels shrinks its predicted cost, and the
+    planner's prediction of the pruned model is what the pruned model's own layers add up to."""
+    torch.manual_seed(0)
+    m = ChannelsLastGelu().eval()
+    prep = prepare(copy.deepcopy(m), _inputs(), _profile(), PlanConfig(latency_budget=0.6))
+    hidden = next(g.id for g in prep.graph.groups if g.size == 128)
+    i, gelu = next((i, cl) for i, cl in enumerate(prep.cost.costed) if cl.sig.op == "memory" and cl.sig.kind == "gelu")
+    assert gelu.last_dim and hidden in gelu.groups
+    assert prep.cost.sig_at(i, {**prep.dense, hidden: 64}).elements() == gelu.sig.elements() // 2
+    plan, res, _ = plan_model(copy.deepcopy(m), _inputs(), _profile(), PlanConfig(latency_budget=0.8), {"model": "t"})
+    out = apply_plan(copy.deepcopy(m), _inputs(), plan)
+    assert _profile().total_ms(extract_layers(out.model, _inputs())) == pytest.approx(res.predicted_ms, rel=1e-9)
