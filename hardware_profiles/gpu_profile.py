@@ -199,7 +199,7 @@ class _Bench:
             x = self.randn(self.cfg.batch, ci, sig.h, sig.w)
             w = self.randn(co, ci // grp, *sig.kernel, scale=0.05)
             b = self.torch.zeros(co, device=self.dev, dtype=self.dtype)
-            out[(ci, co)] = self.ms(lambda: F.relu(F.conv2d(x, w, b, sig.stride, sig.padding, 1, grp)))
+            out[(ci, co)] = self.ms(lambda: F.relu(F.conv2d(x, w, b, sig.stride, sig.padding, sig.dilation, grp)))
         return out
 
     def linear_points(self, sig, points) -> dict:

@@ -192,7 +192,7 @@ def _conv_model(sig, ci: int, couts: list[int], batch: int, rng, split: bool = F
         inits += [_init(f"P{i}_w", w), _init(f"P{i}_b", np.zeros(co, np.float32))]
         nodes.append(helper.make_node("Conv", [f"{xs[i]}w", f"P{i}_w", f"P{i}_b"], [f"P{i}_c"], name=f"P{i}_conv",
                                       kernel_shape=[kh, kw], strides=list(sig.stride), group=g,
-                                      pads=[sig.padding[0], sig.padding[1]] * 2))
+                                      pads=[sig.padding[0], sig.padding[1]] * 2, dilations=list(sig.dilation)))
         nodes.append(helper.make_node("Relu", [f"P{i}_c"], [f"P{i}_y"], name=f"P{i}_relu"))
         outs.append(f"P{i}_y")
     return _model(nodes, [(x, [batch, ci, sig.h, sig.w]) for x in sorted(set(xs))], outs, inits)

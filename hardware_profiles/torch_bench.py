@@ -44,7 +44,7 @@ def conv_points(sig, points, batch, warmup, reps, max_weight_mb=64.0, threads=0,
             x = torch.randn(batch, ci, sig.h, sig.w, generator=g)
             w = torch.randn(co, ci // grp, *sig.kernel, generator=g) * 0.05
             b = torch.zeros(co)
-            out[(ci, co)] = median_ms(lambda: F.relu(F.conv2d(x, w, b, sig.stride, sig.padding, 1, grp)), warmup, reps)
+            out[(ci, co)] = median_ms(lambda: F.relu(F.conv2d(x, w, b, sig.stride, sig.padding, sig.dilation, grp)), warmup, reps)
     return out
 
 
