@@ -86,3 +86,27 @@ def test_dict_output_onnx_is_deterministic(tmp_path):
     export_onnx(m, x, str(tmp_path / "a.onnx"))
     export_onnx(m, x, str(tmp_path / "b.onnx"))
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_onnx_export_of_a_dict_output_model_leaves_it_in_eval_mode(tmp_path):
+    """Exporting wraps the model (PrimaryOutput); torch.onnx.export restores the wrapper's mode with a
+    recursive train(): the model must come back in eval mode, not with its batch norms in training mode
+    (which then update their running statistics, or refuse a 1x1 feature map at batch 1)."""
+    from compress.export.onnx import export_onnx
+
+    class DictOut(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return {"out": self.bn(self.conv(x))}
+
+    model = DictOut().eval()
+    x = torch.randn(1, 3, 8, 8)
+    before = model.bn.running_mean.clone()
+    export_onnx(model, (x,), str(tmp_path / "m.onnx"))
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad():
+        model(x)
+    assert torch.equal(model.bn.running_mean, before)

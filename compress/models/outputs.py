@@ -92,6 +92,9 @@ class PrimaryOutput(nn.Module):
         super().__init__()
         self.model = model
         self.path = path
+        # in the wrapped model's mode: torch.onnx.export restores the mode of the module it is given with
+        # train(mode), which recurses, so a wrapper left in training mode would put `model` in training mode
+        self.train(model.training)
 
     def forward(self, *inputs):
         return primary_tensor(self.model(*inputs))
