@@ -6,7 +6,7 @@ directory as `compress prune` does, reloads it with `compress.models.load` and c
 model computes what the pruned one did. MNASNet reads state-dict metadata in `_load_from_state_dict`
 (torchvision raises "version should be set to 1 or 2 instead of None" on a bare safetensors state dict);
 segmentation models return dicts ("out"), the detection backbone a dict of FPN maps, a detector's `.heads`
-(backbone + FPN + dense head, up to the untraceable post-processing) a dict of per-level lists; r3d_18 is
+(backbone + FPN + dense head, up to the untraceable post-processing) one tensor of every level's outputs; r3d_18 is
 Conv3d + BatchNorm3d. One dict-output case also goes through ONNX export and onnxruntime parity.
 
 The whole zoo (every classification, segmentation and video model, every detector's .heads and .backbone) runs
@@ -110,6 +110,43 @@ def test_detection_model_is_refused_naming_what_cannot_be_traced():
         models.load("torchvision:retinanet_resnet50_fpn")
     with pytest.raises(CompressError, match="only a detection model's .heads or .backbone"):
         models.load("torchvision:resnet18.backbone")
+
+
+def test_a_torchvision_model_of_another_family_is_refused_naming_it():
+    """torchvision.models.list_models() lists optical flow and quantized models too: "unknown model, see
+    list_models()" would send the user to a list that holds the name."""
+    from compress.errors import CompressError
+
+    with pytest.raises(CompressError, match=r"raft_small is an optical flow model.*compress_inputs") as e:
+        models.load("torchvision:raft_small")
+    assert "unknown" not in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CompressError, match=r"quantized_resnet18 is an already quantized model.*torchvision:resnet18"):
+        models.load("torchvision:quantized_resnet18")
+    with pytest.raises(CompressError, match="unknown torchvision model 'no_such_net'"):
+        models.load("torchvision:no_such_net")
+
+
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_fpn"])
+def test_detection_heads_return_every_output_of_every_level(name):
+    """model.onnx has one output: a detector's .heads must put all of its head's outputs in it (every level, class
+    scores and boxes), not leave the primary-output rule to pick the first level's objectness or the class scores."""
+    import torchvision
+    from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+    from compress.models.detection import DetectionHeads
+
+    det = torchvision.models.get_model(name, weights=None, weights_backbone=None).eval()
+    heads = DetectionHeads(det).eval()           # shares its modules with the detector
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = heads(x)
+        feats = list(det.backbone(x).values())
+        if hasattr(det, "rpn"):
+            cls, box = concat_box_prediction_layers(*det.rpn.head(feats))
+            want = torch.cat([cls.view(2, -1, 1), box.view(2, -1, 4)], dim=-1)
+        else:
+            want = torch.cat(list(det.head(feats).values()), dim=-1)
+    assert isinstance(out, torch.Tensor) and torch.equal(out, want)
 
 
 def test_video_model_default_shape():
