@@ -85,7 +85,8 @@ def fix_modules(model: nn.Module, snap: dict[int, dict]) -> None:
             m.out_features, m.in_features = m.weight.shape
         elif isinstance(m, nn.modules.batchnorm._NormBase):
             ref = m.weight if m.weight is not None else m.running_mean
-            m.num_features = ref.shape[0]
+            if ref is not None:   # a norm with neither affine parameters nor running statistics has no channel count
+                m.num_features = ref.shape[0]
         elif isinstance(m, nn.GroupNorm):
             if m.weight is not None:
                 m.num_channels = m.weight.shape[0]
@@ -95,7 +96,19 @@ def fix_modules(model: nn.Module, snap: dict[int, dict]) -> None:
                 m.normalized_shape = tuple(m.weight.shape)
         elif isinstance(m, nn.Embedding):
             m.embedding_dim = m.weight.shape[1]
+        elif _is_hf_conv1d(m):
+            # Hugging Face's Conv1D (GPT-2's c_fc, c_proj, c_attn): a Linear with an (in, out) weight whose forward
+            # reshapes its output to `nf` features
+            m.nf = m.weight.shape[1]
+            if isinstance(getattr(m, "nx", None), int):
+                m.nx = m.weight.shape[0]
         _fix_attention(m)
+
+
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    w = getattr(m, "weight", None)
+    return (type(m).__name__ == "Conv1D" and isinstance(getattr(m, "nf", None), int)
+            and isinstance(w, torch.Tensor) and w.dim() == 2)
 
 
 def _fix_attention(m: nn.Module) -> None:
@@ -106,12 +119,14 @@ def _fix_attention(m: nn.Module) -> None:
     for qn, kn, _vn in _QKV:
         q, k = getattr(m, qn, None), getattr(m, kn, None)
         if isinstance(q, nn.Linear) and isinstance(k, nn.Linear):
-            hq, hk = q.out_features // head, k.out_features // head
+            # from the weights: fix_modules visits this module before its q/k Linears, whose out_features are
+            # still the unpruned counts then
+            hq, hk = q.weight.shape[0] // head, k.weight.shape[0] // head
             for attr in ("num_attention_heads", "num_heads"):
                 if isinstance(getattr(m, attr, None), int) and not isinstance(getattr(type(m), attr, None), property):
                     setattr(m, attr, hq)
             if isinstance(getattr(m, "all_head_size", None), int):
-                m.all_head_size = q.out_features
+                m.all_head_size = q.weight.shape[0]
             for attr in ("num_key_value_heads", "num_kv_heads"):
                 if isinstance(getattr(m, attr, None), int):
                     setattr(m, attr, hk)

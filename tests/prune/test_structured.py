@@ -176,3 +176,65 @@ def test_zero_removed_zeroes_exactly_the_removed_slices():
         assert torch.all(t[[1, 3]] == 0), name
         assert torch.equal(t[[0, 2]], t0[[0, 2]]), name
     assert torch.equal(sd["3.bias"], before["3.bias"])
+
+
+def test_hf_conv1d_mlp_keeps_its_output_width_attribute():
+    """GPT-2's MLP is two Hugging Face Conv1D (a Linear with an (in, out) weight whose forward reshapes to `nf`
+    features): pruning its hidden units must update `nf`, or the pruned model no longer runs."""
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc, self.c_proj = Conv1D(32, 8), Conv1D(8, 32)
+
+        def forward(self, x):
+            return self.c_proj(torch.relu(self.c_fc(x)))
+
+    torch.manual_seed(0)
+    m = MLP().eval()
+    for p in m.parameters():
+        nn.init.normal_(p)
+    res = prune(m, (torch.randn(2, 5, 8),), PruneConfig(ratio=0.5), 1, {})
+    p = res.model
+    assert tuple(p.c_fc.weight.shape) == (8, 16) and p.c_fc.nf == 16
+    assert tuple(p.c_proj.weight.shape) == (16, 8) and p.c_proj.nf == 8
+    _check_runs_like_reference(m, res, (3, 4, 8))
+
+
+def test_a_norm_without_parameters_or_running_statistics_does_not_stop_pruning():
+    """InstanceNorm2d (affine=False, no running statistics: RAFT's encoders) holds no tensor to take a channel
+    count from; pruning the model around it must not fail on it."""
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    res = prune(m, (torch.randn(2, 3, 6, 6),), PruneConfig(ratio=0.5), 1, {})
+    assert res.model[3].out_channels == 4 and res.model[4].num_features == 4
+    _check_runs_like_reference(m, res, (1, 3, 6, 6))
+
+
+class HeadCountAttention(nn.Module):
+    """Attention that reshapes by its `num_heads` attribute (Whisper's, BART's key/value view): the attribute
+    must follow the heads removed."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, d // heads
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d, bias=False), nn.Linear(d, d)
+        self.out_proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        shape = (b, t, self.num_heads, self.head_dim)
+        q, k, v = (p(x).view(shape).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        a = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5, dim=-1) @ v
+        return self.out_proj(a.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_attention_head_count_attribute_follows_the_removed_heads():
+    torch.manual_seed(0)
+    m = nn.Sequential(HeadCountAttention()).eval()
+    res = prune(m, (torch.randn(2, 5, 32),), PruneConfig(ratio=0.5), 1, {})
+    a = res.model[0]
+    assert tuple(a.q_proj.weight.shape) == (16, 32) and a.num_heads == 2
+    _check_runs_like_reference(m, res, (3, 4, 32))
