@@ -34,7 +34,7 @@ from torch import nn
 
 from compress.errors import CompressError, first_line
 from compress.sparse.layout import (  # noqa: F401  (re-exported: formats is lowering's one namespace)
-    input_2d, is_1x1, lowerable, target_layers, topk_mask, weight_2d, weight_from_2d)
+    input_2d, is_1x1, lowerable, target_layers, tied_layers, topk_mask, weight_2d, weight_from_2d)
 
 PATTERNS = ("2:4", "block:16", "block:32", "block:64", "unstructured", "dense")
 PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))   # the 6 ways to drop 2 of 4
@@ -69,7 +69,7 @@ def parse_pattern(text: str) -> tuple[str, int | None]:
 
 
 # ------------------------------------------------------------------ layers as 2-D matrices
-# lowerable, target_layers, is_1x1, weight_2d, weight_from_2d, input_2d: compress.sparse.layout
+# lowerable, target_layers, tied_layers, is_1x1, weight_2d, weight_from_2d, input_2d: compress.sparse.layout
 
 @torch.no_grad()
 def collect_hessians(model: nn.Module, layers: dict[str, nn.Module], batches: list[tuple]) -> dict[str, torch.Tensor]:

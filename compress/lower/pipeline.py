@@ -83,7 +83,11 @@ def check_layers(model: nn.Module, fmt: str, strict: bool = False) -> tuple[dict
     if not layers:
         raise CompressError("the model has no Linear or Conv2d (groups 1) layer to sparsify")
     skipped = {}
+    tied = formats.tied_layers(model)
     for name, m in layers.items():
+        if name in tied:      # not a format's limit: no --pattern lowers a tied weight
+            skipped[name] = f"its weight is tied to {tied[name]}, which sparsifying it would change too"
+            continue
         why = unfit_reason(m, fmt)
         if why is None:
             continue
@@ -94,6 +98,9 @@ def check_layers(model: nn.Module, fmt: str, strict: bool = False) -> tuple[dict
         skipped[name] = why
     if len(skipped) == len(layers):
         name, why = next(iter(skipped.items()))
+        if all("is tied to" in w for w in skipped.values()):
+            raise CompressError(f"no layer of the model can be sparsified: its Linear and Conv2d layers' weights are "
+                                f"tied to other parameters (e.g. layer {name}: {why})")
         raise CompressError(f"no layer of the model can take {fmt} (e.g. layer {name}: {why}); pick another --pattern")
     return layers, skipped
 

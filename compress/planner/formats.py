@@ -208,9 +208,11 @@ def _published_source(cls: str, why: str, m: int, n: int, k: int, s: float) -> s
 
 
 def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5,
-            only: str | None = None) -> dict[int, list[FormatOption]]:
+            only: str | None = None, layers=None) -> dict[int, list[FormatOption]]:
     """Per eligible costed-layer index, the sparse formats the profile can price; `only`: a regular
-    expression that a layer's module name must match (re.search) to be offered a sparse format."""
+    expression that a layer's module name must match (re.search) to be offered a sparse format; `layers`: the
+    module names that can be lowered at all (None: any), so that no plan marks a layer `compress prune --plan`
+    cannot lower (Hugging Face's Conv1D, a weight tied to an embedding)."""
     import re
 
     pattern = re.compile(only) if only else None
@@ -222,6 +224,8 @@ def options(profile, costed, allowed: tuple[str, ...], min_density: float = 0.5,
     for i, cl in enumerate(costed):
         sig = cl.sig
         if not eligible(sig) or (pattern is not None and not pattern.search(sig.module)):
+            continue
+        if layers is not None and sig.module not in layers:
             continue
         lk = "linear" if sig.op == "linear" else "conv1x1"
         dense_ms = profile.layer_ms(sig)
@@ -326,7 +330,7 @@ def report(prep, config, source: dict, structured_res, allowed: tuple[str, ...],
     cost = prep.cost
     dense_ms = cost.total(prep.dense)
     target = structured_res.target_ms
-    opts = options(cost.profile, cost.costed, allowed, only=only)
+    opts = options(cost.profile, cost.costed, allowed, only=only, layers=prep.sparse_layers)
     layers = []
     fastest = _wins_at(opts, None)
     for i, os_ in opts.items():

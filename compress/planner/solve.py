@@ -376,6 +376,8 @@ class Prepared:
     active: set
     block: int
     dense: dict
+    sparse_layers: frozenset | None = None   # modules a sparse format can be applied to (compress.lower lowers
+                                             # Linear and Conv2d of groups 1 whose weight is not tied)
 
 
 def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=None, target: str | None = None,
@@ -421,7 +423,11 @@ def prepare(model, example_inputs: tuple, profile, config: PlanConfig, calib=Non
         else:
             frac = np.maximum(cum[cands[g.id]] / max(cum[-1], 1e-12), 1e-6)
             values[g.id] = weight[g.id] * np.log(frac)
-    return Prepared(graph, cost, cands, values, order, active, block, dense)
+    from compress.sparse.layout import target_layers, tied_layers
+
+    tied = tied_layers(model)
+    sparse_layers = frozenset(n for n in target_layers(model) if n not in tied)
+    return Prepared(graph, cost, cands, values, order, active, block, dense, sparse_layers)
 
 
 def finish(prep: Prepared, config: PlanConfig, source: dict, log=None, dense_ms: float | None = None):

@@ -21,6 +21,22 @@ def target_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if n and lowerable(m)}
 
 
+def tied_layers(model: nn.Module) -> dict[str, str]:
+    """{target layer: another name of its weight} for the target layers whose weight is tied to another parameter
+    (a language model's head and its token embedding): sparsifying one would sparsify the other."""
+    names: dict[int, list[str]] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for pname, t in mod._parameters.items():
+            if t is not None:
+                names.setdefault(id(t), []).append(f"{mname}.{pname}" if mname else pname)
+    out = {}
+    for n, m in target_layers(model).items():
+        others = [o for o in names.get(id(m.weight), []) if o != f"{n}.weight"]
+        if others:
+            out[n] = others[0]
+    return out
+
+
 def is_1x1(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and tuple(m.padding) == (0, 0)
 

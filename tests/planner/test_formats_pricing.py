@@ -86,6 +86,43 @@ def test_cpu_entries_measured_by_the_shipped_kernel_price_block_layers(one_threa
     assert rep["unstructured"]["speedup"] > 1.0 and mixed is not None
 
 
+class _Conv1D(nn.Module):
+    """Hugging Face's Conv1D (GPT-2): a Linear with an (in, out) weight, computed by addmm: priced as a linear
+    layer, but compress.lower cannot lower it."""
+
+    def __init__(self, nf: int, nx: int):
+        super().__init__()
+        self.nf = nf
+        self.weight, self.bias = nn.Parameter(torch.randn(nx, nf) * 0.1), nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(x.size()[:-1] + (self.nf,))
+
+
+class _TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(256, 64)
+        self.fc = nn.Linear(64, 256)
+        self.proj = _Conv1D(64, 256)
+        self.head = nn.Linear(64, 256, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(self.proj(torch.relu(self.fc(self.emb(ids)))))
+
+
+def test_layers_that_cannot_be_lowered_are_offered_no_sparse_format(one_thread):
+    """A plan must not mark for a sparse format a layer `compress prune --plan` cannot lower: a Conv1D, or a Linear
+    whose weight is tied to the embedding (sparsifying it would sparsify the embedding too)."""
+    prof = DeviceProfile(_profile(sparse=sparse_section(F.SPARSE_RUNTIME, BLOCKS)))
+    cfg = PlanConfig(latency_budget=0.8)
+    prep = prepare(_TiedLM().eval(), (torch.randint(0, 256, (4, 16)),), prof, cfg)
+    _, res, _ = finish(prep, cfg, {"model": "lm"})
+    rep, _ = F.report(prep, cfg, {"model": "lm"}, res, ("block",))
+    assert {x["layer"] for x in rep["layers"]} == {"fc"}
+
+
 def test_cpu_never_offers_2_4(one_thread):
     d = _profile(sparse=sparse_section(F.SPARSE_RUNTIME, {"2:4": 0.3, **BLOCKS}))
     rep, _ = _report(d, ("2:4", "block"))
