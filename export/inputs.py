@@ -128,7 +128,12 @@ def tokenised(tok, texts, input_names: list[str], seq: int) -> tuple:
     if kinds.count("ids") != 1:
         raise CompressError(f"inputs {', '.join(input_names)} are not token ids with an attention mask / token type "
                             "ids (one input of ids; the others named *mask* or *token_type*)")
-    enc = tok(list(texts), padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+    from compress.accuracy.text import with_padding
+
+    try:
+        enc = with_padding(tok)(list(texts), padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+    except (ValueError, KeyError, TypeError) as e:   # a tokenizer that cannot pad or truncate to `seq`
+        raise CompressError(f"the tokenizer cannot pad the sentences to {seq} tokens ({first_line(e, 200)})") from None
     ids = enc["input_ids"].to(torch.int64)
     mask = enc["attention_mask"].to(torch.int64) if "attention_mask" in enc else torch.ones_like(ids)
     return tuple({"ids": ids, "mask": mask, "zeros": torch.zeros_like(ids)}[k] for k in kinds)

@@ -209,6 +209,19 @@ class Tokens:
         return torch.argsort(self.attention_mask.sum(1), stable=True)
 
 
+def with_padding(tok):
+    """`tok`, able to pad: a tokenizer without a padding token (GPT-2's, LLaMA's: decoder-only models) pads with
+    its end-of-sequence token, as Hugging Face advises (the attention mask is 0 there, so which id does not
+    matter); CompressError when it has neither."""
+    if getattr(tok, "pad_token", "") is None:
+        if getattr(tok, "eos_token", None) is None:
+            raise CompressError(f"the tokenizer {type(tok).__name__} has no padding token and no end-of-sequence "
+                                "token to pad with; set pad_token in its tokenizer_config.json")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def tokenize(tok, texts, max_length: int = MAX_TOKENS) -> Tokens:
+    tok = with_padding(tok)
     enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     return Tokens(enc["input_ids"].long(), enc["attention_mask"].long())

@@ -34,8 +34,12 @@ def backbone(model: nn.Module) -> nn.Module:
 
 
 def hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    out = backbone(model)(input_ids=ids, attention_mask=mask)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    out = backbone(model)(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    if getattr(out, "last_hidden_state", None) is not None:
+        return out.last_hidden_state
+    if getattr(out, "hidden_states", None):       # a model with a task head (logits): its last hidden layer
+        return out.hidden_states[-1]
+    return out[0]
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

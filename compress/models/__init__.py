@@ -115,6 +115,24 @@ def _hf_loaded(model: nn.Module, spec: str, shape: tuple, cfg: dict | None, voca
                        cfg, shape_declared=declared, inputs=inputs)
 
 
+def _check_takes_token_ids(model: nn.Module, spec: str) -> None:
+    """hf: models are fed token ids (and their attention mask): refuse, in one line, a model whose forward takes
+    no `input_ids` (vision and audio models: pixel_values, input_values, input_features)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return
+    if "input_ids" in params:
+        return
+    first = next((n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), "?")
+    raise CompressError(
+        f"{spec}: {type(model).__name__} takes {first}, not token ids; hf: loads text models (fed input_ids and "
+        "attention_mask): load this one as package.module:function, a callable returning the model with its input "
+        "shape in compress_input_shape")
+
+
 def _hf_dir(arg: str) -> Path:
     if arg in ("minilm", "all-MiniLM-L6-v2"):
         try:
@@ -139,11 +157,46 @@ def _transformers():
         raise CompressError("hf: models need the package transformers (pip install 'compress-deploy[hf]')") from None
 
 
-def _hf_from_config(cfg: dict) -> nn.Module:
+def _hf_class(tf, config):
+    """The class an hf: directory's model is built as: the one its config names (`architectures`, e.g.
+    BertForSequenceClassification, so a classifier keeps its head and returns logits) when transformers has it and
+    it takes token ids, else AutoModel (the bare encoder or decoder)."""
+    import inspect
+
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(tf, arch, None) if isinstance(arch, str) else None
+    try:
+        if (isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel)
+                and "input_ids" in inspect.signature(cls.forward).parameters):
+            return cls
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return tf.AutoModel
+
+
+def _hf_from_config(cfg: dict, names=None) -> nn.Module:
+    """The hf: model of a pruned or sparsified directory's config.json. `names`: parameter or module names the
+    directory's files hold; a directory written when hf: models were always built as AutoModel (names without the
+    task head class's prefix) is rebuilt as AutoModel."""
     tf = _transformers()
     cfg = dict(cfg)
     config = tf.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    return HFTensorOutput(tf.AutoModel.from_config(config)).eval()
+    cls = _hf_class(tf, config)
+    model = HFTensorOutput(cls.from_config(config) if cls is tf.AutoModel else cls._from_config(config))
+    if names is not None and cls is not tf.AutoModel:
+        have = set(model.state_dict()) | {n for n, _ in model.named_modules()}
+        if not set(names) <= have:
+            model = HFTensorOutput(tf.AutoModel.from_config(config))
+    return model.eval()
+
+
+def _safetensors_names(path: str) -> list[str] | None:
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except Exception:
+        return None
 
 
 @contextlib.contextmanager
@@ -168,9 +221,11 @@ def _build_source(spec: str, pretrained: bool = True) -> LoadedModel:
         d = _hf_dir(spec[3:])
         tf = _transformers()
         try:
-            base = tf.AutoModel.from_pretrained(str(d), local_files_only=True)
+            config = tf.AutoConfig.from_pretrained(str(d), local_files_only=True)
+            base = _hf_class(tf, config).from_pretrained(str(d), local_files_only=True)
         except Exception as e:
             raise CompressError(f"cannot load Hugging Face model from {d}: {type(e).__name__}: {str(e)[:200]}") from None
+        _check_takes_token_ids(base, spec)
         cfg = base.config.to_dict()
         return _hf_loaded(HFTensorOutput(base).eval(), spec, (1, HF_SEQ), cfg, getattr(base.config, "vocab_size", None))
     if ":" in spec and not os.path.exists(spec):
@@ -216,6 +271,16 @@ def _torchvision(spec: str) -> tuple[nn.Module, tuple[int, ...]]:
     fam = next((f for f in TORCHVISION_FAMILIES if base in torchvision.models.list_models(
         module=getattr(torchvision.models, f) if f else torchvision.models)), None)
     if fam is None:
+        other = {"optical_flow": "an optical flow model (torchvision.models.optical_flow) taking two images: load it "
+                                 "as package.module:function, a callable returning it that declares both inputs in "
+                                 "compress_inputs",
+                 "quantization": "an already quantized model (torchvision.models.quantization): prune the float model, "
+                                 f"torchvision:{base.removeprefix('quantized_')}, and export it with --dtype int8"}
+        fam_of = next((f for f in other if hasattr(torchvision.models, f) and base in torchvision.models.list_models(
+            module=getattr(torchvision.models, f))), None)
+        if fam_of:
+            raise CompressError(f"torchvision:{base} is {other[fam_of]} (torchvision: loads classification, "
+                                "segmentation, video and detection models)")
         raise CompressError(f"unknown torchvision model {base!r}; see torchvision.models.list_models() "
                             "(classification, segmentation, video and detection models)")
     if part and (fam != "detection" or part not in ("backbone", "heads")):
@@ -337,7 +402,8 @@ def load_pruned(d: str) -> LoadedModel:
     if src.startswith("hf:"):
         cfg_path = os.path.join(d, HF_CONFIG_FILE)
         cfg = json.loads(Path(cfg_path).read_text())
-        lm = _hf_loaded(_hf_from_config(cfg), src, tuple(plan.source["input_shape"]), cfg, declared=False)
+        lm = _hf_loaded(_hf_from_config(cfg, _safetensors_names(w_path)), src, tuple(plan.source["input_shape"]), cfg,
+                        declared=False)
     else:
         lm = _build_source(src, pretrained=False)
     canonicalize(lm.model)
@@ -443,7 +509,8 @@ def _sparse_source(d: str, plan) -> LoadedModel:
     src = plan.source["model"]
     if src.startswith("hf:"):
         cfg = json.loads(Path(d, "config.json").read_text())
-        return _hf_loaded(_hf_from_config(cfg), src, tuple(plan.source["input_shape"]), cfg, declared=False)
+        names = [lp.name for lp in plan.layers]
+        return _hf_loaded(_hf_from_config(cfg, names), src, tuple(plan.source["input_shape"]), cfg, declared=False)
     return _build_source(src, pretrained=False)
 
 

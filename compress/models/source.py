@@ -51,6 +51,13 @@ class ModelSpec:
             with torch.no_grad():
                 lm.model(*inputs)
         except Exception as e:
+            if lm.kind == "hf":
+                raise CompressError(
+                    f"{lm.spec} ({type(getattr(lm.model, 'model', lm.model)).__name__}) does not run on token ids "
+                    f"of shape {tuple(inputs[0].shape)}" + (" and their attention mask" if len(inputs) > 1 else "")
+                    + f" ({first_line(e, 200)}); hf: models are fed only these: one that needs other inputs (e.g. an "
+                    "encoder-decoder's decoder_input_ids) can be loaded as package.module:function declaring "
+                    "compress_inputs; --input-shape 1,N sets the sequence length") from None
             whose = {"data": f" (the samples of --data {data})", "calib": f" (the samples of --calib {calib})"}
             raise CompressError(f"the model does not run on an input of shape {tuple(inputs[0].shape)}"
                                 f"{whose.get(origin, '')} ({first_line(e, 200)}); pass the right --input-shape"
