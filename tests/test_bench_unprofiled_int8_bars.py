@@ -105,7 +105,7 @@ def test_readme_sections_render_and_skip_untimed():
     rows[0]["reference"] = pu.reference_errors("resnet50", 21.0, 42.0, {"dense": 10.0, "pruned": 5.0},
                                                {"dense": 10.5, "pruned": 5.2})
     text = "\n".join(make_tables.predict_unprofiled_section(d | {"summary": pu.summary(rows), "entries": rows}, "ViTs"))
-    assert "on ViTs the profile" in text and "| x2.00 | +90.5% | +92.3% |" in text and "Host speed (resnet50" in text
+    assert "not calibrated on: ViTs (" in text and "| x2.00 | +90.5% | +92.3% |" in text and "Host speed (resnet50" in text
     rows = [_i8("resnet50", "u0.3", 10, 10, eff=0.95), _i8("resnet50", "dense", 20, 20)]
     d = head | {"protocol": {"batch": 8, "rounds": 1, "passes": 1, "prediction_models": [], "prediction_variants": {}},
                 "profile": {"path": "p.json", "steps": {"conv": {"block": 16}}}, "failures": [], "entries": rows,
