@@ -65,10 +65,14 @@ class LayerSig:
     fixed_out: bool = False        # cout reaches the model output (not prunable)
     node: str = field(default="", compare=False)   # the torch.export node it came from (for the planner)
     dilation: tuple[int, int] = (1, 1)             # convolutions: the kernel's taps are this far apart
+    transposed: bool = False                       # a transposed convolution (decoders, upsamplers)
 
     @property
     def out_hw(self) -> tuple[int, int]:
         kh, kw = ((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilation))   # the span the kernel covers
+        if self.transposed:     # each input pixel scatters a kernel-sized patch, `stride` apart (output_padding aside)
+            return ((self.h - 1) * self.stride[0] - 2 * self.padding[0] + kh,
+                    (self.w - 1) * self.stride[1] - 2 * self.padding[1] + kw)
         return ((self.h + 2 * self.padding[0] - kh) // self.stride[0] + 1,
                 (self.w + 2 * self.padding[1] - kw) // self.stride[1] + 1)
 
@@ -84,7 +88,7 @@ class LayerSig:
     def macs(self) -> int:
         """Multiply-accumulates per sample."""
         if self.op in (CONV, DWCONV):
-            oh, ow = self.out_hw
+            oh, ow = (self.h, self.w) if self.transposed else self.out_hw   # transposed: a kernel per input pixel
             return oh * ow * self.cout * (self.cin // max(self.groups, 1)) * self.kernel[0] * self.kernel[1]
         if self.op == LINEAR:
             return self.tokens * self.cin * self.cout
@@ -257,7 +261,7 @@ class _Graph:
 
 
 _CONV_OPS = ("conv2d", "convolution", "conv1d", "_convolution", "conv3d", "conv_transpose1d", "conv_transpose2d",
-             "conv_transpose3d")   # the last four: refused by _conv_layers (no cost model)
+             "conv_transpose3d")   # 3-D ones: refused by _conv_layers (no cost model)
 _LINEAR_OPS = ("linear", "addmm")
 _MATMUL_OPS = ("matmul", "bmm", "mm", "scaled_dot_product_attention")
 _CONCAT_OPS = ("cat", "concat")
@@ -290,11 +294,13 @@ def _conv_fusion(node, absorbed: set) -> tuple[list[str], object]:
 def _unpriced(node, name: str, ws) -> str | None:
     """What a convolution is that the latency model has no cost for, or None: a transposed one (decoders,
     upsamplers) or one over more than two spatial dims (video models' 3-D convolutions)."""
-    if "transpose" in name or (name in ("convolution", "_convolution") and bool(_arg(node, 6, "transposed", False))):
-        return "transposed convolution"
     if ws is not None and len(ws) > 4:
         return f"{len(ws) - 2}-D convolution"
     return None
+
+
+def _is_transposed(node, name: str) -> bool:
+    return "transpose" in name or (name in ("convolution", "_convolution") and bool(_arg(node, 6, "transposed", False)))
 
 
 def _conv_layers(node, name: str, graph: _Graph, absorbed: set) -> list[LayerSig]:
@@ -305,27 +311,34 @@ def _conv_layers(node, name: str, graph: _Graph, absorbed: set) -> list[LayerSig
         from compress.errors import CompressError
 
         raise CompressError(f"the latency model has no cost for a {what} ({_module(node) or node.name}); it prices "
-                            "1-D and 2-D convolutions, linear layers, matmuls, attention and memory-bound ops, so this "
-                            "model's latency cannot be predicted or planned for (compress prune --ratio R prunes it "
-                            "without a latency model)")
+                            "1-D and 2-D convolutions (transposed too), linear layers, matmuls, attention and "
+                            "memory-bound ops, so this model's latency cannot be predicted or planned for (compress "
+                            "prune --ratio R prunes it without a latency model)")
     if xs is None or ws is None:
         return []
-    groups_at = 6 if name in ("conv2d", "conv1d") else 8
-    stride, pad, groups = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0), _arg(node, groups_at, "groups", 1)
-    dilation = _pair(_arg(node, 5, "dilation", 1), (1, 1))
+    transposed = _is_transposed(node, name)
+    if name in ("conv_transpose1d", "conv_transpose2d"):
+        # (input, weight, bias, stride, padding, output_padding, groups, dilation); weight (cin, cout / groups, k...)
+        groups, dilation = _arg(node, 6, "groups", 1), _arg(node, 7, "dilation", 1)
+    else:
+        groups = _arg(node, 6 if name in ("conv2d", "conv1d") else 8, "groups", 1)
+        dilation = _arg(node, 5, "dilation", 1)
+    stride, pad = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0)
+    dilation = _pair(dilation, (1, 1))
     if isinstance(pad, str):
         pad = [(k - 1) * d // 2 for k, d in zip(ws[2:], dilation)] if pad == "same" else [0] * len(ws[2:])
-    cin, cout = xs[1], ws[0]
+    groups = int(groups)
+    cin, cout = xs[1], (ws[1] * groups if transposed else ws[0])
     h, w = (xs[2], xs[3]) if len(xs) == 4 else (xs[2], 1)
     k = (ws[2], ws[3]) if len(ws) == 4 else (ws[2], 1)
     fusion, end = _conv_fusion(node, absorbed)
-    groups = int(groups)
-    op = DWCONV if groups > 1 and groups == cin and ws[1] == 1 else CONV
+    op = DWCONV if not transposed and groups > 1 and groups == cin and ws[1] == 1 else CONV
     if len(ws) == 3:            # conv1d: (N, C, L) on a (L, 1) map
         dilation = (dilation[0], 1)
     return [LayerSig(op, cin, cout, k, _pair(stride, (1, 1)), _pair(pad, (0, 0)), groups, h, w,
                      module=_module(node), fusion="+".join(fusion),
-                     fixed_in=graph.src_is_input(x), fixed_out=graph.reaches_output(end), dilation=dilation)]
+                     fixed_in=graph.src_is_input(x), fixed_out=graph.reaches_output(end), dilation=dilation,
+                     transposed=transposed)]
 
 
 def _linear_layers(node, name: str, graph: _Graph, absorbed: set) -> list[LayerSig]:
