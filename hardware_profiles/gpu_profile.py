@@ -195,11 +195,10 @@ class _Bench:
 
         out = {}
         for ci, co in points:
-            grp = sig.conv_groups(ci, co)
             x = self.randn(self.cfg.batch, ci, sig.h, sig.w)
-            w = self.randn(co, ci // grp, *sig.kernel, scale=0.05)
+            w = self.randn(*sig.weight_shape(ci, co), scale=0.05)
             b = self.torch.zeros(co, device=self.dev, dtype=self.dtype)
-            out[(ci, co)] = self.ms(lambda: F.relu(F.conv2d(x, w, b, sig.stride, sig.padding, sig.dilation, grp)))
+            out[(ci, co)] = self.ms(lambda: F.relu(sig.torch_conv(x, w, b)))
         return out
 
     def linear_points(self, sig, points) -> dict:

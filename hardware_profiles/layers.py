@@ -85,6 +85,20 @@ class LayerSig:
                              f"do not split into {g} groups")
         return g
 
+    def weight_shape(self, cin: int, cout: int) -> tuple[int, ...]:
+        """The conv weight at (cin, cout) channels: (cout, cin / groups, kh, kw); transposed (cin, cout / groups, ...)."""
+        g = self.conv_groups(cin, cout)
+        return (cin, cout // g) + self.kernel if self.transposed else (cout, cin // g) + self.kernel
+
+    def torch_conv(self, x, w, b):
+        """This conv in torch on input `x`, weight `w` (`weight_shape`), bias `b` (for the torch profilers)."""
+        import torch.nn.functional as F
+
+        g = self.conv_groups(x.shape[1], b.shape[0])
+        if self.transposed:
+            return F.conv_transpose2d(x, w, b, self.stride, self.padding, 0, g, self.dilation)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, g)
+
     def macs(self) -> int:
         """Multiply-accumulates per sample."""
         if self.op in (CONV, DWCONV):

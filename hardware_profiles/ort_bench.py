@@ -179,8 +179,8 @@ def _input_names(n: int, split: bool) -> list[str]:
 
 
 def _conv_model(sig, ci: int, couts: list[int], batch: int, rng, split: bool = False):
-    """One model with a Conv(+Relu) per output count in `couts`, all reading the same input (split: each its
-    own graph input, fed the same array)."""
+    """One model with a Conv(+Relu) per output count in `couts` (a ConvTranspose for a transposed `sig`), all
+    reading the same input (split: each its own graph input, fed the same array)."""
     from onnx import helper
 
     kh, kw = sig.kernel
@@ -188,9 +188,10 @@ def _conv_model(sig, ci: int, couts: list[int], batch: int, rng, split: bool = F
     nodes, inits, outs = [_warm(x, f"{x}w") for x in sorted(set(xs))], [], []
     for i, co in enumerate(couts):
         g = sig.conv_groups(ci, co)
-        w = rng.standard_normal((co, ci // g, kh, kw), dtype=np.float32) * 0.05
+        w = rng.standard_normal(sig.weight_shape(ci, co), dtype=np.float32) * 0.05
         inits += [_init(f"P{i}_w", w), _init(f"P{i}_b", np.zeros(co, np.float32))]
-        nodes.append(helper.make_node("Conv", [f"{xs[i]}w", f"P{i}_w", f"P{i}_b"], [f"P{i}_c"], name=f"P{i}_conv",
+        nodes.append(helper.make_node("ConvTranspose" if sig.transposed else "Conv",
+                                      [f"{xs[i]}w", f"P{i}_w", f"P{i}_b"], [f"P{i}_c"], name=f"P{i}_conv",
                                       kernel_shape=[kh, kw], strides=list(sig.stride), group=g,
                                       pads=[sig.padding[0], sig.padding[1]] * 2, dilations=list(sig.dilation)))
         nodes.append(helper.make_node("Relu", [f"P{i}_c"], [f"P{i}_y"], name=f"P{i}_relu"))

@@ -128,7 +128,7 @@ def plan_tables(layers, cfg: ProfileConfig) -> dict:
     """table key -> (template LayerSig, cin grid, cout grid) over the layers' prunable ranges."""
     spans: dict = {}
     for s in layers:
-        if s.op not in (CONV, DWCONV, LINEAR) or s.transposed:   # transposed convs: no timed table yet (roofline)
+        if s.op not in (CONV, DWCONV, LINEAR):
             continue
         sp = spans.setdefault(table_key(s), {"t": s, "ci": 0, "co": 0, "fci": set(), "fco": set()})
         if s.fixed_in:

@@ -40,11 +40,10 @@ def conv_points(sig, points, batch, warmup, reps, max_weight_mb=64.0, threads=0,
     out = {}
     with torch.no_grad():
         for ci, co in points:
-            grp = sig.conv_groups(ci, co)
             x = torch.randn(batch, ci, sig.h, sig.w, generator=g)
-            w = torch.randn(co, ci // grp, *sig.kernel, generator=g) * 0.05
+            w = torch.randn(*sig.weight_shape(ci, co), generator=g) * 0.05
             b = torch.zeros(co)
-            out[(ci, co)] = median_ms(lambda: F.relu(F.conv2d(x, w, b, sig.stride, sig.padding, sig.dilation, grp)), warmup, reps)
+            out[(ci, co)] = median_ms(lambda: F.relu(sig.torch_conv(x, w, b)), warmup, reps)
     return out
 
 

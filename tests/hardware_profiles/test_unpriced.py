@@ -119,3 +119,22 @@ def test_transposed_convolutions_are_priced_and_planned(tmp_path, capsys):
     assert res.predicted_ms <= res.target_ms + 1e-9
     out = apply_plan(copy.deepcopy(m), x, plan)
     assert _profile().total_ms(extract_layers(out.model, x)) == pytest.approx(res.predicted_ms, rel=1e-9)
+
+
+def test_transposed_convolution_tables_are_timed_by_every_backend():
+    """The profiler plans a table for a transposed conv and times it as one (ConvTranspose in onnxruntime,
+    conv_transpose2d in torch), grouped too."""
+    import numpy as np
+
+    from compress.hardware_profiles import ort_bench, table_key, torch_bench
+    from compress.hardware_profiles.layers import LayerSig
+    from compress.hardware_profiles.profiler import ProfileConfig, plan_tables
+
+    sig = LayerSig("conv", 64, 32, (2, 2), (2, 2), (0, 0), 2, 8, 8, transposed=True)
+    assert sig.weight_shape(64, 32) == (64, 16, 2, 2) and sig.out_hw == (16, 16)
+    assert table_key(sig) in plan_tables([sig], ProfileConfig(batch=1, grid_step=16, max_points=3))
+    m = ort_bench._conv_model(sig, 64, [16, 32], 1, np.random.default_rng(0))
+    assert [n.op_type for n in m.graph.node if n.op_type.startswith("Conv")] == ["ConvTranspose"] * 2
+    for be in (ort_bench, torch_bench):
+        ms = be.conv_points(sig, [(64, 16), (64, 32)], 1, 1, 2, threads=1, max_seconds=0.5)
+        assert set(ms) == {(64, 16), (64, 32)} and all(v > 0 for v in ms.values())
