@@ -85,7 +85,9 @@ class CostedLayer:
     sig: object                    # LayerSig of the dense model
     cin: DimMap | None = None
     cout: DimMap | None = None
-    heads: DimMap | None = None    # batched matmuls: groups = heads
+    heads: DimMap | None = None    # attention: sized by its heads (x head_fold)
+    head_fold: int = 1             # what one head counts for: a product's groups per head (a window attention's
+                                   # windows), an attention softmax's rows per head (queries x windows)
     per_group: int = 0             # grouped convs that lose whole groups: channels per group
     last_dim: bool = False         # memory ops on a channels-last map (N, H, W, C): cin sizes the sig's w (C)
 
@@ -161,8 +163,12 @@ def costed_layers(layers: list, ep, ctx, graph, order: dict[int, np.ndarray], ac
         elif sig.op == "matmul":
             if ndim == 4:
                 lh = _labels_of(ctx, node, 1)
-                if lh is not None and len(lh) == sig.groups:
-                    cl.heads = _dimmap(lh, ctx, where, rank, sizes)
+                if lh is not None and len(lh) and sig.groups % len(lh) == 0:   # (B x windows, heads, L, d)
+                    cl.heads, cl.head_fold = _dimmap(lh, ctx, where, rank, sizes), sig.groups // len(lh)
+        elif sig.fusion == "attention.softmax":   # over (B x windows, heads, L, S): rows = L x heads x windows
+            lh = _labels_of(ctx, node, 1) if ndim == 4 else None
+            if lh is not None and len(lh) and sig.tokens % len(lh) == 0:
+                cl.heads, cl.head_fold = _dimmap(lh, ctx, where, rank, sizes), sig.tokens // len(lh)
         else:  # memory-bound: its channels are the output's channel dim
             lo = _labels_of(ctx, node, _channel_dim(ndim, sig.op)) if ndim >= 2 else None
             if lo is not None and len(lo) == sig.cin:
@@ -196,6 +202,9 @@ class CostModel:
     def sig_at(self, i: int, k: dict[int, int]):
         cl = self.costed[i]
         s = cl.sig
+        if s.op == "memory" and cl.heads is not None:
+            t = cl.heads.count(k) * cl.head_fold
+            return replace(s, tokens=t) if t != s.tokens else s
         if s.op == "memory" and cl.last_dim:
             w = cl.cin.count(k)
             return replace(s, w=w) if w != s.w else s
@@ -209,7 +218,7 @@ class CostModel:
         elif cl.per_group:
             groups = max(1, cin // cl.per_group)
         elif s.op == "matmul" and cl.heads is not None:
-            groups = cl.heads.count(k)
+            groups = cl.heads.count(k) * cl.head_fold
         if (cin, cout, groups) == (s.cin, s.cout, s.groups):
             return s
         return replace(s, cin=cin, cout=cout, groups=groups)
