@@ -85,6 +85,13 @@ class LayerSig:
                              f"do not split into {g} groups")
         return g
 
+    @property
+    def conv_variant(self) -> str:
+        """What sets a convolution apart beyond kernel, stride, padding and groups ("" for a plain one): its dilation
+        and whether it is transposed; part of its table key and of the network's fingerprint."""
+        return ((f" d{self.dilation[0]}x{self.dilation[1]}" if self.dilation != (1, 1) else "")
+                + (" transposed" if self.transposed else ""))
+
     def weight_shape(self, cin: int, cout: int) -> tuple[int, ...]:
         """The conv weight at (cin, cout) channels: (cout, cin / groups, kh, kw); transposed (cin, cout / groups, ...)."""
         g = self.conv_groups(cin, cout)
@@ -305,14 +312,6 @@ def _conv_fusion(node, absorbed: set) -> tuple[list[str], object]:
     return fusion, end
 
 
-def _unpriced(node, name: str, ws) -> str | None:
-    """What a convolution is that the latency model has no cost for, or None: a transposed one (decoders,
-    upsamplers) or one over more than two spatial dims (video models' 3-D convolutions)."""
-    if ws is not None and len(ws) > 4:
-        return f"{len(ws) - 2}-D convolution"
-    return None
-
-
 def _is_transposed(node, name: str) -> bool:
     return "transpose" in name or (name in ("convolution", "_convolution") and bool(_arg(node, 6, "transposed", False)))
 
@@ -320,11 +319,11 @@ def _is_transposed(node, name: str) -> bool:
 def _conv_layers(node, name: str, graph: _Graph, absorbed: set) -> list[LayerSig]:
     x, wt = node.args[0], node.args[1]
     xs, ws = _shape(x), _shape(wt)
-    what = _unpriced(node, name, ws)
-    if what:
+    if ws is not None and len(ws) > 4:      # over more than two spatial dims (video models' 3-D convolutions)
         from compress.errors import CompressError
 
-        raise CompressError(f"the latency model has no cost for a {what} ({_module(node) or node.name}); it prices "
+        raise CompressError(f"the latency model has no cost for a {len(ws) - 2}-D convolution "
+                            f"({_module(node) or node.name}); it prices "
                             "1-D and 2-D convolutions (transposed too), linear layers, matmuls, attention and "
                             "memory-bound ops, so this model's latency cannot be predicted or planned for (compress "
                             "prune --ratio R prunes it without a latency model)")
@@ -378,9 +377,9 @@ def _matmul_layers(node, name: str, graph: _Graph) -> list[LayerSig]:
     if as_ is None or bs is None:
         return []
     rows = graph.per_sample(a, as_, 1) if len(as_) >= 2 else None
-    heads = max(rows // as_[-2], 1) if rows and rows % as_[-2] == 0 else _numel(as_[1:-2])
     if len(as_) == 2 and rows:            # (B * L, K) @ (K, N): one matrix of L rows per sample
         return [LayerSig(MATMUL, as_[-1], bs[-1], tokens=rows, module=_module(node), fusion="matmul")]
+    heads = max(rows // as_[-2], 1) if rows and rows % as_[-2] == 0 else _numel(as_[1:-2])
     mod = _module(node)
     if name == "scaled_dot_product_attention":
         # q @ k^T then attn @ v: two matmuls and a softmax over (heads, L, S)

@@ -39,9 +39,7 @@ def table_key(sig: LayerSig) -> str:
     if sig.op in (CONV, DWCONV):
         g = "dw" if sig.op == DWCONV else str(sig.groups)
         return (f"{sig.op} k{sig.kernel[0]}x{sig.kernel[1]} s{sig.stride[0]}x{sig.stride[1]} "
-                f"p{sig.padding[0]}x{sig.padding[1]} g{g} {sig.h}x{sig.w}"
-                + (f" d{sig.dilation[0]}x{sig.dilation[1]}" if sig.dilation != (1, 1) else "")
-                + (" transposed" if sig.transposed else ""))
+                f"p{sig.padding[0]}x{sig.padding[1]} g{g} {sig.h}x{sig.w}{sig.conv_variant}")
     if sig.op == LINEAR:
         return f"linear t{sig.tokens}"
     if sig.op == MATMUL:
@@ -112,8 +110,7 @@ def structure(layers) -> str:
     (`groups`) are, so a head-pruned transformer keeps its dense model's fit."""
     key = [(s.op, KIND_FALLBACK.get(s.kind, s.kind), list(s.kernel), list(s.stride), list(s.padding), s.h, s.w,
             None if s.fusion == "attention.softmax" else s.tokens)
-           + ((list(s.dilation),) if s.dilation != (1, 1) else ()) + (("transposed",) if s.transposed else ())
-           for s in layers]
+           + ((s.conv_variant,) if s.conv_variant else ()) for s in layers]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 

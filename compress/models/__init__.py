@@ -161,16 +161,10 @@ def _hf_class(tf, config):
     """The class an hf: directory's model is built as: the one its config names (`architectures`, e.g.
     BertForSequenceClassification, so a classifier keeps its head and returns logits) when transformers has it and
     it takes token ids, else AutoModel (the bare encoder or decoder)."""
-    import inspect
-
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(tf, arch, None) if isinstance(arch, str) else None
-    try:
-        if (isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel)
-                and "input_ids" in inspect.signature(cls.forward).parameters):
-            return cls
-    except (TypeError, ValueError, AttributeError):
-        pass
+    if isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel) and "input_ids" in _params(cls.forward):
+        return cls
     return tf.AutoModel
 
 
