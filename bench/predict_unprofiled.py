@@ -195,13 +195,13 @@ def main() -> None:
         profiles["recalibrated"] = load_profile(a.recalibrated_profile, dtype="fp32", batch=a.batch)
     calibrated = calibrated_names(*profiles.values())
     proto = {"warmup": a.warmup, "runs": a.runs, "max_seconds": a.max_seconds, "min_runs": 3, "rounds": a.rounds}
+    if a.reference and a.reference not in calibrated:
+        raise SystemExit(f"--reference {a.reference}: not in the profile's calibration list "
+                         f"({', '.join(sorted(calibrated))}); pick one of those")
     tmp = c.TMP / f"predict_unprofiled_{int(t_start)}"
     tmp.mkdir(parents=True, exist_ok=True)
     rows, skipped, failures = [], [], []
     ref = None
-    if a.reference and a.reference not in calibrated:
-        raise SystemExit(f"--reference {a.reference}: not in the profile's calibration list "
-                         f"({', '.join(sorted(calibrated))}); pick one of those")
     try:
         if a.reference and not a.no_time:
             ref = reference_file(a.reference, profiles["shipped"], tmp)
